@@ -1,0 +1,128 @@
+"""MLflow store location, run lifecycle and metric naming, in one place.
+
+The store defaults to `mlruns/` under the working directory (sqlite + an artifacts folder), not
+MLflow 3's own default of `./mlflow.db`, so that every command and the UI agree on one store.
+MLflow's active run is thread-local, so runs are passed around by id and written with a client.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+STORE_DIR = Path("mlruns")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def artifact_root() -> Path:
+    """Artifacts next to the sqlite file, unless SKILLOPS_ARTIFACT_ROOT says otherwise."""
+    if os.environ.get("SKILLOPS_ARTIFACT_ROOT"):
+        return Path(os.environ["SKILLOPS_ARTIFACT_ROOT"]).resolve()
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
+    return STORE_DIR.resolve() / "artifacts"
+
+
+def store_dir() -> Path:
+    """A local folder that belongs to this store (for its lock files)."""
+    return artifact_root().parent
+
+
+def client() -> MlflowClient:
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ui_command() -> str:
+    return f"mlflow ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000"
+
+
+def metric_name(name: str) -> str:
+    """MLflow refuses '@' (ndcg@10): one spelling for every run, chart and promotion gate."""
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name.replace("@", "_at_"))
+
+
+def experiment_id(name: str) -> str:
+    mlflow_client = client()
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = artifact_root() / name
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return mlflow_client.create_experiment(name, artifact_location=artifacts.as_uri())
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def start_run(
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any],
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    mlflow_client = client()
+    all_tags = {"mlflow.runName": run_name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = mlflow_client.create_run(experiment_id(experiment), tags=all_tags)
+    log_params(run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    client().log_batch(
+        run_id, params=[mlflow.entities.Param(key, str(value)) for key, value in params.items()]
+    )
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:
+    client().log_batch(
+        run_id,
+        metrics=[
+            mlflow.entities.Metric(metric_name(prefix + key), float(value), 0, step)
+            for key, value in metrics.items()
+        ],
+    )
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    mlflow_client = client()
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, str(value))
+
+
+def log_artifact(run_id: str, path: Path, folder: str | None = None) -> None:
+    client().log_artifact(run_id, str(path), folder)
+
+
+def end_run(run_id: str, failure: str | None = None) -> None:
+    """Close a run explicitly: MLflow would otherwise leave a crashed run FINISHED or RUNNING."""
+    mlflow_client = client()
+    if failure:
+        mlflow_client.set_tag(run_id, "skillops.failure", failure[:5000])
+    status = RunStatus.FAILED if failure else RunStatus.FINISHED
+    mlflow_client.set_terminated(run_id, RunStatus.to_string(status))
