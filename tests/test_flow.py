@@ -1,0 +1,74 @@
+"""The train-esco flow end to end on tiny data, against a real temporary MLflow store."""
+
+import sys
+
+import mlflow
+import pandas as pd
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from conftest import REPO, tiny_recipe_yaml
+from skillops.validation import DataValidationError
+
+sys.path.insert(0, str(REPO / "flows"))
+from train_esco import train_esco  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _versions(name):
+    from skillops.tracking import client
+
+    mlflow_client = client()
+    versions = mlflow_client.search_model_versions(f"name = '{name}'")
+    aliases = mlflow_client.get_registered_model(name).aliases if versions else {}
+    return {int(v.version): v.tags for v in versions}, aliases
+
+
+def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_bert, mlflow_store, tmp_path):
+    recipe = tiny_recipe_yaml(tmp_path / "recipe.yaml", small_esco, tiny_bert)
+
+    first = train_esco(recipe=str(recipe))
+    versions, aliases = _versions("tiny-esco")
+    assert first["version"] == "1" and set(versions) == {1}
+    # With no champion, the gate compares with the base model: the alias moves only if it won.
+    assert ("champion" in aliases) is first["promoted"]
+    assert versions[1]["skillops.decision"] == ("promoted" if first["promoted"] else "not promoted")
+    assert versions[1]["skillops.eval_fingerprint"]
+    assert float(versions[1]["test_map"]) > 0
+
+    second = train_esco(recipe=str(recipe), overrides={"training.learning_rate": 1e-3})
+    versions, aliases = _versions("tiny-esco")
+    assert second["version"] == "2" and set(versions) == {1, 2}
+    expected = "2" if second["promoted"] else ("1" if first["promoted"] else None)
+    assert (str(aliases["champion"]) if "champion" in aliases else None) == expected
+    assert versions[2]["skillops.previous_champion"] == ("1" if first["promoted"] else "none")
+
+    runs = mlflow.search_runs(experiment_names=["tiny-esco"])
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    trials = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert set(parents.status) == {"FINISHED"} and len(parents) == 2
+    assert len(trials) == 4  # 2 trials per run, each a child run
+    assert parents["metrics.base_map"].notna().all() and parents["metrics.test_map"].notna().all()
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "report")}
+    assert {"report/summary.md", "report/comparison.png", "report/decision.json"} <= artifacts
+
+
+def test_broken_data_stops_before_training_and_registers_nothing(esco_copy, tiny_bert, mlflow_store, tmp_path):
+    skills = pd.read_csv(esco_copy / "skills_en.csv", dtype=str, keep_default_na=False)
+    skills.loc[0, "preferredLabel"] = ""
+    skills.to_csv(esco_copy / "skills_en.csv", index=False)
+    recipe = tiny_recipe_yaml(tmp_path / "recipe.yaml", esco_copy, tiny_bert)
+
+    with pytest.raises(DataValidationError, match="skills_en.csv: column 'preferredLabel'"):
+        train_esco(recipe=str(recipe))
+
+    assert _versions("tiny-esco") == ({}, {})
+    runs = mlflow.search_runs(experiment_names=["tiny-esco"])
+    assert list(runs.status) == ["FAILED"]
+    assert "DataValidationError" in runs["tags.skillops.failure"].iloc[0]
+    assert not (mlflow_store.parent / "outputs" / runs.run_id.iloc[0] / "train").exists()
