@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +23,6 @@ from skillops.validation import ValidationReport, require, validate_esco, valida
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS_DIR = Path("outputs")
 TRACKED_LIBRARIES = ("sentence-transformers", "transformers", "torch", "mlflow", "prefect", "optuna")
 
 
@@ -70,7 +70,8 @@ def start(recipe: Recipe, run_name: str | None = None) -> str:
 
 
 def output_dir(run_id: str) -> Path:
-    return (OUTPUTS_DIR / run_id).resolve()
+    """The run's work folder (prepared data, checkpoints, charts): outputs/<run id>, git-ignored."""
+    return (Path(os.environ.get("SKILLOPS_OUTPUTS_DIR", "outputs")) / run_id).resolve()
 
 
 def validate_inputs(recipe: Recipe, run_id: str | None = None) -> ValidationReport:

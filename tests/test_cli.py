@@ -1,0 +1,37 @@
+"""The skillops CLI: instant help, readable validation, exit codes people can script on."""
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from conftest import REPO
+from skillops.cli import main
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from skillops.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert "validate" in out.stdout
+    assert out.stdout.strip().endswith("False")
+
+
+def test_recipes_lists_the_builtin(capsys):
+    assert main(["recipes"]) == 0
+    assert "esco-occupation-skills" in capsys.readouterr().out
+
+
+def test_validate_exit_codes(esco_copy, tmp_path, capsys):
+    from conftest import tiny_recipe_yaml
+
+    recipe = tiny_recipe_yaml(tmp_path / "r.yaml", esco_copy, tmp_path)
+    assert main(["validate", str(recipe)]) == 0
+    assert "passed" in capsys.readouterr().out
+
+    relations = pd.read_csv(esco_copy / "occupationSkillRelations_en.csv", dtype=str, keep_default_na=False)
+    pd.concat([relations, relations.head(1)]).to_csv(esco_copy / "occupationSkillRelations_en.csv", index=False)
+    assert main(["validate", str(recipe)]) == 1
+    assert "each (occupation, skill) relation appears once" in capsys.readouterr().out
+
+    assert main(["validate", "no-such-recipe"]) == 2
+    assert "Run `skillops recipes`" in capsys.readouterr().err
