@@ -87,6 +87,19 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_rollback(args) -> int:
+    from skillops.registry import RollbackError, rollback
+
+    recipe = _recipe(args)
+    try:
+        moved_from, moved_to = rollback(recipe.registered_model_name, args.reason)
+    except RollbackError as error:
+        print(f"skillops rollback: {error}", file=sys.stderr)
+        return 1
+    print(f"{recipe.registered_model_name}: champion moved back from version {moved_from} to {moved_to}.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skillops",
@@ -114,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--split", choices=["validation", "test"], default="test")
     add("models", cmd_models, "List registered versions, their aliases and promotion decisions.")
+    rollback = add("rollback", cmd_rollback, "Move the champion alias back to the version it replaced.")
+    rollback.add_argument("--reason", default="manual rollback", help="recorded on both versions")
     return parser
 
 

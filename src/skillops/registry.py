@@ -117,3 +117,32 @@ def promote_if_better(
             mlflow_client.set_model_version_tag(name, version, key, value)
     logger.info("Version %s of %s: %s", version, name, decision.reason)
     return decision
+
+
+class RollbackError(RuntimeError):
+    """The champion cannot be moved back; the message says why."""
+
+
+def rollback(name: str, reason: str) -> tuple[str, str]:
+    """Move `champion` back to the version it replaced; returns (from_version, to_version)."""
+    mlflow_client = client()
+    with promotion_lock(name):
+        current = champion_version(name)
+        if current is None:
+            raise RollbackError(f"{name!r} has no champion, so there is nothing to roll back.")
+        previous = mlflow_client.get_model_version(name, current).tags.get("skillops.previous_champion", "none")
+        if previous == "none":
+            raise RollbackError(
+                f"Version {current} of {name!r} was its first champion; there is no earlier one to "
+                "roll back to. Promote another version instead."
+            )
+        mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
+        when = datetime.now(UTC).isoformat(timespec="seconds")
+        mlflow_client.set_model_version_tag(
+            name, previous, "skillops.rollback", f"{when}: champion moved back from version {current}: {reason}"
+        )
+        mlflow_client.set_model_version_tag(
+            name, current, "skillops.rolled_back", f"{when}: replaced by version {previous}: {reason}"
+        )
+    logger.info("Champion of %s moved back from version %s to %s", name, current, previous)
+    return current, previous

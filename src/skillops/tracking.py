@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,9 @@ def client() -> MlflowClient:
 
 
 def ui_command() -> str:
-    return f"mlflow ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000"
+    """The command that opens this store in the MLflow UI, with the mlflow of this environment."""
+    mlflow_bin = Path(os.path.relpath(Path(sys.executable).parent / "mlflow"))
+    return f"{mlflow_bin} ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000"
 
 
 def metric_name(name: str) -> str:

@@ -1,0 +1,40 @@
+"""Registry steps on a real sqlite MLflow store: gated promotion, stale-champion refusal, rollback."""
+
+import pytest
+
+from skillops import registry, tracking
+from skillops.config import PromotionPolicy
+from skillops.registry import RollbackError
+
+NAME = "tiny-registry"
+POLICY = PromotionPolicy(min_delta=0.0)
+
+
+def _register(model_dir, run_name):
+    run_id = tracking.start_run("registry-test", run_name, {})
+    version = registry.register(model_dir, run_id, NAME, {"skillops.run_id": run_id})
+    tracking.end_run(run_id)
+    return version
+
+
+def test_promote_refuse_stale_and_roll_back(tiny_bert, mlflow_store):
+    base = {"map": 0.5}
+    v1 = _register(tiny_bert, "first")
+    assert registry.promote_if_better(NAME, v1, "map", {"map": 0.6}, base, None, None, POLICY).promote
+    v2 = _register(tiny_bert, "second")
+    assert registry.promote_if_better(NAME, v2, "map", {"map": 0.7}, base, {"map": 0.6}, v1, POLICY).promote
+    assert registry.champion_version(NAME) == v2
+
+    # A run that scored an older champion (v1) must not move the alias, however good it looks.
+    v3 = _register(tiny_bert, "third")
+    stale = registry.promote_if_better(NAME, v3, "map", {"map": 0.9}, base, {"map": 0.6}, v1, POLICY)
+    assert not stale.promote and "moved from version 1 to 2" in stale.reason
+    assert registry.champion_version(NAME) == v2
+
+    assert registry.rollback(NAME, "bad feedback") == (v2, v1)
+    assert registry.champion_version(NAME) == v1
+    tags = tracking.client().get_model_version(NAME, v1).tags
+    assert "moved back from version 2: bad feedback" in tags["skillops.rollback"]
+    with pytest.raises(RollbackError, match="first champion"):
+        registry.rollback(NAME, "again")
+    assert registry.champion_version(NAME) == v1
