@@ -118,9 +118,7 @@ def train(recipe: Recipe, data: PreparedData, params: dict, run_id: str) -> Path
 
     config = recipe.training.model_copy(update=params)
     result = train_pairs(recipe.base_model, data.paths.train_pairs, config, output_dir(run_id) / "train")
-    for entry in json.loads(result.log_history.read_text()):
-        if "loss" in entry:
-            tracking.log_metrics(run_id, {"train_loss": entry["loss"]}, step=entry["step"])
+    tracking.log_loss_history(run_id, result.log_history)
     chart = loss_curve_chart(result.log_history, output_dir(run_id) / "train" / "loss_curve.png")
     tracking.log_artifact(run_id, chart, "charts")
     return result.model_dir

@@ -7,6 +7,7 @@ MLflow's active run is thread-local, so runs are passed around by id and written
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -110,6 +111,13 @@ def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: 
             for key, value in metrics.items()
         ],
     )
+
+
+def log_loss_history(run_id: str, log_history: Path) -> None:
+    """The trainer's logged losses as a `train_loss` curve over optimizer steps."""
+    history = json.loads(log_history.read_text("utf-8"))
+    log_batch = [mlflow.entities.Metric("train_loss", e["loss"], 0, e["step"]) for e in history if "loss" in e]
+    client().log_batch(run_id, metrics=log_batch)
 
 
 def set_tags(run_id: str, tags: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,8 @@ def train_pairs(
 
     model_dir = output_dir / "model"
     model.save(str(model_dir))
+    # Checkpoints only matter while training can still crash; the saved model replaces them.
+    shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     history_path = output_dir / "log_history.json"
     history = trainer.state.log_history
     history_path.write_text(json.dumps(history, indent=1), "utf-8")

@@ -7,7 +7,6 @@ here; pruning happens at the trainer's evaluation steps through a callback.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -18,7 +17,7 @@ from skillops.config import Recipe
 from skillops.esco import PreparedPaths
 from skillops.evaluation import reranking_evaluator
 from skillops.reports import optuna_history_chart
-from skillops.tracking import end_run, log_artifact, log_metrics, metric_name, set_tags, start_run
+from skillops.tracking import end_run, log_artifact, log_loss_history, log_metrics, metric_name, set_tags, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +83,7 @@ def tune(
                 recipe.base_model, data.train_pairs, config, trial_dir,
                 evaluator=evaluator, evals=search.evals_per_trial, callbacks=[callback],
             )
-            for entry in json.loads(result.log_history.read_text()):
-                if "loss" in entry:
-                    log_metrics(run_id, {"train_loss": entry["loss"]}, step=entry["step"])
+            log_loss_history(run_id, result.log_history)
         except optuna.TrialPruned as pruned:
             set_tags(run_id, {"skillops.trial_state": "pruned"})
             end_run(run_id)
