@@ -53,6 +53,7 @@ def tiny_bert(tmp_path_factory, small_esco) -> Path:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules.transformer import Transformer
     from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+    import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -71,6 +72,7 @@ def tiny_bert(tmp_path_factory, small_esco) -> Path:
         vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
     )
+    torch.manual_seed(int(os.environ.get("SKILLOPS_TEST_SEED", "0")))  # the same random model every session
     BertModel(config).save_pretrained(hf_dir)
     transformer = Transformer(str(hf_dir), max_seq_length=64)
     model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")])

@@ -33,7 +33,7 @@ def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_b
     # A random tiny model trained with a high learning rate reliably beats its own untrained self.
     recipe = tiny_recipe_yaml(
         tmp_path / "recipe.yaml", small_esco, tiny_bert,
-        training={"max_steps": 30, "learning_rate": 2e-3}, search={"learning_rate": [1e-3, 3e-3]},
+        training={"max_steps": 80, "learning_rate": 2e-3}, search={"learning_rate": [1e-3, 3e-3]},
     )
 
     first = train_esco(recipe=str(recipe))
