@@ -36,6 +36,20 @@ def _small_esco(target: Path) -> Path:
     return target
 
 
+def edit_csv(path: Path, change) -> None:
+    """Rewrite a CSV through `change(frame) -> frame`, keeping every cell as text."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    change(frame).to_csv(path, index=False)
+
+
+def set_cell(path: Path, row: int, column: str, value: str) -> None:
+    def change(frame):
+        frame.loc[row, column] = value
+        return frame
+
+    edit_csv(path, change)
+
+
 @pytest.fixture(scope="session")
 def small_esco(tmp_path_factory) -> Path:
     return _small_esco(tmp_path_factory.mktemp("esco") / "esco-small")

@@ -5,7 +5,7 @@ import sys
 
 import pandas as pd
 
-from conftest import REPO
+from conftest import REPO, edit_csv, tiny_recipe_yaml
 from skillops.cli import main
 
 
@@ -22,14 +22,11 @@ def test_recipes_lists_the_builtin(capsys):
 
 
 def test_validate_exit_codes(esco_copy, tmp_path, capsys):
-    from conftest import tiny_recipe_yaml
-
     recipe = tiny_recipe_yaml(tmp_path / "r.yaml", esco_copy, tmp_path)
     assert main(["validate", str(recipe)]) == 0
     assert "passed" in capsys.readouterr().out
 
-    relations = pd.read_csv(esco_copy / "occupationSkillRelations_en.csv", dtype=str, keep_default_na=False)
-    pd.concat([relations, relations.head(1)]).to_csv(esco_copy / "occupationSkillRelations_en.csv", index=False)
+    edit_csv(esco_copy / "occupationSkillRelations_en.csv", lambda f: pd.concat([f, f.head(1)]))
     assert main(["validate", str(recipe)]) == 1
     assert "each (occupation, skill) relation appears once" in capsys.readouterr().out
 

@@ -3,11 +3,10 @@
 import sys
 
 import mlflow
-import pandas as pd
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import REPO, tiny_recipe_yaml
+from conftest import REPO, set_cell, tiny_recipe_yaml
 from skillops.validation import DataValidationError
 
 sys.path.insert(0, str(REPO / "flows"))
@@ -70,9 +69,7 @@ def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_b
 
 
 def test_broken_data_stops_before_training_and_registers_nothing(esco_copy, tiny_bert, mlflow_store, tmp_path):
-    skills = pd.read_csv(esco_copy / "skills_en.csv", dtype=str, keep_default_na=False)
-    skills.loc[0, "preferredLabel"] = ""
-    skills.to_csv(esco_copy / "skills_en.csv", index=False)
+    set_cell(esco_copy / "skills_en.csv", 0, "preferredLabel", "")
     recipe = tiny_recipe_yaml(tmp_path / "recipe.yaml", esco_copy, tiny_bert)
 
     with pytest.raises(DataValidationError, match="skills_en.csv: column 'preferredLabel'"):

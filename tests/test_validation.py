@@ -5,13 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import BUNDLED_ESCO
+from conftest import BUNDLED_ESCO, edit_csv, set_cell
 from skillops.validation import DataValidationError, require, validate_esco
-
-
-def _edit(path: Path, change) -> None:
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    change(frame).to_csv(path, index=False)
 
 
 def test_bundled_sample_passes_every_suite():
@@ -27,11 +22,7 @@ def _rejected(esco_dir: Path) -> str:
 
 
 def test_whitespace_label_names_file_column_rule_and_line(esco_copy):
-    def blank_second_label(frame):
-        frame.loc[1, "preferredLabel"] = "   "
-        return frame
-
-    _edit(esco_copy / "skills_en.csv", blank_second_label)
+    set_cell(esco_copy / "skills_en.csv", 1, "preferredLabel", "   ")
     message = _rejected(esco_copy)
     assert "skills_en.csv: column 'preferredLabel'" in message
     assert "text is not empty or whitespace only" in message
@@ -40,26 +31,22 @@ def test_whitespace_label_names_file_column_rule_and_line(esco_copy):
 
 
 def test_missing_column_is_reported_once_with_the_fix(esco_copy):
-    _edit(esco_copy / "occupations_en.csv", lambda f: f.rename(columns={"preferredLabel": "label"}))
+    edit_csv(esco_copy / "occupations_en.csv", lambda f: f.rename(columns={"preferredLabel": "label"}))
     message = _rejected(esco_copy)
     assert "occupations_en.csv: column 'preferredLabel': rule 'column 'preferredLabel' is present'" in message
     assert message.count("preferredLabel") == 3  # the rule, the column and the fix; no cascade
 
 
 def test_relation_to_missing_skill(esco_copy):
-    def dangling(frame):
-        frame.loc[0, "skillUri"] = "http://data.europa.eu/esco/skill/does-not-exist"
-        return frame
-
-    _edit(esco_copy / "occupationSkillRelations_en.csv", dangling)
+    set_cell(esco_copy / "occupationSkillRelations_en.csv", 0, "skillUri", "http://data.europa.eu/esco/skill/does-not-exist")
     message = _rejected(esco_copy)
     assert "occupationSkillRelations_en.csv: column 'skillUri': rule 'skill exists in the skills file'" in message
     assert "does-not-exist" in message
 
 
 def test_duplicate_ids_and_duplicate_relations(esco_copy):
-    _edit(esco_copy / "skills_en.csv", lambda f: pd.concat([f, f.head(1)]))
-    _edit(esco_copy / "occupationSkillRelations_en.csv", lambda f: pd.concat([f, f.head(2)]))
+    edit_csv(esco_copy / "skills_en.csv", lambda f: pd.concat([f, f.head(1)]))
+    edit_csv(esco_copy / "occupationSkillRelations_en.csv", lambda f: pd.concat([f, f.head(2)]))
     message = _rejected(esco_copy)
     assert "skills_en.csv: column 'conceptUri': rule 'identifier is unique'" in message
     assert "column 'occupationUri, skillUri': rule 'each (occupation, skill) relation appears once'" in message

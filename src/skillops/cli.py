@@ -39,18 +39,14 @@ def cmd_validate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from skillops import esco
+    from skillops import esco, registry
     from skillops.evaluation import evaluate
     from skillops.modeling import load_model
-    from skillops.tracking import client
 
     recipe = _recipe(args)
     task = esco.build_task(esco.load_esco(recipe.data.path, recipe.data.language), recipe.data)
     if args.model.startswith("models:/"):
-        import mlflow
-
-        client()  # points MLflow at the skillops store
-        model = mlflow.sentence_transformers.load_model(args.model)
+        model = registry.load(args.model)
     else:
         model = load_model(args.model, recipe.training.max_seq_length)
     with tempfile.TemporaryDirectory() as tmp:

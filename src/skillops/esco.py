@@ -109,6 +109,13 @@ class EscoTask:
     samples: dict[str, list[dict]]  # "validation"/"test" -> [{query, positive, negative}]
     split: dict[str, list[str]]  # split name -> occupation URIs
 
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "train_pairs": len(self.train_pairs),
+            **{f"{part}_occupations": len(uris) for part, uris in self.split.items()},
+        }
+
 
 def build_task(tables: dict[str, pd.DataFrame], config: DataConfig) -> EscoTask:
     occupations = tables[OCCUPATIONS].set_index("conceptUri")
@@ -176,12 +183,8 @@ def write_task(task: EscoTask, directory: Path, manifest: dict) -> PreparedPaths
     task.train_pairs.to_parquet(paths.train_pairs, index=False)
     for part, samples in task.samples.items():
         paths.samples(part).write_text(json.dumps(samples, ensure_ascii=False, indent=1), "utf-8")
-    counts = {
-        "train_pairs": len(task.train_pairs),
-        **{f"{part}_occupations": len(uris) for part, uris in task.split.items()},
-    }
     paths.manifest.write_text(
-        json.dumps({**manifest, "counts": counts, "split": task.split}, indent=1), "utf-8"
+        json.dumps({**manifest, "counts": task.counts, "split": task.split}, indent=1), "utf-8"
     )
     return paths
 

@@ -57,8 +57,10 @@ def model_uri(name: str, version: str) -> str:
     return f"models:/{name}/{version}"
 
 
-def load_version(name: str, version: str):
-    return mlflow.sentence_transformers.load_model(model_uri(name, version))
+def load(uri: str):
+    """A registered model as a SentenceTransformer, from a URI like models:/<name>@champion."""
+    client()  # resolve models:/ against the skillops store, not MLflow's default
+    return mlflow.sentence_transformers.load_model(uri)
 
 
 @contextlib.contextmanager

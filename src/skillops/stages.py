@@ -6,7 +6,6 @@ CLI calls single stages. Nothing here knows about Prefect.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -15,10 +14,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from skillops import esco, tracking
+from skillops import esco, registry, tracking
 from skillops.config import Recipe
 from skillops.evaluation import evaluate
+from skillops.modeling import load_model
 from skillops.promotion import Decision
+from skillops.reports import comparison_chart, loss_curve_chart, summary
+from skillops.training import train_pairs
+from skillops.tuning import tune as run_search
 from skillops.validation import ValidationReport, require, validate_esco, validate_pairs
 
 logger = logging.getLogger(__name__)
@@ -63,9 +66,10 @@ def start(recipe: Recipe, run_name: str | None = None) -> str:
     }
     tags = {"skillops.git_commit": tracking.git_commit(), "skillops.python": platform.python_version(), **versions}
     run_id = tracking.start_run(recipe.name, run_name or recipe.name, params, tags)
-    (output_dir(run_id)).mkdir(parents=True, exist_ok=True)
-    (output_dir(run_id) / "recipe.json").write_text(recipe.model_dump_json(indent=1), "utf-8")
-    tracking.log_artifact(run_id, output_dir(run_id) / "recipe.json")
+    recipe_file = output_dir(run_id) / "recipe.json"
+    recipe_file.parent.mkdir(parents=True, exist_ok=True)
+    recipe_file.write_text(recipe.model_dump_json(indent=1), "utf-8")
+    tracking.log_artifact(run_id, recipe_file)
     return run_id
 
 
@@ -95,7 +99,7 @@ def prepare(recipe: Recipe, run_id: str) -> PreparedData:
         directory=directory,
         data_fingerprint=fingerprint,
         eval_fingerprint=esco.fingerprint_files([paths.samples("test")]),
-        counts=json.loads(paths.manifest.read_text())["counts"],
+        counts=task.counts,
     )
     tracking.log_params(run_id, {"data_fingerprint": prepared.data_fingerprint, "eval_fingerprint": prepared.eval_fingerprint})
     tracking.log_metrics(run_id, {f"data_{k}": v for k, v in prepared.counts.items()})
@@ -104,8 +108,6 @@ def prepare(recipe: Recipe, run_id: str) -> PreparedData:
 
 
 def tune(recipe: Recipe, data: PreparedData, run_id: str) -> dict:
-    from skillops.tuning import tune as run_search
-
     best = run_search(recipe, data.paths, recipe.name, run_id, output_dir(run_id) / "tuning")
     tracking.log_params(run_id, {f"best.{k}": v for k, v in best.items()})
     return best
@@ -113,9 +115,6 @@ def tune(recipe: Recipe, data: PreparedData, run_id: str) -> dict:
 
 def train(recipe: Recipe, data: PreparedData, params: dict, run_id: str) -> Path:
     """Final training with the best parameters; returns the saved model folder."""
-    from skillops.reports import loss_curve_chart
-    from skillops.training import train_pairs
-
     config = recipe.training.model_copy(update=params)
     result = train_pairs(recipe.base_model, data.paths.train_pairs, config, output_dir(run_id) / "train")
     tracking.log_loss_history(run_id, result.log_history)
@@ -126,16 +125,13 @@ def train(recipe: Recipe, data: PreparedData, params: dict, run_id: str) -> Path
 
 def score(recipe: Recipe, data: PreparedData, candidate_dir: Path, run_id: str) -> Scores:
     """Base, candidate and current champion, all on the same frozen test samples, in this run."""
-    from skillops import registry
-    from skillops.modeling import load_model
-
     test_samples = data.paths.samples("test")
     base = evaluate(load_model(recipe.base_model, recipe.training.max_seq_length), test_samples, recipe.evaluation)
     candidate = evaluate(load_model(str(candidate_dir)), test_samples, recipe.evaluation)
     champion_version = registry.champion_version(recipe.registered_model_name)
     champion = None
     if champion_version is not None:
-        model = registry.load_version(recipe.registered_model_name, champion_version)
+        model = registry.load(registry.model_uri(recipe.registered_model_name, champion_version))
         champion = evaluate(model, test_samples, recipe.evaluation)
     scores = Scores(base=base, candidate=candidate, champion=champion, champion_version=champion_version)
     for name, values in (("base", base), ("test", candidate), ("champion", champion)):
@@ -145,8 +141,6 @@ def score(recipe: Recipe, data: PreparedData, candidate_dir: Path, run_id: str) 
 
 
 def register(recipe: Recipe, data: PreparedData, candidate_dir: Path, scores: Scores, run_id: str) -> str:
-    from skillops import registry
-
     tags = {
         "skillops.recipe": recipe.name,
         "skillops.run_id": run_id,
@@ -159,8 +153,6 @@ def register(recipe: Recipe, data: PreparedData, candidate_dir: Path, scores: Sc
 
 
 def promote(recipe: Recipe, version: str, scores: Scores, run_id: str) -> Decision:
-    from skillops import registry
-
     decision = registry.promote_if_better(
         recipe.registered_model_name,
         version,
@@ -178,9 +170,6 @@ def promote(recipe: Recipe, version: str, scores: Scores, run_id: str) -> Decisi
 
 def report(recipe: Recipe, version: str, scores: Scores, decision: Decision, run_id: str) -> str:
     """The run's summary (markdown) and comparison chart, logged to MLflow; returns the summary."""
-    from skillops import registry
-    from skillops.reports import comparison_chart, summary
-
     text = summary(
         recipe.registered_model_name, version, scores.table(), decision,
         registry.champion_version(recipe.registered_model_name), tracking.ui_command(),
