@@ -39,7 +39,9 @@ def validate_data(recipe: Recipe, run_id: str) -> ValidationReport:
     return stages.validate_inputs(recipe, run_id)
 
 
-@task(name="prepare-data")
+# log_prints off: `datasets` disassembles functions with dis (printing to a buffer) when it
+# fingerprints them, and Prefect's print capture would log every line of that bytecode.
+@task(name="prepare-data", log_prints=False)
 def prepare_data(recipe: Recipe, run_id: str) -> stages.PreparedData:
     return stages.prepare(recipe, run_id)
 

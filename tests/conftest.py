@@ -61,38 +61,86 @@ def esco_copy(small_esco, tmp_path) -> Path:
     return Path(shutil.copytree(small_esco, tmp_path / "esco"))
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory, small_esco) -> Path:
-    """A 2-layer, 32-wide random BERT with a WordPiece vocabulary trained on the ESCO text."""
+def _corpus_texts() -> list[str]:
+    """Real ESCO text (labels and descriptions) to train the tiny models' vocabularies on."""
+    texts = ["query: passage:"]
+    for name in ("occupations_en.csv", "skills_en.csv"):
+        frame = pd.read_csv(BUNDLED_ESCO / name, dtype=str, keep_default_na=False)
+        texts += frame.preferredLabel.tolist() + frame.altLabels.tolist() + frame.description.tolist()
+    return texts
+
+
+def build_tiny_model(architecture: str, target: Path) -> Path:
+    """A 2-layer, 32-wide random sentence model of one of the cards' architectures, offline.
+
+    bert (card 004, MiniLM is a BertModel): WordPiece vocabulary; mpnet (card 002): WordPiece with
+    MPNet's special tokens; xlm-roberta (cards 000, 001, 003): a Unigram (sentencepiece-style)
+    vocabulary. Seeded, so every session builds the same model.
+    """
+    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules.transformer import Transformer
     from sentence_transformers.sentence_transformer.modules.pooling import Pooling
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    import transformers
 
-    texts = []
-    for name in ("occupations_en.csv", "skills_en.csv"):
-        frame = pd.read_csv(small_esco / name, dtype=str, keep_default_na=False)
-        texts += frame.preferredLabel.tolist() + frame.altLabels.tolist()
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=800, special_tokens=specials))
-    hf_dir = tmp_path_factory.mktemp("tiny") / "hf"
-    BertTokenizerFast(tokenizer_object=tokenizer).save_pretrained(hf_dir)
-    config = BertConfig(
-        vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-    )
+    size = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    if architecture == "xlm-roberta":
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.normalizer = normalizers.NFKC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        tokenizer.train_from_iterator(_corpus_texts(), trainers.UnigramTrainer(vocab_size=1000, special_tokens=specials, unk_token="<unk>"))
+        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+        hf_tokenizer = transformers.XLMRobertaTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+        config = transformers.XLMRobertaConfig(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=130, pad_token_id=1, **size)
+        model_class = transformers.XLMRobertaModel
+    else:
+        mpnet = architecture == "mpnet"
+        specials = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"] if mpnet else ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.train_from_iterator(_corpus_texts(), trainers.WordPieceTrainer(vocab_size=1000, special_tokens=specials))
+        cls, sep = ("<s>", "</s>") if mpnet else ("[CLS]", "[SEP]")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))]
+        )
+        if mpnet:
+            hf_tokenizer = transformers.MPNetTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="[UNK]", pad_token="<pad>", mask_token="<mask>")
+            config = transformers.MPNetConfig(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=130, pad_token_id=1, **size)
+            model_class = transformers.MPNetModel
+        else:
+            hf_tokenizer = transformers.BertTokenizerFast(tokenizer_object=tokenizer)
+            config = transformers.BertConfig(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=128, **size)
+            model_class = transformers.BertModel
+    hf_dir = target / "hf"
+    hf_tokenizer.save_pretrained(hf_dir)
     torch.manual_seed(int(os.environ.get("SKILLOPS_TEST_SEED", "0")))  # the same random model every session
-    BertModel(config).save_pretrained(hf_dir)
+    model_class(config).save_pretrained(hf_dir)
     transformer = Transformer(str(hf_dir), max_seq_length=64)
     model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")])
-    model_dir = hf_dir.parent / "tiny-bert"
-    model.save(str(model_dir))
-    return model_dir
+    model.save(str(target / "model"))
+    return target / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_model("bert", tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """architecture -> a tiny random model of it, built on first use."""
+    built: dict[str, Path] = {}
+
+    def get(architecture: str) -> Path:
+        if architecture not in built:
+            built[architecture] = build_tiny_model(architecture, tmp_path_factory.mktemp(f"tiny-{architecture}"))
+        return built[architecture]
+
+    return get
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from skillops.config import Recipe, RecipeError, builtin_recipes, load_recipe, p
 def test_builtin_recipe_matches_card_000():
     recipe = load_recipe("esco-occupation-skills")
     assert "esco-occupation-skills" in builtin_recipes()
-    assert recipe.training.mnrl_scale == 20.0
+    assert recipe.loss.name == "mnrl" and recipe.loss.scale == 20.0
     assert recipe.evaluation.at_k == 100  # the card reports MRR@100 and NDCG@100
     assert recipe.evaluation.primary_metric == "map"
 

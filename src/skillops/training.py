@@ -1,4 +1,8 @@
-"""Fine-tuning on (anchor, positive) pairs with in-batch negatives, as model card 000 does."""
+"""Fine-tuning with sentence-transformers' trainer: the recipe's loss on its data shape.
+
+(Cached)MNRL train on pairs or triplets with in-batch negatives; CosineSimilarityLoss on scored
+pairs. Prompts are given to the trainer per column, so training, evaluation and serving agree.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from skillops.config import TrainingConfig
+from skillops.config import LossConfig, Prompts, TrainingConfig
 from skillops.modeling import device, load_model, mixed_precision
 
 logger = logging.getLogger(__name__)
@@ -23,44 +27,70 @@ class TrainingResult(BaseModel):
     log_history: Path  # the trainer's log (loss per logging step), for the loss curve
 
 
-def train_pairs(
+def build_loss(model, config: LossConfig):
+    from sentence_transformers.sentence_transformer import losses
+
+    if config.name == "mnrl":
+        return losses.MultipleNegativesRankingLoss(model, scale=config.scale)
+    if config.name == "cached_mnrl":
+        return losses.CachedMultipleNegativesRankingLoss(model, scale=config.scale, mini_batch_size=config.mini_batch_size)
+    return losses.CosineSimilarityLoss(model)
+
+
+def column_prompts(columns: list[str], prompts: Prompts) -> dict[str, str] | None:
+    """The trainer's per-column prompts: queries (anchor, sentence1) and documents (the rest)."""
+    if not prompts:
+        return None
+    return {
+        column: prompts.query if column in ("anchor", "sentence1") else prompts.document
+        for column in columns
+        if column != "score"
+    }
+
+
+def train_model(
     base_model: str,
-    pairs_path: Path,
+    train_path: Path,
     config: TrainingConfig,
+    loss: LossConfig,
+    prompts: Prompts,
     output_dir: Path,
     evaluator: Any = None,
-    evals: int = 0,
     callbacks: list | None = None,
 ) -> TrainingResult:
-    """Train with MultipleNegativesRankingLoss and save the model under `output_dir/model`.
+    """Train and save the model under `output_dir/model`.
 
-    The NO_DUPLICATES batch sampler keeps one ESCO skill from appearing twice in a batch, where
-    it would be counted as a negative of the very occupation it belongs to. With an evaluator and
-    `evals` > 0, the model is scored that many times during training (for pruning and curves).
+    For in-batch-negative losses the NO_DUPLICATES batch sampler keeps a text (one ESCO skill is
+    the positive of many occupations) from appearing twice in a batch, where it would count as a
+    negative of the very query it belongs to. With an evaluator and `config.evals_during_training`,
+    the validation set is scored that many times while training (for pruning and curves).
     """
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     model = load_model(base_model, config.max_seq_length)
-    dataset = Dataset.from_parquet(str(pairs_path))
-    steps_per_epoch = max(1, -(-len(dataset) // config.batch_size))
-    total_steps = config.max_steps if config.max_steps > 0 else int(steps_per_epoch * config.epochs)
+    dataset = Dataset.from_parquet(str(train_path))
+    steps_per_epoch = max(1, -(-len(dataset) // (config.batch_size * config.gradient_accumulation_steps)))
+    total_steps = config.max_steps if config.max_steps > 0 else max(1, int(steps_per_epoch * config.epochs))
     eval_settings: dict[str, Any] = {"eval_strategy": "no"}
-    if evaluator is not None and evals > 0:
-        eval_settings = {"eval_strategy": "steps", "eval_steps": max(1, total_steps // evals)}
+    if evaluator is not None and config.evals_during_training > 0:
+        eval_settings = {"eval_strategy": "steps", "eval_steps": max(1, total_steps // config.evals_during_training)}
+    in_batch_negatives = loss.name in ("mnrl", "cached_mnrl")
 
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
         warmup_steps=config.warmup_ratio,  # transformers 5: a value below 1 is a ratio
         weight_decay=config.weight_decay,
         seed=config.seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER,
+        prompts=column_prompts(dataset.column_names, prompts),
         logging_steps=max(1, total_steps // 20),
         save_strategy="epoch",
         save_total_limit=1,
@@ -73,14 +103,16 @@ def train_pairs(
         model=model,
         args=args,
         train_dataset=dataset,
-        loss=MultipleNegativesRankingLoss(model, scale=config.mnrl_scale),
+        loss=build_loss(model, loss),
         evaluator=evaluator,
         callbacks=callbacks,
     )
-    logger.info("Training %s on %d pairs for %d steps", base_model, len(dataset), total_steps)
+    logger.info("Training %s with %s on %d rows for %d steps", base_model, loss.name, len(dataset), total_steps)
     trainer.train()
 
     model_dir = output_dir / "model"
+    if prompts:  # saved with the model: encode(texts, prompt_name="query") works after loading
+        model.prompts = {**model.prompts, "query": prompts.query, "document": prompts.document}
     model.save(str(model_dir))
     # Checkpoints only matter while training can still crash; the saved model replaces them.
     shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)

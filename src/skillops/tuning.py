@@ -1,4 +1,4 @@
-"""Optuna search over learning rate, batch size and warmup, judged on the validation split only.
+"""Optuna search over learning rate, batch size and warmup, judged on the validation set only.
 
 Each trial is an MLflow child run of the pipeline's run. The HF trainer's own
 `hyperparameter_search` cannot take Optuna callbacks or log child runs, so the loop is written
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from skillops.config import Recipe
-from skillops.esco import PreparedPaths
-from skillops.evaluation import reranking_evaluator
+from skillops.evaluation import build_evaluator, sanitise
 from skillops.reports import optuna_history_chart
+from skillops.tasks import PreparedPaths
 from skillops.tracking import end_run, log_artifact, log_loss_history, log_metrics, metric_name, set_tags, start_run
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def _pruning_callback(trial, evaluator, metric: str, run_id: str):
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             if state.global_step != self.last_step:  # score the final weights too
-                scores = {metric_name(k): v for k, v in evaluator(model).items()}
+                scores = sanitise(evaluator(model))
                 self.last_score, self.last_step = float(scores[metric]), state.global_step
                 log_metrics(run_id, {metric: self.last_score}, prefix="validation_", step=state.global_step)
 
@@ -61,10 +61,10 @@ def tune(
     import optuna
     import torch
 
-    from skillops.training import train_pairs
+    from skillops.training import train_model
 
     metric = recipe.evaluation.primary_metric
-    evaluator = reranking_evaluator(data.samples("validation"), recipe.evaluation)
+    evaluator = build_evaluator(data.eval_set("validation"), recipe.evaluation, recipe.prompts)
 
     def objective(trial: optuna.Trial) -> float:
         params = {
@@ -72,16 +72,18 @@ def tune(
             "batch_size": trial.suggest_categorical("batch_size", search.batch_sizes),
             "warmup_ratio": trial.suggest_float("warmup_ratio", *search.warmup_ratio),
         }
-        config = recipe.training.model_copy(update={**params, "epochs": search.epochs})
+        config = recipe.training.model_copy(
+            update={**params, "epochs": search.epochs, "evals_during_training": search.evals_per_trial}
+        )
         run_id = start_run(
             experiment, f"trial-{trial.number}", {**params, "epochs": search.epochs}, parent_run_id=parent_run_id
         )
         callback = _pruning_callback(trial, evaluator, metric, run_id)
         trial_dir = output_dir / f"trial-{trial.number}"
         try:
-            result = train_pairs(
-                recipe.base_model, data.train_pairs, config, trial_dir,
-                evaluator=evaluator, evals=search.evals_per_trial, callbacks=[callback],
+            result = train_model(
+                recipe.base_model, data.train, config, recipe.loss, recipe.prompts, trial_dir,
+                evaluator=evaluator, callbacks=[callback],
             )
             log_loss_history(run_id, result.log_history)
         except optuna.TrialPruned as pruned:

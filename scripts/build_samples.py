@@ -1,0 +1,116 @@
+"""Build the bundled sample of each table recipe from the ESCO ICT sample (data/esco-ict).
+
+    python scripts/build_samples.py [--esco data/esco-ict] [--out data/samples]
+
+Deterministic (seeded), so re-running it reproduces the committed files byte for byte. Each
+sample has the data shape of its model card, built from real ESCO text:
+
+    job-skills.csv                (004) occupation description -> one of its skills      pairs
+    course-skill-retrieval.jsonl  (001) skill description -> skill label                 pairs; the recipe mines negatives
+    term-retrieval.parquet        (003) skill alternative label -> preferred label       pairs
+    resume-job-similarity.csv     (002) two occupation descriptions, scored by the       scored pairs
+                                        Jaccard overlap of their skill sets, in [0, 1]
+
+ESCO is (c) European Union, CC BY 4.0 (https://esco.ec.europa.eu): keep the attribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SEED = 42
+MAX_ALT_LABELS_PER_SKILL = 2  # keeps term-retrieval near 1,000 rows: a CPU run in minutes
+SIMILARITY_PAIRS = 1200
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _text(value: str) -> str:
+    return " ".join(value.split())
+
+
+def job_skills(occupations, skills, relations) -> pd.DataFrame:
+    labels = skills.set_index("conceptUri").preferredLabel
+    descriptions = occupations.set_index("conceptUri").description
+    rows = [
+        {"job_description": _text(descriptions[o]), "skill": _text(labels[s])}
+        for o, s in relations[["occupationUri", "skillUri"]].itertuples(index=False)
+        if o in descriptions.index and s in labels.index and descriptions[o].strip()
+    ]
+    return pd.DataFrame(rows).drop_duplicates(ignore_index=True)
+
+
+def course_skill_retrieval(skills) -> pd.DataFrame:
+    frame = skills[skills.description.str.strip() != ""]
+    return pd.DataFrame(
+        {"skill_description": frame.description.map(_text), "skill_label": frame.preferredLabel.map(_text)}
+    ).drop_duplicates(ignore_index=True)
+
+
+def term_retrieval(skills) -> pd.DataFrame:
+    rows = []
+    for preferred, alternatives in skills[["preferredLabel", "altLabels"]].itertuples(index=False):
+        forms = [_text(a) for a in alternatives.splitlines() if _text(a) and _text(a) != _text(preferred)]
+        rows += [{"query": form, "passage": _text(preferred)} for form in forms[:MAX_ALT_LABELS_PER_SKILL]]
+    frame = pd.DataFrame(rows).drop_duplicates(ignore_index=True)
+    # An alternative label shared by two skills has no single right answer: leave it out.
+    return frame[~frame["query"].duplicated(keep=False)].reset_index(drop=True)
+
+
+def resume_job_similarity(occupations, relations) -> pd.DataFrame:
+    skills_of = relations.groupby("occupationUri").skillUri.apply(set).to_dict()
+    descriptions = occupations.set_index("conceptUri").description.map(_text)
+    uris = sorted(uri for uri in skills_of if descriptions.get(uri))
+    rng = np.random.default_rng(SEED)
+    scored = []
+    for a, b in itertools.combinations(uris, 2):
+        jaccard = len(skills_of[a] & skills_of[b]) / len(skills_of[a] | skills_of[b])
+        scored.append((a, b, jaccard))
+    # Every overlapping pair is informative; add as many non-overlapping ones, then subsample.
+    overlapping = [row for row in scored if row[2] > 0]
+    disjoint = [row for row in scored if row[2] == 0]
+    picked = overlapping + [disjoint[i] for i in rng.choice(len(disjoint), size=min(len(disjoint), len(overlapping)), replace=False)]
+    picked = [picked[i] for i in sorted(rng.choice(len(picked), size=min(SIMILARITY_PAIRS, len(picked)), replace=False))]
+    rows = []
+    for a, b, score in picked:
+        first, second = (a, b) if rng.random() < 0.5 else (b, a)
+        rows.append({"resume_section": descriptions[first], "job_section": descriptions[second], "score": round(score, 4)})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--esco", type=Path, default=Path("data/esco-ict"))
+    parser.add_argument("--out", type=Path, default=Path("data/samples"))
+    args = parser.parse_args()
+    occupations = _read(args.esco / "occupations_en.csv")
+    skills = _read(args.esco / "skills_en.csv")
+    relations = _read(args.esco / "occupationSkillRelations_en.csv")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    samples = {
+        "job-skills.csv": job_skills(occupations, skills, relations),
+        "course-skill-retrieval.jsonl": course_skill_retrieval(skills),
+        "term-retrieval.parquet": term_retrieval(skills),
+        "resume-job-similarity.csv": resume_job_similarity(occupations, relations),
+    }
+    for name, frame in samples.items():
+        path = args.out / name
+        if path.suffix == ".csv":
+            frame.to_csv(path, index=False)
+        elif path.suffix == ".jsonl":
+            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_parquet(path, index=False)
+        print(f"{path}: {len(frame)} rows, columns {list(frame.columns)}")
+
+
+if __name__ == "__main__":
+    main()

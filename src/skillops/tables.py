@@ -1,0 +1,157 @@
+"""Training data that is not in the ESCO layout: CSV, JSONL, Parquet, a saved `datasets` folder or
+a Hugging Face dataset name, renamed to skillops' column names for its shape.
+
+Shapes and their columns (`config.SHAPE_COLUMNS`): pairs (anchor, positive), triplets (anchor,
+positive, negative_1..n) and scored pairs (sentence1, sentence2, score). A recipe maps a file's own
+column names onto these with `data.columns`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from skillops.config import SHAPE_COLUMNS, DataConfig
+from skillops.esco import DataError, read_csv
+
+TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class Table:
+    frame: pd.DataFrame  # skillops' column names, in file order
+    source: str  # the file or dataset the rows came from, for messages
+    first_line: int | None  # line number of the first row in a text file (CSV 2, JSONL 1); None: row index
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    rows = []
+    for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(
+                f"{path}: line {number} is not JSON ({error.msg}): {line[:80]!r}. Each line of a "
+                "JSONL file must be one JSON object."
+            ) from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {number} is a JSON {type(row).__name__}, not an object with named fields.")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: the file has no rows.")
+    return pd.DataFrame(rows)
+
+
+def _read_source(config: DataConfig) -> tuple[pd.DataFrame, str, int | None]:
+    path = Path(config.path).expanduser()
+    try:
+        if path.is_file() and path.suffix == ".csv":
+            return read_csv(path), str(path), 2
+        if path.is_file() and path.suffix == ".jsonl":
+            return _read_jsonl(path), str(path), 1
+        if path.is_file() and path.suffix == ".parquet":
+            return pd.read_parquet(path), str(path), None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}). Re-save it as UTF-8.") from None
+    except (OSError, ValueError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"{path}: cannot be read as {path.suffix[1:]} ({error}).") from None
+    if path.is_file():
+        raise DataError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}.")
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        try:
+            dataset = load_from_disk(str(path))
+        except FileNotFoundError:
+            raise DataError(
+                f"{path}: a folder, but not one saved with `datasets` (Dataset.save_to_disk). Give a "
+                f"file ({', '.join(TABLE_SUFFIXES)}) or a saved dataset folder."
+            ) from None
+        if hasattr(dataset, "keys"):  # a DatasetDict: take the split the recipe names
+            dataset = dataset[config.hub_split]
+        return dataset.to_pandas(), str(path), None
+    return _read_hub(config), f"{config.path} (Hugging Face hub, split {config.hub_split})", None
+
+
+def _read_hub(config: DataConfig) -> pd.DataFrame:
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(config.path, split=config.hub_split).to_pandas()
+    except Exception as error:  # offline, unknown name, no such split: all end the same way
+        raise DataError(
+            f"data.path = {config.path!r} is not a file or folder here, and loading it as a Hugging "
+            f"Face dataset failed ({type(error).__name__}: {str(error)[:200]}). Check the path, or "
+            "go online once (HF_HUB_OFFLINE unset) to fetch the dataset."
+        ) from None
+
+
+def _missing_column(source: str, frame: pd.DataFrame, name: str, column: str) -> DataError:
+    hint = ""
+    if len(frame.columns) == 1 and any(sep in frame.columns[0] for sep in ";\t|"):
+        hint = " The file seems to use another delimiter than a comma; save it as comma-separated CSV."
+    return DataError(
+        f"{source}: no column {column!r} (the {name!r} column of this recipe); the file has "
+        f"{list(frame.columns)}. Rename the column in the file or set data.columns.{name} in the recipe.{hint}"
+    )
+
+
+def _negative_columns(config: DataConfig, frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """negative_1..n, from a list of columns, one column of lists, or columns named negative*."""
+    mapped = config.columns.get("negatives")
+    if mapped is None:
+        names = [c for c in frame.columns if str(c).startswith("negative")]
+        if not names:
+            raise DataError(
+                f"{source}: triplets need negatives, but no column is named negative*; the file has "
+                f"{list(frame.columns)}. Set data.columns.negatives to the negative column(s), or use "
+                "data.shape: pairs with data.mine_negatives to mine them."
+            )
+    else:
+        names = [mapped] if isinstance(mapped, str) else mapped
+    for name in names:
+        if name not in frame.columns:
+            raise _missing_column(source, frame, "negatives", name)
+    if len(names) == 1 and frame[names[0]].map(lambda v: isinstance(v, list | tuple) or hasattr(v, "tolist")).all():
+        lists = frame[names[0]].map(list)
+        width = lists.map(len)
+        if width.nunique() != 1:
+            raise DataError(
+                f"{source}: column {names[0]!r} holds lists of {sorted(width.unique())[:5]} negatives; "
+                "every row needs the same number. Pad or trim the lists."
+            )
+        return pd.DataFrame(lists.tolist(), columns=[f"negative_{i + 1}" for i in range(width.iloc[0])])
+    return frame[names].set_axis([f"negative_{i + 1}" for i in range(len(names))], axis=1)
+
+
+def read_table(config: DataConfig) -> Table:
+    """The recipe's data under skillops' column names; errors name the file and column."""
+    frame, source, first_line = _read_source(config)
+    if frame.empty:
+        raise DataError(f"{source}: the file has a header but no rows; it needs data rows.")
+    columns = {}
+    for name in SHAPE_COLUMNS[config.shape]:
+        if name == "negatives":
+            continue
+        column = config.column(name)
+        if column not in frame.columns:
+            raise _missing_column(source, frame, name, column)
+        columns[name] = frame[column].reset_index(drop=True)
+    renamed = pd.DataFrame(columns)
+    if config.shape == "triplets":
+        renamed = pd.concat([renamed, _negative_columns(config, frame, source).reset_index(drop=True)], axis=1)
+    if config.shape == "scored_pairs":
+        # Text such as "high" becomes NaN here and is reported by the suite's not-null rule.
+        renamed["score"] = pd.to_numeric(renamed["score"], errors="coerce").astype(float)
+    return Table(renamed, source, first_line)
+
+
+def text_columns(frame: pd.DataFrame) -> list[str]:
+    return [column for column in frame.columns if column != "score"]
