@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from skillops import stages, tracking
 from skillops.config import Recipe, load_recipe
 from skillops.promotion import Decision
-from skillops.validation import ValidationReport
+from skillops.validation import ValidationReport, require
 
 # Never cache a stage: a retrain must re-read data and re-score the champion every time.
 task = partial(prefect_task, cache_policy=NO_CACHE)
@@ -36,7 +36,9 @@ def open_run(recipe: Recipe) -> str:
 
 @task(name="validate-data")
 def validate_data(recipe: Recipe, run_id: str) -> ValidationReport:
-    return stages.validate_inputs(recipe, run_id)
+    report = stages.check_inputs(recipe, run_id)
+    create_markdown_artifact(report.markdown(), key="data-validation", description="Data validation summary")
+    return require(report)
 
 
 # log_prints off: `datasets` disassembles functions with dis (printing to a buffer) when it

@@ -57,7 +57,8 @@ def course_skill_retrieval(skills) -> pd.DataFrame:
 def term_retrieval(skills) -> pd.DataFrame:
     rows = []
     for preferred, alternatives in skills[["preferredLabel", "altLabels"]].itertuples(index=False):
-        forms = [_text(a) for a in alternatives.splitlines() if _text(a) and _text(a) != _text(preferred)]
+        # A form that differs from the preferred label only in case is no retrieval question.
+        forms = [_text(a) for a in alternatives.splitlines() if _text(a) and _text(a).casefold() != _text(preferred).casefold()]
         rows += [{"query": form, "passage": _text(preferred)} for form in forms[:MAX_ALT_LABELS_PER_SKILL]]
     frame = pd.DataFrame(rows).drop_duplicates(ignore_index=True)
     # An alternative label shared by two skills has no single right answer: leave it out.

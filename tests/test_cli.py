@@ -32,3 +32,21 @@ def test_validate_exit_codes(esco_copy, tmp_path, capsys):
 
     assert main(["validate", "no-such-recipe"]) == 2
     assert "Run `skillops recipes`" in capsys.readouterr().err
+
+
+def test_validate_a_bare_data_file_with_html_report(tmp_path, capsys):
+    from test_bad_inputs import good_pairs
+
+    good = tmp_path / "pairs.csv"
+    good_pairs().rename(columns={"anchor": "title", "positive": "skill"}).to_csv(good, index=False)
+    assert main(["validate", str(good), "--columns", "anchor=title,positive=skill"]) == 0
+    assert "rule(s) failed" not in capsys.readouterr().out
+
+    bad = tmp_path / "bad.csv"
+    good_pairs().assign(positive=lambda f: f.anchor).to_csv(bad, index=False)
+    report = tmp_path / "report.html"
+    assert main(["validate", str(bad), "--html", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert "bad.csv: column 'anchor, positive': rule 'anchor differs from positive'" in out and "lines [2, 3, 4, 5, 6]" in out
+    page = report.read_text()
+    assert page.startswith("<!doctype html>") and "anchor differs from positive" in page and "nothing was trained" in page

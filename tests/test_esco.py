@@ -56,13 +56,13 @@ def test_task_never_shows_a_held_out_occupation_to_training():
 def test_unreadable_files_name_the_file(tmp_path: Path):
     latin = tmp_path / "skills_en.csv"
     latin.write_bytes("conceptUri,preferredLabel\nx,Fran\xe7ais\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"skills_en.csv: not UTF-8"):
+    with pytest.raises(DataError, match=r"skills_en.csv: rule .file is UTF-8 text. failed"):
         read_csv(latin)
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with pytest.raises(DataError, match=r"empty.csv: the file is empty"):
+    with pytest.raises(DataError, match=r"empty.csv: rule .file has a header row. failed"):
         read_csv(empty)
-    with pytest.raises(DataError, match=r"missing.csv: file not found"):
+    with pytest.raises(DataError, match=r"missing.csv: rule .file exists. failed \(file not found\)"):
         read_csv(tmp_path / "missing.csv")
 
 

@@ -29,12 +29,54 @@ def cmd_recipes(args) -> int:
     return 0
 
 
-def cmd_validate(args) -> int:
-    from skillops.validation import validate_recipe_data
+def _data_recipe(path: Path, shape: str | None, columns: dict[str, str]):
+    """A default recipe around a bare data file or folder, so `validate` takes data directly."""
+    from skillops.config import parse_recipe
+    from skillops.tables import read_source
 
-    report = validate_recipe_data(_recipe(args))
-    print(report.markdown())
-    return 0 if report.success else 1
+    if path.is_dir() and any(path.glob("occupations_*.csv")):
+        language = sorted(path.glob("occupations_*.csv"))[0].stem.removeprefix("occupations_")
+        return parse_recipe({"name": path.name, "data": {"format": "esco", "path": str(path), "language": language}}, str(path))
+    if shape is None:  # guess from the column names
+        frame, _, _ = read_source(parse_recipe({"name": "x", "data": {"format": "table", "path": str(path)}}, str(path)).data)
+        names = set(frame.columns) | set(columns)
+        shape = "scored_pairs" if "score" in names else "triplets" if any(n.startswith("negative") for n in names) else "pairs"
+    scored = shape == "scored_pairs"
+    return parse_recipe(
+        {
+            "name": path.stem,
+            "data": {"format": "table", "path": str(path), "shape": shape, "columns": columns},
+            "loss": {"name": "cosine_similarity" if scored else "mnrl"},
+            "evaluation": {"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"} if scored
+            else {"evaluator": "information_retrieval", "primary_metric": "cosine_ndcg_at_10"},
+        },
+        str(path),
+    )
+
+
+def cmd_validate(args) -> int:
+    from skillops import tasks
+    from skillops.config import RECIPE_SUFFIXES, load_recipe
+    from skillops.validation import validate_prepared, validate_recipe_data
+
+    target = Path(args.recipe)
+    is_data = target.exists() and target.suffix not in RECIPE_SUFFIXES
+    columns = dict(pair.split("=", 1) for pair in args.columns.split(",")) if args.columns else {}
+    recipe = _data_recipe(target, args.shape, columns) if is_data else load_recipe(args.recipe)
+    reports = [validate_recipe_data(recipe)]
+    if reports[0].success:
+        # What the pipeline would build from it: the split, the frozen eval sets, leakage and
+        # lengths. Mining needs the model and is left to the pipeline.
+        unmined = recipe.model_copy(update={"data": recipe.data.model_copy(update={"mine_negatives": None})})
+        with tempfile.TemporaryDirectory() as tmp:
+            task = tasks.build_task(unmined)
+            reports.append(validate_prepared(task, unmined, tasks.write_task(task, Path(tmp), {})))
+    for report in reports:
+        print(report.markdown())
+    if args.html:
+        Path(args.html).write_text("".join(report.html() for report in reports), "utf-8")
+        print(f"HTML report: {args.html}")
+    return 0 if all(report.success for report in reports) else 1
 
 
 def cmd_evaluate(args) -> int:
@@ -114,7 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     add("recipes", cmd_recipes, "List the built-in recipes.", recipe=False)
-    add("validate", cmd_validate, "Check a recipe's data against its suites; exit 1 if a rule fails.")
+    validate = add(
+        "validate", cmd_validate,
+        "Check a recipe's data, or a data file or ESCO folder, against its suites and checks; exit 1 if a rule fails.",
+    )
+    validate.add_argument("--shape", choices=["pairs", "triplets", "scored_pairs"], help="shape of a bare data file (default: guessed from its columns)")
+    validate.add_argument(
+        "--columns", metavar="NAME=COLUMN,...",
+        help="map a bare file's columns to skillops' names, e.g. anchor=job_description,positive=skill",
+    )
+    validate.add_argument("--html", metavar="FILE", help="also write the report as an HTML page")
     evaluate = add("evaluate", cmd_evaluate, "Score a model on the recipe's held-out validation or test set.")
     evaluate.add_argument(
         "--model", required=True,

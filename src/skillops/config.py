@@ -230,6 +230,20 @@ class EvaluationConfig(_Strict):
         return self
 
 
+Level = Literal["error", "warn", "off"]
+
+
+class ValidationPolicy(_Strict):
+    """What each data check does when it finds something: stop the run (error), report it (warn)
+    or skip it (off). Schema rules of the suites (columns, empty text, ranges) are always errors."""
+
+    duplicates: Level = Field("error", description="Rows equal after folding case, spacing and Unicode form.")
+    anchor_equals_positive: Level = "error"
+    positive_in_negatives: Level = "error"
+    leakage: Level = Field("error", description="A validation/test query that training also sees.")
+    too_long: Level = Field("warn", description="Texts longer than training.max_seq_length tokens (cut, not lost).")
+
+
 class PromotionPolicy(_Strict):
     min_delta: float = Field(
         0.0,
@@ -253,6 +267,7 @@ class Recipe(_Strict):
     training: TrainingConfig = TrainingConfig()
     search: SearchConfig = SearchConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    validation: ValidationPolicy = ValidationPolicy()
     promotion: PromotionPolicy = PromotionPolicy()
 
     @model_validator(mode="after")

@@ -97,6 +97,18 @@ def mixed_precision() -> dict[str, bool]:
     return {"bf16": bf16, "fp16": not bf16}
 
 
+def load_tokenizer(name_or_path: str):
+    """The base model's tokenizer alone (for length checks), without loading its weights."""
+    from transformers import AutoTokenizer
+
+    path = Path(resolve_model(name_or_path))
+    if path.is_dir() and not (path / "tokenizer_config.json").is_file():
+        # sentence-transformers may keep the transformer in a sub-folder (0_Transformer/).
+        nested = sorted(path.glob("*/tokenizer_config.json"))
+        path = nested[0].parent if nested else path
+    return AutoTokenizer.from_pretrained(str(path))
+
+
 def load_model(name_or_path: str, max_seq_length: int | None = None):
     from sentence_transformers import SentenceTransformer
 

@@ -84,40 +84,46 @@ def output_dir(run_id: str) -> Path:
     return (Path(os.environ.get("SKILLOPS_OUTPUTS_DIR", "outputs")) / run_id).resolve()
 
 
-def validate_inputs(recipe: Recipe, run_id: str | None = None) -> ValidationReport:
-    """Check the recipe's raw data against its suites; raises before anything is trained."""
+def check_inputs(recipe: Recipe, run_id: str | None = None) -> ValidationReport:
+    """Check the recipe's raw data against its suites and checks; the report is saved (markdown
+    and HTML) to the run, passed or not. `require(report)` is what stops the pipeline."""
     report = validate_recipe_data(recipe)
     if run_id:
-        path = output_dir(run_id) / "validation.md"
-        path.write_text(report.markdown(), "utf-8")
-        tracking.log_artifact(run_id, path, "validation")
-    return require(report)
+        _log_report(report, run_id, "inputs")
+    return report
+
+
+def _log_report(report: ValidationReport, run_id: str, name: str) -> None:
+    directory = output_dir(run_id) / "validation"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.md").write_text(report.markdown(), "utf-8")
+    (directory / f"{name}.html").write_text(report.html(), "utf-8")
+    for suffix in ("md", "html"):
+        tracking.log_artifact(run_id, directory / f"{name}.{suffix}", "validation")
 
 
 def prepare(recipe: Recipe, run_id: str) -> PreparedData:
-    """Split the data and freeze the evaluation sets (mining negatives when the recipe asks)."""
-    directory = output_dir(run_id) / "data"
-    prepared = prepare_into(recipe, directory)
-    tracking.log_params(run_id, {"data_fingerprint": prepared.data_fingerprint, "eval_fingerprint": prepared.eval_fingerprint})
-    tracking.log_metrics(run_id, {f"data_{k}": v for k, v in prepared.counts.items()})
-    tracking.log_artifact(run_id, prepared.paths.manifest, "data")
-    return prepared
-
-
-def prepare_into(recipe: Recipe, directory: Path) -> PreparedData:
+    """Split the data and freeze the evaluation sets (mining negatives when the recipe asks), then
+    check what was built: leakage, cut texts, and the suites of the training and eval shapes."""
     # The source files and every data setting: a change to either is a new data set.
     fingerprint = tasks.fingerprint_files(tasks.source_files(recipe.data), extra=recipe.data.model_dump_json())
     task = tasks.build_task(recipe)
     if recipe.data.mine_negatives is not None:
         task = tasks.Task(tasks.mine_negatives(task.train, recipe), task.eval_sets, task.split)
-    paths = tasks.write_task(task, directory, {"data_fingerprint": fingerprint})
-    require(validate_prepared(task.train, recipe.data.training_shape, str(paths.train)))
-    return PreparedData(
-        directory=directory,
+    paths = tasks.write_task(task, output_dir(run_id) / "data", {"data_fingerprint": fingerprint})
+    report = validate_prepared(task, recipe, paths)
+    _log_report(report, run_id, "prepared")
+    require(report)
+    prepared = PreparedData(
+        directory=paths.directory,
         data_fingerprint=fingerprint,
         eval_fingerprint=tasks.fingerprint_files([paths.eval_set("test")], extra=recipe.prompts.model_dump_json()),
         counts=task.counts,
     )
+    tracking.log_params(run_id, {"data_fingerprint": prepared.data_fingerprint, "eval_fingerprint": prepared.eval_fingerprint})
+    tracking.log_metrics(run_id, {f"data_{k}": v for k, v in prepared.counts.items()})
+    tracking.log_artifact(run_id, paths.manifest, "data")
+    return prepared
 
 
 def tune(recipe: Recipe, data: PreparedData, run_id: str) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from skillops.config import SHAPE_COLUMNS, DataConfig
-from skillops.esco import DataError, read_csv
+from skillops.esco import DataError, data_error, read_csv
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
@@ -35,19 +35,23 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataError(
-                f"{path}: line {number} is not JSON ({error.msg}): {line[:80]!r}. Each line of a "
-                "JSONL file must be one JSON object."
+            raise data_error(
+                path, "each line is one JSON object", f"repair line {number}: {line[:80]!r}",
+                detail=f"line {number} is not JSON: {error.msg}",
             ) from None
         if not isinstance(row, dict):
-            raise DataError(f"{path}: line {number} is a JSON {type(row).__name__}, not an object with named fields.")
+            raise data_error(
+                path, "each line is one JSON object", f"write line {number} as an object with named fields",
+                detail=f"line {number} is a JSON {type(row).__name__}",
+            )
         rows.append(row)
     if not rows:
-        raise DataError(f"{path}: the file has no rows.")
+        raise data_error(path, "the file has data rows", "the file is empty: add one JSON object per line")
     return pd.DataFrame(rows)
 
 
-def _read_source(config: DataConfig) -> tuple[pd.DataFrame, str, int | None]:
+def read_source(config: DataConfig) -> tuple[pd.DataFrame, str, int | None]:
+    """The file, folder or hub dataset as it is, under its own column names."""
     path = Path(config.path).expanduser()
     try:
         if path.is_file() and path.suffix == ".csv":
@@ -57,22 +61,22 @@ def _read_source(config: DataConfig) -> tuple[pd.DataFrame, str, int | None]:
         if path.is_file() and path.suffix == ".parquet":
             return pd.read_parquet(path), str(path), None
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}). Re-save it as UTF-8.") from None
+        raise data_error(path, "file is UTF-8 text", "re-save it as UTF-8", detail=f"{error.reason} at byte {error.start}") from None
+    except DataError:
+        raise
     except (OSError, ValueError) as error:
-        if isinstance(error, DataError):
-            raise
-        raise DataError(f"{path}: cannot be read as {path.suffix[1:]} ({error}).") from None
+        raise data_error(path, f"file is readable {path.suffix[1:]}", "re-save the file", detail=str(error)[:200]) from None
     if path.is_file():
-        raise DataError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}.")
+        raise data_error(path, "known file type", f"save it as one of {', '.join(TABLE_SUFFIXES)}", detail=f"{path.suffix!r}")
     if path.is_dir():
         from datasets import load_from_disk
 
         try:
             dataset = load_from_disk(str(path))
         except FileNotFoundError:
-            raise DataError(
-                f"{path}: a folder, but not one saved with `datasets` (Dataset.save_to_disk). Give a "
-                f"file ({', '.join(TABLE_SUFFIXES)}) or a saved dataset folder."
+            raise data_error(
+                path, "folder is a saved `datasets` dataset",
+                f"give a file ({', '.join(TABLE_SUFFIXES)}) or a folder written by Dataset.save_to_disk",
             ) from None
         if hasattr(dataset, "keys"):  # a DatasetDict: take the split the recipe names
             dataset = dataset[config.hub_split]
@@ -97,9 +101,10 @@ def _missing_column(source: str, frame: pd.DataFrame, name: str, column: str) ->
     hint = ""
     if len(frame.columns) == 1 and any(sep in frame.columns[0] for sep in ";\t|"):
         hint = " The file seems to use another delimiter than a comma; save it as comma-separated CSV."
-    return DataError(
-        f"{source}: no column {column!r} (the {name!r} column of this recipe); the file has "
-        f"{list(frame.columns)}. Rename the column in the file or set data.columns.{name} in the recipe.{hint}"
+    return data_error(
+        source, f"column {column!r} is present",
+        f"rename the column in the file or set data.columns.{name} in the recipe.{hint}",
+        column=column, detail=f"the {name!r} column of this recipe; the file has {list(frame.columns)}",
     )
 
 
@@ -109,10 +114,10 @@ def _negative_columns(config: DataConfig, frame: pd.DataFrame, source: str) -> p
     if mapped is None:
         names = [c for c in frame.columns if str(c).startswith("negative")]
         if not names:
-            raise DataError(
-                f"{source}: triplets need negatives, but no column is named negative*; the file has "
-                f"{list(frame.columns)}. Set data.columns.negatives to the negative column(s), or use "
-                "data.shape: pairs with data.mine_negatives to mine them."
+            raise data_error(
+                source, "triplets have negative columns",
+                "set data.columns.negatives to the negative column(s), or use data.shape: pairs with "
+                "data.mine_negatives to mine them", column="negative*", detail=f"the file has {list(frame.columns)}",
             )
     else:
         names = [mapped] if isinstance(mapped, str) else mapped
@@ -123,9 +128,9 @@ def _negative_columns(config: DataConfig, frame: pd.DataFrame, source: str) -> p
         lists = frame[names[0]].map(list)
         width = lists.map(len)
         if width.nunique() != 1:
-            raise DataError(
-                f"{source}: column {names[0]!r} holds lists of {sorted(width.unique())[:5]} negatives; "
-                "every row needs the same number. Pad or trim the lists."
+            raise data_error(
+                source, "every row has the same number of negatives", "pad or trim the lists",
+                column=names[0], detail=f"lists of {sorted(width.unique())[:5]} negatives",
             )
         return pd.DataFrame(lists.tolist(), columns=[f"negative_{i + 1}" for i in range(width.iloc[0])])
     return frame[names].set_axis([f"negative_{i + 1}" for i in range(len(names))], axis=1)
@@ -133,9 +138,9 @@ def _negative_columns(config: DataConfig, frame: pd.DataFrame, source: str) -> p
 
 def read_table(config: DataConfig) -> Table:
     """The recipe's data under skillops' column names; errors name the file and column."""
-    frame, source, first_line = _read_source(config)
+    frame, source, first_line = read_source(config)
     if frame.empty:
-        raise DataError(f"{source}: the file has a header but no rows; it needs data rows.")
+        raise data_error(source, "the file has data rows", "the file has a header but no rows: add data rows")
     columns = {}
     for name in SHAPE_COLUMNS[config.shape]:
         if name == "negatives":

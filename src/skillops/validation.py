@@ -7,6 +7,7 @@ place that stops the pipeline, with the file, column, rule, offending rows and t
 from __future__ import annotations
 
 import functools
+from html import escape
 import json
 import logging
 from pathlib import Path
@@ -15,41 +16,16 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel
 
-from skillops.config import Recipe
+from skillops import checks
+from skillops.checks import MAX_EXAMPLES, Failure
+from skillops.config import Recipe, ValidationPolicy
 from skillops.esco import OCCUPATIONS, RELATIONS, SKILLS, DataError, esco_files, read_csv
-from skillops.modeling import prompt_warnings
+from skillops.modeling import load_tokenizer, prompt_warnings
 from skillops.tables import read_table, text_columns
 
 logger = logging.getLogger(__name__)
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
-MAX_EXAMPLES = 5
-
-
-class Failure(BaseModel):
-    file: str
-    column: str
-    rule: str
-    expectation: str
-    fix: str
-    unexpected: int | None = None
-    total: int | None = None
-    examples: list[Any] = []
-    lines: list[int] = []  # 1-based line numbers in a text file (a CSV's header is line 1)
-    rows: list[int] = []  # 0-based row numbers, for files without lines (Parquet, datasets)
-
-    def describe(self) -> str:
-        where = f"{self.file}: column {self.column!r}" if self.column else f"{self.file}"
-        text = f"{where}: rule '{self.rule}' ({self.expectation}) failed"
-        if self.unexpected is not None:
-            text += f" for {self.unexpected} of {self.total} rows"
-        if self.lines:
-            text += f", e.g. lines {self.lines}"
-        if self.rows:
-            text += f", e.g. rows {self.rows}"
-        if self.examples:
-            text += f": {self.examples}"
-        return f"{text}. Fix: {self.fix}."
 
 
 class ValidationReport(BaseModel):
@@ -64,14 +40,47 @@ class ValidationReport(BaseModel):
     def markdown(self) -> str:
         lines = ["# Data validation", "", "| file | rows | result |", "|---|---|---|"]
         for file, rows in self.checked.items():
-            failed = [f for f in self.failures if f.file == file]
-            verdict = "passed" if not failed else f"**{len(failed)} rule(s) failed**"
+            failed = self.failed_rules(file)
+            verdict = "passed" if not failed else f"**{failed} rule(s) failed**"
             lines.append(f"| {file} | {rows} | {verdict} |")
         if self.failures:
             lines += ["", "## Failures", ""] + [f"- {failure.describe()}" for failure in self.failures]
         if self.warnings:
             lines += ["", "## Warnings", ""] + [f"- {warning}" for warning in self.warnings]
         return "\n".join(lines) + "\n"
+
+    def failed_rules(self, file: str) -> int:
+        return sum(f.file.startswith(file) for f in self.failures)
+
+    def html(self) -> str:
+        """A page to open in a browser (and in MLflow's artifact viewer): the same content as `markdown`."""
+        rows = "".join(
+            f"<tr><td>{escape(file)}</td><td>{count}</td><td>{self._verdict(file)}</td></tr>" for file, count in self.checked.items()
+        )
+        failures = "".join(
+            f"<tr><td>{escape(f.file)}</td><td>{escape(f.column)}</td><td>{escape(f.rule)}</td>"
+            f"<td>{f.unexpected if f.unexpected is not None else ''}</td><td>{escape(str(f.lines or f.rows or ''))}</td>"
+            f"<td>{escape(str(f.examples))}</td><td>{escape(f.fix)}</td></tr>"
+            for f in self.failures
+        )
+        warnings = "".join(f"<li>{escape(w)}</li>" for w in self.warnings)
+        verdict = "passed" if self.success else f"{len(self.failures)} rule(s) failed: nothing was trained"
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'><title>skillops data validation</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+            ".bad{color:#b00020;font-weight:bold}.ok{color:#1b5e20}</style></head><body>"
+            f"<h1>Data validation: <span class='{'ok' if self.success else 'bad'}'>{verdict}</span></h1>"
+            f"<table><tr><th>file</th><th>rows</th><th>result</th></tr>{rows}</table>"
+            + (f"<h2>Failures</h2><table><tr><th>file</th><th>column</th><th>rule</th><th>rows failing</th>"
+               f"<th>lines / rows</th><th>examples</th><th>fix</th></tr>{failures}</table>" if failures else "")
+            + (f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else "")
+            + "</body></html>\n"
+        )
+
+    def _verdict(self, file: str) -> str:
+        failed = self.failed_rules(file)
+        return "passed" if not failed else f"<span class='bad'>{failed} rule(s) failed</span>"
 
 
 class DataValidationError(DataError):
@@ -178,28 +187,9 @@ def _long_triplets(frame: pd.DataFrame) -> pd.DataFrame:
     ).sort_index(kind="stable")
 
 
-def _non_text(frame: pd.DataFrame, file: str, first_line: int | None) -> list[Failure]:
-    """Text columns holding numbers, lists or nulls (a Parquet column of the wrong type)."""
-    failures = []
-    for column in text_columns(frame):
-        bad = frame.index[~frame[column].map(lambda value: isinstance(value, str))].tolist()
-        if bad:
-            failures.append(
-                Failure(
-                    file=file, column=column, rule="value is text", expectation="skillops: text type",
-                    fix=f"store '{column}' as strings (e.g. cast the column to string before saving)",
-                    unexpected=len(bad), total=len(frame),
-                    examples=[repr(frame.at[i, column]) for i in bad[:MAX_EXAMPLES]],
-                    lines=[i + first_line for i in bad[:MAX_EXAMPLES]] if first_line is not None else [],
-                    rows=bad[:MAX_EXAMPLES] if first_line is None else [],
-                )
-            )
-    return failures
-
-
 def check_shape(frame: pd.DataFrame, shape: str, file: str, first_line: int | None = None) -> list[Failure]:
     """A table in skillops' column names against the suite of its shape."""
-    failures = _non_text(frame, file, first_line)
+    failures = checks.non_text_values(frame, text_columns(frame), file, first_line)
     if failures:
         return failures  # the suites' text rules cannot run on non-text values
     if shape == "triplets":
@@ -207,9 +197,31 @@ def check_shape(frame: pd.DataFrame, shape: str, file: str, first_line: int | No
     return run_suite(frame, shape, file, first_line=first_line)
 
 
+class _Findings:
+    """Failures sorted by the recipe's policy into errors and warnings."""
+
+    def __init__(self, policy: ValidationPolicy):
+        self.policy, self.errors, self.warnings = policy, [], []
+
+    def add(self, check: str, found: list[Failure]) -> None:
+        level = getattr(self.policy, check)
+        if level == "error":
+            self.errors += found
+        elif level == "warn":
+            self.warnings += [failure.describe() for failure in found]
+
+
+def _row_checks(findings: _Findings, frame: pd.DataFrame, file: str, first_line: int | None) -> None:
+    query, document = ("sentence1", "sentence2") if "sentence1" in frame.columns else ("anchor", "positive")
+    findings.add("duplicates", checks.duplicates_after_normalising(frame, [query, document], file, first_line))
+    findings.add("anchor_equals_positive", checks.anchor_equals_positive(frame, query, document, file, first_line))
+    findings.add("positive_in_negatives", checks.positive_in_negatives(frame, file, first_line))
+
+
 def validate_recipe_data(recipe: Recipe) -> ValidationReport:
-    """The recipe's raw data against the suites of its format and shape, plus warnings about the
-    base model (prompts it was not trained with)."""
+    """The recipe's raw data against the suites of its format and shape and the row checks, plus
+    warnings about the base model (prompts it was not trained with)."""
+    findings = _Findings(recipe.validation)
     if recipe.data.format == "esco":
         report = validate_esco(Path(recipe.data.path), recipe.data.language)
     else:
@@ -218,12 +230,67 @@ def validate_recipe_data(recipe: Recipe) -> ValidationReport:
             checked={table.source: len(table.frame)},
             failures=check_shape(table.frame, recipe.data.shape, table.source, table.first_line),
         )
-    return report.model_copy(update={"warnings": report.warnings + prompt_warnings(recipe.base_model, recipe.prompts)})
+        if report.success:  # row checks compare texts the suites have vouched for
+            _row_checks(findings, table.frame, table.source, table.first_line)
+    return ValidationReport(
+        checked=report.checked,
+        failures=report.failures + findings.errors,
+        warnings=report.warnings + findings.warnings + prompt_warnings(recipe.base_model, recipe.prompts),
+    )
 
 
-def validate_prepared(frame: pd.DataFrame, shape: str, file: str) -> ValidationReport:
-    """The training table skillops built (after splitting and mining) against its shape's suite."""
-    return ValidationReport(checked={file: len(frame)}, failures=check_shape(frame, shape, file))
+def _eval_set_failures(eval_set: Any, evaluator: str, file: str) -> list[Failure]:
+    """An evaluation set against the suites of its evaluator."""
+    if evaluator == "reranking":
+        frame = pd.DataFrame(
+            {"query": [s["query"] for s in eval_set], "positives": [len(s["positive"]) for s in eval_set],
+             "negatives": [len(s["negative"]) for s in eval_set]}
+        )
+        return run_suite(frame, "reranking_samples", file, first_line=None)
+    if evaluator == "information_retrieval":
+        queries = pd.DataFrame({"query_id": list(eval_set["queries"]), "text": list(eval_set["queries"].values())})
+        corpus = pd.DataFrame({"doc_id": list(eval_set["corpus"]), "text": list(eval_set["corpus"].values())})
+        relevance = pd.DataFrame(
+            [(query, doc) for query, docs in eval_set["relevant_docs"].items() for doc in docs], columns=["query_id", "doc_id"]
+        )
+        ids = {"query_ids": sorted(eval_set["queries"]), "doc_ids": sorted(eval_set["corpus"])}
+        return (
+            run_suite(queries, "ir_queries", f"{file} (queries)", first_line=None)
+            + run_suite(corpus, "ir_corpus", f"{file} (corpus)", first_line=None)
+            + run_suite(relevance, "ir_relevance", f"{file} (relevant_docs)", ids, first_line=None)
+        )
+    return check_shape(pd.DataFrame(eval_set), "scored_pairs", file)
+
+
+def validate_prepared(task, recipe: Recipe, paths) -> ValidationReport:
+    """What skillops built from the data: the training table (after splitting and mining) and the
+    frozen evaluation sets, against their suites, and checked for leakage and cut texts."""
+    findings = _Findings(recipe.validation)
+    train_file = str(paths.train)
+    failures = check_shape(task.train, recipe.data.training_shape, train_file)
+    for part, eval_set in task.eval_sets.items():
+        failures += _eval_set_failures(eval_set, recipe.evaluation.evaluator, str(paths.eval_set(part)))
+    if not failures:
+        derived = recipe.data.format == "esco" or recipe.data.mine_negatives is not None
+        if derived:  # table data had its row checks on the user's own file already
+            _row_checks(findings, task.train, train_file, None)
+        findings.add("leakage", checks.leakage(task.train, task.eval_sets, recipe.evaluation.evaluator, train_file))
+        if recipe.validation.too_long != "off":
+            try:
+                tokenizer = load_tokenizer(recipe.base_model)
+            except (OSError, ValueError) as error:  # no model here yet: the data can still be judged
+                findings.warnings.append(f"Token lengths not checked: the tokenizer of {recipe.base_model!r} did not load ({str(error)[:160]}).")
+            else:
+                for column in text_columns(task.train):
+                    findings.add("too_long", checks.too_long(task.train[column], tokenizer, recipe.training.max_seq_length, column, train_file))
+    return ValidationReport(
+        checked={
+            train_file: len(task.train),
+            **{str(paths.eval_set(p)): len(checks.eval_queries(s, recipe.evaluation.evaluator)) for p, s in task.eval_sets.items()},
+        },
+        failures=failures + findings.errors,
+        warnings=findings.warnings,
+    )
 
 
 def require(report: ValidationReport) -> ValidationReport:
