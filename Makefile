@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_TELEMETRY ?= false
 
-.PHONY: install train test ui clean
+.PHONY: install train test ui stack-up stack-down clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,13 +18,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 train: install  ## the main job: validate -> tune -> train -> evaluate -> register -> promote
-	$(PY) flows/train_esco.py $(RECIPE)
+	$(PY) flows/train_esco.py $(RECIPE) $(if $(FORCE),--force)
 
 test: install
 	$(PY) -m pytest
 
 ui: install  ## MLflow UI on the skillops store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+stack-up: install  ## Prefect server + worker + deployments + MLflow UI on 127.0.0.1, in the background
+	VENV=$(VENV) scripts/stack.sh up
+
+stack-down:  ## stop what stack-up started
+	VENV=$(VENV) scripts/stack.sh down
 
 clean:  ## forget every run, model version and output (keeps the venv)
 	rm -rf mlruns/mlflow.db mlruns/artifacts outputs

@@ -153,7 +153,7 @@ def test_bad_input_is_refused_before_training(case, store_with_champion, small_e
     assert str(client.get_registered_model(MODEL_NAME).aliases["champion"]) == "1"
     run = mlflow.search_runs(experiment_names=[MODEL_NAME], order_by=["start_time DESC"]).iloc[0]
     assert run.status == "FAILED" and "Error" in run["tags.skillops.failure"]
-    assert not (store_with_champion / "outputs" / run.run_id / "train").exists()
+    assert not (store_with_champion / "outputs" / "attempts").exists()  # no tuning, no training
 
 
 def test_every_bundled_sample_and_recipe_passes_without_false_alarm(capsys):

@@ -55,7 +55,14 @@ def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_b
     assert "the champion's" in versions[2]["skillops.decision_reason"]
     assert versions[2]["skillops.previous_champion"] == "1"
 
+    # The same data, recipe and code again: a skip is recorded, nothing is trained or registered.
+    third = train_esco(recipe=str(recipe), overrides=weak)
+    assert third["skipped"] and third["same_as_run"] == second["run_id"]
+    assert set(_versions("tiny-esco")[0]) == {1, 2}
+
     runs = mlflow.search_runs(experiment_names=["tiny-esco"])
+    assert runs.set_index("run_id")["tags.skillops.kind"][third["run_id"]] == "skip"
+    runs = runs[runs["tags.skillops.kind"] != "skip"]
     parents = runs[runs["tags.mlflow.parentRunId"].isna()]
     trials = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert set(parents.status) == {"FINISHED"} and len(parents) == 2
@@ -79,4 +86,4 @@ def test_broken_data_stops_before_training_and_registers_nothing(esco_copy, tiny
     runs = mlflow.search_runs(experiment_names=["tiny-esco"])
     assert list(runs.status) == ["FAILED"]
     assert "DataValidationError" in runs["tags.skillops.failure"].iloc[0]
-    assert not (mlflow_store.parent / "outputs" / runs.run_id.iloc[0] / "train").exists()
+    assert not (mlflow_store.parent / "outputs" / "attempts").exists()  # no tuning, no training

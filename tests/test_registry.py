@@ -38,3 +38,20 @@ def test_promote_refuse_stale_and_roll_back(tiny_bert, mlflow_store):
     with pytest.raises(RollbackError, match="first champion"):
         registry.rollback(NAME, "again")
     assert registry.champion_version(NAME) == v1
+
+
+def test_runs_left_running_by_a_dead_process_are_marked_failed(mlflow_store):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    crashed = tracking.start_run("stale-test", "crashed", {}, {"skillops.pid": str(dead.pid)})
+    alive = tracking.start_run("stale-test", "this process", {})  # pid of this live process
+
+    assert tracking.fail_stale_runs("stale-test") == [crashed]
+    runs = {run_id: tracking.client().get_run(run_id) for run_id in (crashed, alive)}
+    assert runs[crashed].info.status == "FAILED"
+    assert f"process {dead.pid}" in runs[crashed].data.tags["skillops.failure"]
+    assert runs[alive].info.status == "RUNNING"
+    assert tracking.fail_stale_runs("no-such-experiment") == []

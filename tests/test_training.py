@@ -98,3 +98,26 @@ def test_similarity_scores_equal_sentence_transformers(tiny_bert, tmp_path):
     ours = evaluate(model, _write(tmp_path / "sts.json", data), config, Prompts())
     theirs = EmbeddingSimilarityEvaluator(data["sentence1"], data["sentence2"], data["score"], write_csv=False)(model)
     assert ours == {"pearson_cosine": theirs["pearson_cosine"], "spearman_cosine": theirs["spearman_cosine"]}
+
+
+def test_an_interrupted_training_resumes_from_its_last_checkpoint(tiny_bert, tmp_path):
+    from transformers import TrainerCallback
+
+    pd.DataFrame({"anchor": [f"developer {i}" for i in range(16)], "positive": [f"skill {i}" for i in range(16)]}).to_parquet(tmp_path / "train.parquet")
+    config = TrainingConfig(batch_size=4, max_steps=6, checkpoint_every_steps=2, learning_rate=1e-3, max_seq_length=32)
+
+    class Crash(TrainerCallback):  # stands in for a killed process, after the step-4 checkpoint
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 5:
+                raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(str(tiny_bert), tmp_path / "train.parquet", config, LossConfig(), Prompts(), tmp_path / "out", callbacks=[Crash()])
+    assert (tmp_path / "out" / "checkpoints" / "checkpoint-4").is_dir()
+
+    result = train_model(str(tiny_bert), tmp_path / "train.parquet", config, LossConfig(), Prompts(), tmp_path / "out")
+    assert result.resumed_from_step == 4 and result.steps == 6
+    assert not (tmp_path / "out" / "checkpoints").exists()  # the saved model replaces them
+    # Run once more: the finished training is not repeated.
+    again = train_model(str(tiny_bert), tmp_path / "train.parquet", config, LossConfig(), Prompts(), tmp_path / "out")
+    assert again == result

@@ -160,6 +160,9 @@ class TrainingConfig(_Strict):
     evals_during_training: int = Field(
         0, ge=0, description="Score the validation split this many times while training (logged as curves)."
     )
+    checkpoint_every_steps: int = Field(
+        0, ge=0, description="Save a checkpoint this often (0: each epoch); a killed run resumes from the last one.",
+    )
     rounds: int = Field(
         1, ge=1, description="Continued training: each round trains `epochs` more, starting from the "
         "previous round's model, and is scored on the validation split (card 000: 9 rounds).",

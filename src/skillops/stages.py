@@ -6,6 +6,8 @@ CLI calls single stages. Nothing here knows about Prefect.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -54,7 +56,69 @@ class Scores(BaseModel):
         return {model: {m: values[m] for m in metrics} for model, values in rows.items()}
 
 
-def start(recipe: Recipe, run_name: str | None = None) -> str:
+class Fingerprints(BaseModel):
+    """What decides whether a retrain can change anything: the data, the recipe, the code."""
+
+    data: str | None  # None for a hub dataset: skillops cannot see whether it changed
+    recipe: str
+    code: str
+
+    @property
+    def attempt(self) -> str:
+        """Names the work folder that a crashed run resumes from when run again."""
+        return hashlib.sha256(f"{self.data}|{self.recipe}|{self.code}".encode()).hexdigest()[:16]
+
+    def tags(self) -> dict[str, str]:
+        return {"skillops.data_fingerprint": str(self.data), "skillops.recipe_hash": self.recipe, "skillops.code_version": self.code,
+                "skillops.git_commit": self.code.split("+")[0]}
+
+
+def fingerprint(recipe: Recipe) -> Fingerprints:
+    files = tasks.source_files(recipe.data)
+    return Fingerprints(
+        # The source files and every data setting: a change to either is a new data set.
+        data=tasks.fingerprint_files(files, extra=recipe.data.model_dump_json()) if files else None,
+        recipe=hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16],
+        code=tracking.code_version(),
+    )
+
+
+def reconcile(recipe: Recipe) -> list[str]:
+    """Runs of this recipe left RUNNING by a dead process are marked FAILED, with the reason."""
+    stale = tracking.fail_stale_runs(recipe.name)
+    if stale:
+        logger.warning("Marked %d run(s) left RUNNING by a dead process as FAILED: %s", len(stale), stale)
+    return stale
+
+
+def unchanged_since(recipe: Recipe, fingerprints: Fingerprints) -> str | None:
+    """The last completed pipeline run, if it had the same data, recipe and code (else None)."""
+    if fingerprints.data is None:
+        return None
+    experiment = tracking.client().get_experiment_by_name(recipe.name)
+    if experiment is None:
+        return None
+    last = tracking.client().search_runs(
+        [experiment.experiment_id], "attributes.status = 'FINISHED' and tags.`skillops.kind` = 'pipeline'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    if last and all(last[0].data.tags.get(key) == value for key, value in fingerprints.tags().items()):
+        return last[0].info.run_id
+    return None
+
+
+def record_skip(recipe: Recipe, fingerprints: Fingerprints, previous_run_id: str) -> str:
+    """A short FINISHED run that says why nothing was trained, next to the runs that were."""
+    reason = f"data, recipe and code are those of run {previous_run_id}: nothing to retrain (force=True retrains anyway)"
+    run_id = tracking.start_run(
+        recipe.name, f"{recipe.name} (skipped)", {},
+        {**fingerprints.tags(), "skillops.kind": "skip", "skillops.skip_reason": reason, "skillops.same_as_run": previous_run_id},
+    )
+    tracking.end_run(run_id)
+    return run_id
+
+
+def start(recipe: Recipe, fingerprints: Fingerprints) -> str:
     """Open the pipeline's MLflow run with everything needed to reproduce or compare it."""
     versions = {f"version.{lib}": metadata.version(lib) for lib in TRACKED_LIBRARIES}
     params = {
@@ -70,8 +134,8 @@ def start(recipe: Recipe, run_name: str | None = None) -> str:
         "promotion.min_delta": recipe.promotion.min_delta,
         "search.n_trials": recipe.search.n_trials,
     }
-    tags = {"skillops.git_commit": tracking.git_commit(), "skillops.python": platform.python_version(), **versions}
-    run_id = tracking.start_run(recipe.name, run_name or recipe.name, params, tags)
+    tags = {**fingerprints.tags(), "skillops.kind": "pipeline", "skillops.python": platform.python_version(), **versions}
+    run_id = tracking.start_run(recipe.name, recipe.name, params, tags)
     recipe_file = output_dir(run_id) / "recipe.json"
     recipe_file.parent.mkdir(parents=True, exist_ok=True)
     recipe_file.write_text(recipe.model_dump_json(indent=1), "utf-8")
@@ -79,9 +143,25 @@ def start(recipe: Recipe, run_name: str | None = None) -> str:
     return run_id
 
 
+def attempt_dir(fingerprints: Fingerprints) -> Path:
+    """Tuning results and training checkpoints of one (data, recipe, code): a run that crashed
+    and is started again finds them here and resumes instead of starting over."""
+    return outputs_root() / "attempts" / fingerprints.attempt
+
+
+def finish(fingerprints: Fingerprints) -> None:
+    """The attempt succeeded: its checkpoints are no longer needed (the model is in the registry)."""
+    shutil.rmtree(attempt_dir(fingerprints), ignore_errors=True)
+
+
+def outputs_root() -> Path:
+    """Work folders, git-ignored: outputs/ (SKILLOPS_OUTPUTS_DIR elsewhere)."""
+    return Path(os.environ.get("SKILLOPS_OUTPUTS_DIR", "outputs")).resolve()
+
+
 def output_dir(run_id: str) -> Path:
-    """The run's work folder (prepared data, checkpoints, charts): outputs/<run id>, git-ignored."""
-    return (Path(os.environ.get("SKILLOPS_OUTPUTS_DIR", "outputs")) / run_id).resolve()
+    """The run's work folder (prepared data, validation reports, charts): outputs/<run id>."""
+    return outputs_root() / run_id
 
 
 def check_inputs(recipe: Recipe, run_id: str | None = None) -> ValidationReport:
@@ -102,11 +182,10 @@ def _log_report(report: ValidationReport, run_id: str, name: str) -> None:
         tracking.log_artifact(run_id, directory / f"{name}.{suffix}", "validation")
 
 
-def prepare(recipe: Recipe, run_id: str) -> PreparedData:
+def prepare(recipe: Recipe, fingerprints: Fingerprints, run_id: str) -> PreparedData:
     """Split the data and freeze the evaluation sets (mining negatives when the recipe asks), then
     check what was built: leakage, cut texts, and the suites of the training and eval shapes."""
-    # The source files and every data setting: a change to either is a new data set.
-    fingerprint = tasks.fingerprint_files(tasks.source_files(recipe.data), extra=recipe.data.model_dump_json())
+    fingerprint = fingerprints.data or f"unversioned hub dataset {recipe.data.path}"
     task = tasks.build_task(recipe)
     if recipe.data.mine_negatives is not None:
         task = tasks.Task(tasks.mine_negatives(task.train, recipe), task.eval_sets, task.split)
@@ -126,24 +205,38 @@ def prepare(recipe: Recipe, run_id: str) -> PreparedData:
     return prepared
 
 
-def tune(recipe: Recipe, data: PreparedData, run_id: str) -> dict:
-    best = run_search(recipe, data.paths, recipe.name, run_id, output_dir(run_id) / "tuning")
+def tune(recipe: Recipe, data: PreparedData, fingerprints: Fingerprints, run_id: str) -> dict:
+    """The best trial's parameters; an attempt that crashed after tuning reuses its result."""
+    saved = attempt_dir(fingerprints) / "best_params.json"
+    if saved.is_file():
+        best = json.loads(saved.read_text("utf-8"))
+        tracking.set_tags(run_id, {"skillops.tuning": f"reused from the interrupted attempt {fingerprints.attempt}"})
+        logger.info("Reusing the tuning result of the interrupted attempt: %s", best)
+    else:
+        best = run_search(recipe, data.paths, recipe.name, run_id, output_dir(run_id) / "tuning")
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(best), "utf-8")
     tracking.log_params(run_id, {f"best.{k}": v for k, v in best.items()})
     return best
 
 
-def train(recipe: Recipe, data: PreparedData, params: dict, run_id: str) -> Path:
+def train(recipe: Recipe, data: PreparedData, params: dict, fingerprints: Fingerprints, run_id: str) -> Path:
     """Final training with the best parameters; returns the saved model folder.
 
-    With `training.rounds` > 1, each round continues from the previous round's model and is scored
-    on the validation set, so the run shows the curve over rounds (model card 000).
+    Checkpoints live in the attempt's folder: a run killed mid-training and started again resumes
+    from the last checkpoint (logged as `resumed_from_step`). With `training.rounds` > 1, each
+    round continues from the previous round's model and is scored on the validation set, so the
+    run shows the curve over rounds (model card 000); finished rounds are not trained again.
     """
     config = recipe.training.model_copy(update=params)
     validation = build_evaluator(data.paths.eval_set("validation"), recipe.evaluation, recipe.prompts)
     model, steps, round_scores = recipe.base_model, 0, []
     for number in range(1, config.rounds + 1):
-        round_dir = output_dir(run_id) / "train" / (f"round-{number}" if config.rounds > 1 else "")
+        round_dir = attempt_dir(fingerprints) / "train" / (f"round-{number}" if config.rounds > 1 else "")
         result = train_model(model, data.paths.train, config, recipe.loss, recipe.prompts, round_dir, evaluator=validation)
+        if result.resumed_from_step is not None:
+            tracking.log_metrics(run_id, {"resumed_from_step": result.resumed_from_step}, step=number)
+            tracking.set_tags(run_id, {"skillops.resumed": f"round {number} from step {result.resumed_from_step} of the interrupted attempt"})
         tracking.log_loss_history(run_id, result.log_history, step_offset=steps)
         chart = loss_curve_chart(result.log_history, round_dir / "loss_curve.png", recipe.loss.name)
         tracking.log_artifact(run_id, chart, "charts" if config.rounds == 1 else f"charts/round-{number}")
@@ -154,11 +247,9 @@ def train(recipe: Recipe, data: PreparedData, params: dict, run_id: str) -> Path
             round_scores.append(scores)
             logger.info("Round %d/%d: validation %s %.4f", number, config.rounds,
                         recipe.evaluation.primary_metric, scores[recipe.evaluation.primary_metric])
-            if number > 1:  # the previous round's weights are superseded
-                shutil.rmtree(Path(model).parent, ignore_errors=True)
         model = str(result.model_dir)
     if round_scores:
-        chart = rounds_chart(round_scores, recipe.evaluation.primary_metric, output_dir(run_id) / "train" / "rounds.png")
+        chart = rounds_chart(round_scores, recipe.evaluation.primary_metric, output_dir(run_id) / "rounds.png")
         tracking.log_artifact(run_id, chart, "charts")
     return result.model_dir
 

@@ -7,9 +7,11 @@ MLflow's active run is thread-local, so runs are passed around by id and written
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +83,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def code_version() -> str:
+    """The git commit, plus a hash of uncommitted changes to tracked files: edited code is new code."""
+    commit = git_commit()
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD"], capture_output=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return commit
+    return f"{commit}+{hashlib.sha256(diff).hexdigest()[:12]}" if diff else commit
+
+
 def start_run(
     experiment: str,
     run_name: str,
@@ -89,7 +101,8 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> str:
     mlflow_client = client()
-    all_tags = {"mlflow.runName": run_name, **(tags or {})}
+    # Who runs it: lets the next start tell a crashed run (process gone) from a live one.
+    all_tags = {"mlflow.runName": run_name, "skillops.host": socket.gethostname(), "skillops.pid": str(os.getpid()), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = mlflow_client.create_run(experiment_id(experiment), tags=all_tags)
@@ -135,6 +148,43 @@ def set_tags(run_id: str, tags: dict[str, Any]) -> None:
 
 def log_artifact(run_id: str, path: Path, folder: str | None = None) -> None:
     client().log_artifact(run_id, str(path), folder)
+
+
+def run_url(run_id: str) -> str:
+    """The run's page in the MLflow UI (`make ui`; SKILLOPS_MLFLOW_UI for another address)."""
+    run = client().get_run(run_id)
+    base = os.environ.get("SKILLOPS_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
+
+
+def fail_stale_runs(experiment: str) -> list[str]:
+    """Mark FAILED the runs left RUNNING by a process of this machine that no longer exists
+    (killed, out of memory, machine rebooted): MLflow itself would show them RUNNING forever."""
+    mlflow_client = client()
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    host = socket.gethostname()
+    stale = []
+    for run in mlflow_client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get("skillops.host") != host or not tags.get("skillops.pid", "").isdigit():
+            continue  # another machine's run: only that machine can tell
+        pid = int(tags["skillops.pid"])
+        if pid != os.getpid() and not _process_alive(pid):
+            end_run(run.info.run_id, failure=f"process {pid} on {host} ended without closing the run (killed or crashed); marked FAILED at the next start")
+            stale.append(run.info.run_id)
+    return stale
 
 
 def end_run(run_id: str, failure: str | None = None) -> None:

@@ -25,6 +25,12 @@ class TrainingResult(BaseModel):
     steps: int
     final_loss: float | None
     log_history: Path  # the trainer's log (loss per logging step), for the loss curve
+    resumed_from_step: int | None = None  # set when an interrupted training was continued
+
+
+def _last_checkpoint(checkpoints: Path) -> Path | None:
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])) if checkpoints.is_dir() else []
+    return found[-1] if found else None
 
 
 def build_loss(model, config: LossConfig):
@@ -69,6 +75,9 @@ def train_model(
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
 
+    done = output_dir / "done.json"
+    if done.is_file():  # finished by an earlier attempt that crashed later on
+        return TrainingResult.model_validate_json(done.read_text("utf-8"))
     model = load_model(base_model, config.max_seq_length)
     dataset = Dataset.from_parquet(str(train_path))
     steps_per_epoch = max(1, -(-len(dataset) // (config.batch_size * config.gradient_accumulation_steps)))
@@ -92,7 +101,9 @@ def train_model(
         batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER,
         prompts=column_prompts(dataset.column_names, prompts),
         logging_steps=max(1, total_steps // 20),
-        save_strategy="epoch",
+        # Checkpoints are what a killed run resumes from; steps when asked, else each epoch.
+        save_strategy="steps" if config.checkpoint_every_steps else "epoch",
+        save_steps=config.checkpoint_every_steps or 500,
         save_total_limit=1,
         report_to="none",
         dataloader_pin_memory=device() == "cuda",
@@ -108,7 +119,10 @@ def train_model(
         callbacks=callbacks,
     )
     logger.info("Training %s with %s on %d rows for %d steps", base_model, loss.name, len(dataset), total_steps)
-    trainer.train()
+    checkpoint = _last_checkpoint(output_dir / "checkpoints")
+    if checkpoint is not None:
+        logger.info("Resuming %s from %s", base_model, checkpoint)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     model_dir = output_dir / "model"
     if prompts:  # saved with the model: encode(texts, prompt_name="query") works after loading
@@ -120,9 +134,12 @@ def train_model(
     history = trainer.state.log_history
     history_path.write_text(json.dumps(history, indent=1), "utf-8")
     losses = [entry["loss"] for entry in history if "loss" in entry]
-    return TrainingResult(
+    result = TrainingResult(
         model_dir=model_dir,
         steps=trainer.state.global_step,
         final_loss=losses[-1] if losses else None,
         log_history=history_path,
+        resumed_from_step=int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None,
     )
+    done.write_text(result.model_dump_json(), "utf-8")
+    return result
