@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skillops.tables import write_table
+
 SEED = 42
 MAX_ALT_LABELS_PER_SKILL = 2  # keeps term-retrieval near 1,000 rows: a CPU run in minutes
 SIMILARITY_PAIRS = 1200
@@ -103,13 +105,7 @@ def main() -> None:
         "resume-job-similarity.csv": resume_job_similarity(occupations, relations),
     }
     for name, frame in samples.items():
-        path = args.out / name
-        if path.suffix == ".csv":
-            frame.to_csv(path, index=False)
-        elif path.suffix == ".jsonl":
-            frame.to_json(path, orient="records", lines=True, force_ascii=False)
-        else:
-            frame.to_parquet(path, index=False)
+        path = write_table(frame, args.out / name)
         print(f"{path}: {len(frame)} rows, columns {list(frame.columns)}")
 
 

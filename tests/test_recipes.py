@@ -12,7 +12,7 @@ from prefect.testing.utilities import prefect_test_harness
 from conftest import REPO
 from skillops.config import RecipeError, builtin_recipes, load_recipe, parse_recipe
 from skillops.esco import DataError
-from skillops.tables import read_table
+from skillops.tables import read_table, write_table
 from skillops.validation import DataValidationError, validate_recipe_data
 
 sys.path.insert(0, str(REPO / "flows"))
@@ -34,16 +34,6 @@ def prefect_server():
         yield
 
 
-def _write_like(frame: pd.DataFrame, path):
-    if path.suffix == ".csv":
-        frame.to_csv(path, index=False)
-    elif path.suffix == ".jsonl":
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
-    else:
-        frame.to_parquet(path, index=False)
-    return path
-
-
 def _small_copy(recipe_name: str, tmp_path, small_esco, model_dir, rows) -> dict:
     """The built-in recipe, unchanged except: tiny model, the first rows of its sample, few steps."""
     data = yaml.safe_load(builtin_recipes()[recipe_name].read_text())
@@ -55,7 +45,7 @@ def _small_copy(recipe_name: str, tmp_path, small_esco, model_dir, rows) -> dict
     else:
         source = REPO / data["data"]["path"]
         frame = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}[source.suffix](source)
-        data["data"]["path"] = str(_write_like(frame.head(rows), tmp_path / source.name))
+        data["data"]["path"] = str(write_table(frame.head(rows), tmp_path / source.name))
     if data["data"].get("mine_negatives"):
         # A random model scores every text alike, so no negative would clear the card's margin.
         data["data"]["mine_negatives"]["relative_margin"] = None
@@ -172,14 +162,14 @@ def test_every_table_format_reads_the_same(tmp_path, suffix):
         path = tmp_path / "saved"
         Dataset.from_pandas(frame).save_to_disk(str(path))
     else:
-        path = _write_like(frame, tmp_path / f"data{suffix}")
+        path = write_table(frame, tmp_path / f"data{suffix}")
     recipe = _table_recipe(path, shape="triplets", columns={"anchor": "q", "positive": "p", "negatives": ["n1", "n2"]})
     read = read_table(recipe.data).frame
     assert read.to_dict(orient="list") == {"anchor": ["a", "b"], "positive": ["c", "d"], "negative_1": ["e", "f"], "negative_2": ["g", "h"]}
 
 
 def test_negatives_as_one_list_column(tmp_path):
-    path = _write_like(pd.DataFrame({"anchor": ["a", "b"], "positive": ["c", "d"], "negatives": [["e", "g"], ["f", "h"]]}), tmp_path / "t.jsonl")
+    path = write_table(pd.DataFrame({"anchor": ["a", "b"], "positive": ["c", "d"], "negatives": [["e", "g"], ["f", "h"]]}), tmp_path / "t.jsonl")
     frame = read_table(_table_recipe(path, shape="triplets", columns={"negatives": "negatives"}).data).frame
     assert frame.negative_2.tolist() == ["g", "h"]
 

@@ -158,5 +158,18 @@ def read_table(config: DataConfig) -> Table:
     return Table(renamed, source, first_line)
 
 
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    """Write a table in the format its suffix names, the way `read_source` reads it back."""
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        raise ValueError(f"{path}: write .csv, .jsonl or .parquet")
+    return path
+
+
 def text_columns(frame: pd.DataFrame) -> list[str]:
     return [column for column in frame.columns if column != "score"]
