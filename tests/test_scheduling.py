@@ -116,7 +116,7 @@ def test_schedule_skip_resume_and_one_training_at_a_time(stack, small_esco, tiny
     long_run = json.dumps({"training.max_steps": 400, "training.checkpoint_every_steps": 20, "training.learning_rate": 1e-3})
     _prefect(env, "deployment", "run", "train-esco/weekly", "--param", f"overrides={long_run}")
     checkpoints = tmp_path / "outputs" / "attempts"
-    _wait(lambda: list(checkpoints.glob("*/train/checkpoints/checkpoint-*")), "a checkpoint", env, tmp_path)
+    _wait(lambda: list(checkpoints.glob("*/train/checkpoints/checkpoint-*/trainer_state.json")), "a checkpoint", env, tmp_path)
     killed = _mlflow_runs(env).iloc[-1]
     os.kill(int(killed["tags.skillops.pid"]), signal.SIGKILL)
     _wait(lambda: any(r["state_type"] == "CRASHED" for r in _flow_runs(env)), "the killed run to crash", env, tmp_path)

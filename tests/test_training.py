@@ -114,6 +114,8 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(tiny_bert, tmp
     with pytest.raises(KeyboardInterrupt):
         train_model(str(tiny_bert), tmp_path / "train.parquet", config, LossConfig(), Prompts(), tmp_path / "out", callbacks=[Crash()])
     assert (tmp_path / "out" / "checkpoints" / "checkpoint-4").is_dir()
+    # A kill during a save leaves a checkpoint without trainer_state.json: it is passed over.
+    (tmp_path / "out" / "checkpoints" / "checkpoint-5").mkdir()
 
     result = train_model(str(tiny_bert), tmp_path / "train.parquet", config, LossConfig(), Prompts(), tmp_path / "out")
     assert result.resumed_from_step == 4 and result.steps == 6

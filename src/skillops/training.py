@@ -29,8 +29,10 @@ class TrainingResult(BaseModel):
 
 
 def _last_checkpoint(checkpoints: Path) -> Path | None:
-    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])) if checkpoints.is_dir() else []
-    return found[-1] if found else None
+    """The newest complete checkpoint. The trainer writes trainer_state.json last, so a folder
+    without it is one that a kill interrupted mid-save: resuming from it would fail."""
+    complete = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
 
 
 def build_loss(model, config: LossConfig):
