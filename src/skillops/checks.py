@@ -51,13 +51,19 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().casefold()
 
 
+def located(indexes: list[int], first_line: int | None) -> dict[str, list[int]]:
+    """Row indexes as a file's line numbers (`first_line` is row 0's line) or, for files without
+    lines (Parquet, datasets), as row numbers: the `lines`/`rows` fields of a Failure."""
+    shown = indexes[:MAX_EXAMPLES]
+    if first_line is None:
+        return {"lines": [], "rows": shown}
+    return {"lines": [i + first_line for i in shown], "rows": []}
+
+
 def _failure(file: str, column: str, rule: str, fix: str, rows: list[int], total: int, examples: list[Any], first_line: int | None) -> Failure:
-    shown = rows[:MAX_EXAMPLES]
     return Failure(
         file=file, column=column, rule=rule, expectation="skillops check", fix=fix,
-        unexpected=len(rows), total=total, examples=examples[:MAX_EXAMPLES],
-        lines=[i + first_line for i in shown] if first_line is not None else [],
-        rows=shown if first_line is None else [],
+        unexpected=len(rows), total=total, examples=examples[:MAX_EXAMPLES], **located(rows, first_line),
     )
 
 

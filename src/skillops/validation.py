@@ -137,7 +137,6 @@ def run_suite(
         if config.type != "expect_column_to_exist" and missing_columns & set(columns):
             continue  # already reported as a missing column
         details = outcome.result or {}
-        indexes = [int(i) for i in details.get("partial_unexpected_index_list", [])][:MAX_EXAMPLES]
         failures.append(
             Failure(
                 file=file,
@@ -148,8 +147,7 @@ def run_suite(
                 unexpected=details.get("unexpected_count"),
                 total=details.get("element_count"),
                 examples=[_shorten(v) for v in details.get("partial_unexpected_list", [])][:MAX_EXAMPLES],
-                lines=[i + first_line for i in indexes] if first_line is not None else [],
-                rows=indexes if first_line is None else [],
+                **checks.located([int(i) for i in details.get("partial_unexpected_index_list", [])], first_line),
             )
         )
     return failures
