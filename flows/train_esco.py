@@ -17,6 +17,10 @@ from prefect import flow
 from prefect import task as prefect_task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists
 
 from skillops import stages, tracking
 from skillops.config import Recipe, load_recipe
@@ -27,6 +31,8 @@ from skillops.validation import ValidationReport, require
 task = partial(prefect_task, cache_policy=NO_CACHE)
 # Registry and artifact writes are I/O that may hit a busy store; training is not retried blindly.
 io_task = partial(task, retries=2, retry_delay_seconds=[5, 30])
+# How long a run waits for another run's promotion (a champion re-score on a big test set) to end.
+PROMOTION_WAIT_SECONDS = 1800
 
 
 @task(name="reconcile-stale-runs")
@@ -88,14 +94,28 @@ def register(recipe: Recipe, data: stages.PreparedData, model_dir: Path, scores:
     return stages.register(recipe, data, model_dir, scores, run_id)
 
 
+def promotion_slot(model_name: str):
+    """A strict Prefect global concurrency limit of 1 per registered model, created on first use:
+    runs on any worker that share this Prefect server promote one at a time. (The library adds a
+    file lock for promoters on one machine, and re-reads the champion before moving the alias.)"""
+    name = f"skillops-promote-{model_name}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:
+            pass  # made by an earlier run, or by a run starting at the same moment
+    return concurrency(name, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS)
+
+
 @io_task(name="promote")
-def promote(recipe: Recipe, version: str, scores: stages.Scores, run_id: str) -> Decision:
-    return stages.promote(recipe, version, scores, run_id)
+def promote(recipe: Recipe, data: stages.PreparedData, version: str, scores: stages.Scores, run_id: str) -> Decision:
+    with promotion_slot(recipe.registered_model_name):
+        return stages.promote(recipe, data, version, scores, run_id)
 
 
 @io_task(name="report")
-def report(recipe: Recipe, version: str, scores: stages.Scores, decision: Decision, run_id: str) -> str:
-    return stages.report(recipe, version, scores, decision, run_id)
+def report(recipe: Recipe, data: stages.PreparedData, version: str, scores: stages.Scores, decision: Decision, run_id: str) -> str:
+    return stages.report(recipe, data, version, scores, decision, run_id)
 
 
 @flow(name="train-esco", log_prints=True)
@@ -128,8 +148,8 @@ def train_esco(
         model_dir = train(config, data, best_params, fingerprints, run_id)
         scores = evaluate(config, data, model_dir, run_id)
         version = register(config, data, model_dir, scores, run_id)
-        decision = promote(config, version, scores, run_id)
-        summary = report(config, version, scores, decision, run_id)
+        decision = promote(config, data, version, scores, run_id)
+        summary = report(config, data, version, scores, decision, run_id)
     except BaseException as error:
         # MLflow would leave this run FINISHED (or RUNNING); say what failed instead.
         tracking.end_run(run_id, failure=f"{type(error).__name__}: {error}")

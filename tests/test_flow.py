@@ -2,6 +2,8 @@
 
 import sys
 
+import json
+
 import mlflow
 import pytest
 from prefect.testing.utilities import prefect_test_harness
@@ -68,11 +70,20 @@ def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_b
     assert set(parents.status) == {"FINISHED"} and len(parents) == 2
     assert len(trials) == 2  # the first run's two trials, each a child run; the second did not tune
     second_run = parents[parents.run_id == second["run_id"]].iloc[0]
-    # The second run re-scored the champion on its own test set, next to base and candidate.
+    # The second run scored the champion on its own test set, next to base and candidate; the
+    # first run had cached version 1's per-query scores on this snapshot, so none was re-encoded.
     assert second_run["metrics.champion_map"] > second_run["metrics.test_map"]
+    assert second_run["metrics.champion_map"] == pytest.approx(float(versions[1]["test_map"]), abs=1e-6)
+    assert second_run["tags.skillops.judged_against"] == "1"
     assert parents["metrics.base_map"].notna().all()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "report")}
-    assert {"report/summary.md", "report/comparison.png", "report/decision.json"} <= artifacts
+    assert {f"report/{name}" for name in ("evaluation.md", "evaluation.json", "per_query.json", "model_card.md", "comparison.png")} <= artifacts
+    assert "charts/loss_curve.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "charts")}
+    report = json.loads(mlflow.artifacts.load_text(f"runs:/{second['run_id']}/report/evaluation.json"))
+    assert report["decision"]["reference_version"] == "1" and report["decision"]["p_value"] is not None
+    assert report["champion_scores"].startswith("cached scores of version 1")
+    card = mlflow.artifacts.load_text(f"runs:/{first['run_id']}/report/model_card.md")
+    assert "# tiny-esco version 1" in card and "CC BY 4.0" in card
 
 
 def test_broken_data_stops_before_training_and_registers_nothing(esco_copy, tiny_bert, mlflow_store, tmp_path):

@@ -1,35 +1,97 @@
-"""The promotion gate, table-driven: no champion / better / equal / worse / below min_delta."""
+"""The promotion gate, table-driven on per-query scores: improvement, min_delta (absolute and
+relative), significance, secondary metrics and slices."""
 
+import numpy as np
 import pytest
 
 from skillops.config import PromotionPolicy
+from skillops.evaluation import QueryScores
 from skillops.promotion import decide
 
-BASE = {"map": 0.50}
+N = 24
+REFERENCE = np.linspace(0.3, 0.7, N)  # mean 0.5
+NOISE = np.random.default_rng(7).normal(0, 0.08, N)
+
+
+def ranking(map_values, mrr_values=None, slices=None) -> QueryScores:
+    map_values = np.asarray(map_values, dtype=float)
+    return QueryScores(
+        evaluator="reranking", ids=[f"q{i}" for i in range(N)], slices=slices or [""] * N,
+        per_query={"map": map_values.tolist(), "mrr_at_10": (map_values if mrr_values is None else np.asarray(mrr_values)).tolist()},
+    )
+
+
+HALVES = ["de"] * (N // 2) + ["en"] * (N // 2)
+# Better overall (en +0.2) while the de slice drops by 0.05.
+SLICE_DROP = REFERENCE + np.where(np.array(HALVES) == "de", -0.05, 0.2)
 
 
 @pytest.mark.parametrize(
-    ("candidate", "champion", "min_delta", "promote", "reason_part"),
+    ("candidate", "reference_slices", "policy", "promote", "reason_part"),
     [
-        (0.60, None, 0.0, True, "beats the base model's 0.5000"),  # no champion, beats base
-        (0.50, None, 0.0, False, "equal to the base model's"),  # no champion, ties base
-        (0.40, None, 0.0, False, "worse than the base model's"),  # no champion, below base
-        (0.70, 0.60, 0.0, True, "beats the champion's 0.6000"),  # better
-        (0.60, 0.60, 0.0, False, "equal to the champion's"),  # equal
-        (0.55, 0.60, 0.0, False, "worse than the champion's"),  # worse
-        (0.605, 0.60, 0.01, False, "less than min_delta 0.01"),  # better, but below min_delta
-        (0.62, 0.60, 0.01, True, "by 0.0200"),  # better by more than min_delta
-        (0.505, None, 0.01, False, "less than min_delta"),  # min_delta applies against base too
+        pytest.param(REFERENCE + 0.1, None, {}, True, "beats the champion's 0.5000 by 0.1000 (p = 0.0001", id="better"),
+        pytest.param(REFERENCE, None, {}, False, "is equal to the champion's", id="equal"),
+        pytest.param(REFERENCE - 0.05, None, {}, False, "is worse than the champion's", id="worse"),
+        pytest.param(REFERENCE + 0.005, None, {"min_delta": 0.01}, False, "less than the 0.0100 required", id="below-min-delta"),
+        pytest.param(REFERENCE + 0.02, None, {"min_relative_delta": 0.05}, False, "less than the 0.0250 required", id="below-relative-delta"),
+        pytest.param(REFERENCE + 0.03, None, {"min_relative_delta": 0.05}, True, "by 0.0300", id="above-relative-delta"),
+        # Higher on average, but within noise: refused when significance is required ...
+        pytest.param(REFERENCE + NOISE - NOISE.mean() + 0.005, None, {}, False, "but not significantly", id="noise"),
+        # ... and promoted when the policy does not require it.
+        pytest.param(REFERENCE + NOISE - NOISE.mean() + 0.005, None, {"significance_level": None}, True, "not required", id="noise-no-significance"),
+        pytest.param(SLICE_DROP, HALVES, {}, False, "slice 'de' (12 queries): map", id="slice-regression"),
+        pytest.param(SLICE_DROP, HALVES, {"min_slice_queries": 13}, True, "beats", id="slice-too-small-to-hold"),
+        pytest.param(SLICE_DROP, HALVES, {"slice_tolerance": 0.06}, True, "beats", id="slice-within-tolerance"),
     ],
 )
-def test_decision_table(candidate, champion, min_delta, promote, reason_part):
+def test_decision_table(candidate, reference_slices, policy, promote, reason_part):
     decision = decide(
-        {"map": candidate},
-        None if champion is None else {"map": champion},
-        BASE,
-        "map",
-        PromotionPolicy(min_delta=min_delta),
+        ranking(candidate, slices=reference_slices), ranking(REFERENCE, slices=reference_slices),
+        "champion", "map", ["map", "mrr_at_10"], PromotionPolicy(**policy), reference_version="3",
     )
-    assert decision.promote is promote
+    assert decision.promote is promote, decision.reason
     assert reason_part in decision.reason
-    assert decision.reference_name == ("base model" if champion is None else "champion")
+    assert decision.reference_version == "3"
+    assert {check.name for check in decision.checks} >= {"improvement", "significance", "metric mrr_at_10"}
+
+
+def test_a_secondary_metric_that_drops_blocks_promotion():
+    candidate = ranking(REFERENCE + 0.1, mrr_values=REFERENCE - 0.05)
+    decision = decide(candidate, ranking(REFERENCE), "base model", "map", ["map", "mrr_at_10"], PromotionPolicy())
+    assert not decision.promote
+    assert decision.reason.startswith("mrr_at_10 0.4500 vs 0.5000 (-0.0500; tolerance 0.01)")
+    assert decision.metrics["map"].delta == pytest.approx(0.1)
+
+
+def test_the_significance_level_decides_a_small_improvement():
+    """The same small, consistent improvement on 6 queries: an exact permutation test gives
+    p = 1/64, which passes at 0.05 and fails at 0.01."""
+    reference = REFERENCE[:6]
+    candidate, champion = (
+        QueryScores(evaluator="reranking", ids=list("abcdef"), slices=[""] * 6, per_query={"map": list(values)})
+        for values in (reference + 0.01, reference)
+    )
+    loose = decide(candidate, champion, "champion", "map", ["map"], PromotionPolicy(significance_level=0.05))
+    strict = decide(candidate, champion, "champion", "map", ["map"], PromotionPolicy(significance_level=0.01))
+    assert loose.p_value == pytest.approx(1 / 64)
+    assert loose.promote and not strict.promote
+
+
+def test_similarity_is_compared_by_correlation_over_resampled_pairs():
+    rng = np.random.default_rng(0)
+    gold = rng.uniform(0, 1, 200)
+    def similarity(cosines):
+        return QueryScores(evaluator="embedding_similarity", ids=[str(i) for i in range(200)], slices=[""] * 200,
+                           per_query={"cosine": list(cosines)}, gold=list(gold))
+    sharp, blurred = similarity(gold + rng.normal(0, 0.05, 200)), similarity(gold + rng.normal(0, 0.4, 200))
+    headline = ["spearman_cosine", "pearson_cosine"]
+    better = decide(sharp, blurred, "champion", "spearman_cosine", headline, PromotionPolicy())
+    assert better.promote and better.p_value < 0.001 and better.interval[0] > 0
+    assert not decide(blurred, sharp, "champion", "spearman_cosine", headline, PromotionPolicy()).promote
+
+
+def test_scores_from_different_test_sets_are_not_compared():
+    other = ranking(REFERENCE)
+    other.ids = [f"other{i}" for i in range(N)]
+    with pytest.raises(ValueError, match="different test sets"):
+        decide(ranking(REFERENCE + 0.1), other, "champion", "map", ["map"], PromotionPolicy())

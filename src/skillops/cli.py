@@ -137,6 +137,21 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def cmd_history(args) -> int:
+    from skillops.registry import history
+
+    name = _recipe(args).registered_model_name
+    moves = history(name)
+    if not moves:
+        print(f"{name}: the champion alias has never moved.")
+        return 0
+    for move in moves:
+        numbers = move.get("numbers")
+        detail = f" [{numbers['metric']} {numbers['candidate']:.4f} vs {numbers['reference_name']} {numbers['reference']:.4f}, p={numbers['p_value']}]" if numbers else ""
+        print(f"{move['when']}  {move['kind']:9} v{move['from'] or '-'} -> v{move['to']}  {move['why']}{detail}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skillops",
@@ -175,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("models", cmd_models, "List registered versions, their aliases and promotion decisions.")
     rollback = add("rollback", cmd_rollback, "Move the champion alias back to the version it replaced.")
     rollback.add_argument("--reason", default="manual rollback", help="recorded on both versions")
+    add("history", cmd_history, "Every move of the champion alias: from, to, when, why and the decision's numbers.")
     return parser
 
 

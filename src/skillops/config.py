@@ -248,12 +248,45 @@ class ValidationPolicy(_Strict):
 
 
 class PromotionPolicy(_Strict):
+    """When a candidate replaces the champion (or, with no champion yet, is better than the base
+    model). All comparisons are on the same frozen test set, query by query.
+
+    The defaults aim at "never ship a worse model": a strict improvement of the primary metric
+    that a one-sided paired permutation test finds significant at 5%, and no headline metric
+    or slice that drops by more than its tolerance. Test sets here are small (14 to 200 queries),
+    where a higher mean is often noise; requiring significance costs a run that would have
+    helped a little, while promoting noise costs users a worse model and a rollback.
+    """
+
     min_delta: float = Field(
-        0.0,
-        ge=0,
-        description="How much the candidate's primary metric must exceed the champion's (or, with "
-        "no champion, the base model's). 0 still requires a strict improvement.",
+        0.0, ge=0,
+        description="How much the candidate's primary metric must exceed the reference's, in "
+        "metric units. 0 still requires a strict improvement.",
     )
+    min_relative_delta: float = Field(
+        0.0, ge=0,
+        description="The same as a share of the reference's score (0.02: at least 2% better). "
+        "Both this and min_delta must hold.",
+    )
+    significance_level: float | None = Field(
+        0.05, gt=0, lt=1,
+        description="The one-sided p-value of the paired permutation test (candidate better than "
+        "the reference) must be below this. null: not required.",
+    )
+    secondary_tolerance: float = Field(
+        0.01, ge=0,
+        description="No other headline metric may be lower than the reference's by more than this.",
+    )
+    slice_tolerance: float = Field(
+        0.02, ge=0,
+        description="No slice (data.columns.slice, e.g. language) may have a primary metric lower "
+        "than the reference's by more than this.",
+    )
+    min_slice_queries: int = Field(
+        10, ge=1, description="Slices with fewer test queries are reported but not held to slice_tolerance.",
+    )
+    resamples: int = Field(10000, ge=100, description="Permutations and bootstrap resamples.")
+    seed: int = 0
 
 
 class Recipe(_Strict):

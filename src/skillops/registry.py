@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
 
-from skillops.config import PromotionPolicy
-from skillops.promotion import Decision, decide
+from skillops.promotion import Decision
 from skillops.tracking import client, store_dir
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+MOVE_TAG_PREFIX = "skillops.champion_move."  # one tag per alias move, on both versions
 
 # Written explicitly: MLflow's inference of requirements imports and inspects the model (slow)
 # and cannot reach PyPI offline anyway.
@@ -35,7 +37,8 @@ def register(
     model = load_model(str(model_dir))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.sentence_transformers.log_model(
-            model, name="model", registered_model_name=name, pip_requirements=SERVING_REQUIREMENTS
+            model, name="model", registered_model_name=name, pip_requirements=SERVING_REQUIREMENTS,
+            signature=serving_signature(),
         )
     mlflow_client = client()
     version = str(info.registered_model_version)
@@ -44,6 +47,21 @@ def register(
     if description:
         mlflow_client.update_model_version(name, version, description=description)
     return version
+
+
+def serving_signature():
+    """Texts in, embeddings out, and `prompt_name` as a request parameter: MLflow's pyfunc passes
+    params to `encode`, so `{"inputs": [...], "params": {"prompt_name": "query"}}` applies the
+    model's saved query prompt at serve time. (The flavor's default signature has no params, and
+    MLflow drops params a signature does not declare.)"""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), [-1, -1])]),
+        params=ParamSchema([ParamSpec("prompt_name", "string", None)]),
+    )
 
 
 def champion_version(name: str) -> str | None:
@@ -76,49 +94,75 @@ def promotion_lock(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def promote_if_better(
-    name: str,
-    version: str,
-    metric: str,
-    candidate: dict[str, float],
-    base: dict[str, float],
-    champion: dict[str, float] | None,
-    champion_seen: str | None,
-    policy: PromotionPolicy,
-) -> Decision:
+MAX_RECHECKS = 5
+
+
+def promote_if_better(name: str, version: str, judge: Callable[[str | None], Decision]) -> Decision:
     """Decide and, if the decision says so, move the alias; the decision is recorded on the version.
 
-    `champion` holds the scores of version `champion_seen`, measured in this run on the same
-    test set. If another run moved the alias since, those scores no longer describe the champion,
-    so the candidate is refused rather than compared against a stale number.
+    `judge(champion_version)` compares the candidate with that champion (None: no champion yet)
+    on the run's frozen test set. Under the lock, the champion is read, judged, and read again
+    just before the alias moves: if it changed meanwhile (a promoter on another machine, a
+    rollback), the candidate is judged again against the new champion. So a run can never move
+    the alias past a champion it did not beat.
     """
     mlflow_client = client()
     with promotion_lock(name):
-        current = champion_version(name)
-        if current != champion_seen:
-            decision = Decision(
-                promote=False,
-                reason=f"the champion moved from version {champion_seen} to {current} while this "
-                "run was evaluating; run again to compare against the new champion",
-                metric=metric,
-                candidate=candidate[metric],
-                reference=float("nan"),
-                reference_name="champion",
-            )
+        for _ in range(MAX_RECHECKS):
+            current = champion_version(name)
+            decision = judge(current)
+            if champion_version(name) == current:
+                break
         else:
-            decision = decide(candidate, champion, base, metric, policy)
+            raise RuntimeError(
+                f"The champion of {name!r} moved {MAX_RECHECKS} times while version {version} was being "
+                "judged; something else is moving the alias. Run again once it has stopped."
+            )
         if decision.promote:
             mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+            _record_move(name, current, version, "promotion", decision.reason, decision)
         record = {
             "skillops.decision": "promoted" if decision.promote else "not promoted",
             "skillops.decision_reason": decision.reason,
             "skillops.decision_time": datetime.now(UTC).isoformat(timespec="seconds"),
             "skillops.previous_champion": current or "none",
+            "skillops.decision_numbers": json.dumps(_numbers(decision)),
         }
         for key, value in record.items():
             mlflow_client.set_model_version_tag(name, version, key, value)
     logger.info("Version %s of %s: %s", version, name, decision.reason)
     return decision
+
+
+def _numbers(decision: Decision) -> dict[str, Any]:
+    return {
+        "metric": decision.metric, "candidate": round(decision.candidate, 6), "reference": round(decision.reference, 6),
+        "reference_name": decision.reference_name, "delta": round(decision.delta, 6),
+        "p_value": None if decision.p_value is None else round(decision.p_value, 6),
+    }
+
+
+def _record_move(name: str, old: str | None, new: str, kind: str, why: str, decision: Decision | None = None) -> dict:
+    """One alias move, on both versions it concerns: from, to, when, why and the decision's numbers."""
+    now = datetime.now(UTC)
+    move = {"from": old, "to": new, "when": now.isoformat(timespec="seconds"), "kind": kind, "why": why,
+            **({"numbers": _numbers(decision)} if decision else {})}
+    value = json.dumps(move)
+    key = MOVE_TAG_PREFIX + now.strftime("%Y%m%dT%H%M%S%fZ")  # sorts by time; no ':' (not allowed in keys)
+    for touched in {new, old} - {None}:
+        client().set_model_version_tag(name, touched, key, value)
+    return move
+
+
+
+def history(name: str) -> list[dict]:
+    """Every recorded move of the champion alias of `name`, oldest first."""
+    moves = {}
+    for version in client().search_model_versions(f"name = '{name}'"):
+        for key, value in version.tags.items():
+            if key.startswith(MOVE_TAG_PREFIX):
+                moves[key] = json.loads(value)
+    return [moves[key] for key in sorted(moves)]
 
 
 class RollbackError(RuntimeError):
@@ -139,12 +183,8 @@ def rollback(name: str, reason: str) -> tuple[str, str]:
                 "roll back to. Promote another version instead."
             )
         mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
-        when = datetime.now(UTC).isoformat(timespec="seconds")
-        mlflow_client.set_model_version_tag(
-            name, previous, "skillops.rollback", f"{when}: champion moved back from version {current}: {reason}"
-        )
-        mlflow_client.set_model_version_tag(
-            name, current, "skillops.rolled_back", f"{when}: replaced by version {previous}: {reason}"
-        )
+        move = _record_move(name, current, previous, "rollback", reason)
+        mlflow_client.set_model_version_tag(name, previous, "skillops.rollback", f"{move['when']}: champion moved back from version {current}: {reason}")
+        mlflow_client.set_model_version_tag(name, current, "skillops.rolled_back", f"{move['when']}: replaced by version {previous}: {reason}")
     logger.info("Champion of %s moved back from version %s to %s", name, current, previous)
     return current, previous

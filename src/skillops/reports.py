@@ -85,6 +85,14 @@ def optuna_history_chart(study, path: Path) -> Path:
     return path
 
 
+def _score_table(scores: dict[str, dict[str, float]]) -> list[str]:
+    metrics = list(next(iter(scores.values())))
+    lines = ["| model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for model, values in scores.items():
+        lines.append(f"| {model} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
+    return lines
+
+
 def summary(
     model_name: str,
     version: str,
@@ -93,21 +101,67 @@ def summary(
     champion: str | None,
     ui_command: str,
 ) -> str:
-    """Markdown that reads well in a terminal, as a Prefect artifact and as an MLflow artifact."""
-    metrics = list(next(iter(scores.values())))
+    """The evaluation report: decision, scores and every check of the policy. Markdown that reads
+    well in a terminal, as a Prefect artifact and as an MLflow artifact."""
+    against = decision.reference_name + (f" (version {decision.reference_version})" if decision.reference_version else "")
     lines = [
         f"## {model_name} version {version}: {'PROMOTED to champion' if decision.promote else 'not promoted'}",
         "",
         f"Why: {decision.reason}.",
         "",
-        "| model | " + " | ".join(metrics) + " |",
-        "|---|" + "---|" * len(metrics),
-    ]
-    for model, values in scores.items():
-        lines.append(f"| {model} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
-    lines += [
+        *_score_table(scores),
+        "",
+        f"Checks against the {against}:",
+        "",
+        *(f"- {'pass' if check.passed else 'FAIL'}: {check.detail}" for check in decision.checks),
         "",
         f"Champion now: version {champion or 'none'} (`models:/{model_name}@champion`).",
         f"Compare runs: `{ui_command}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def model_card(recipe, version: str, counts: dict[str, int], eval_fingerprint: str,
+               scores: dict[str, dict[str, float]], decision: Decision, params: dict[str, str]) -> str:
+    """What a user of the registered model needs: what it is, how to call it, what it was trained
+    and tested on, how it scored, and the licence of the data."""
+    prompts = recipe.prompts
+    usage = 'model.encode(texts, prompt_name="query")  # and prompt_name="document" for skill texts' if prompts else "model.encode(texts)"
+    data_source = "ESCO (European Skills, Competences, Qualifications and Occupations), CC BY 4.0, (c) European Union" if recipe.data.format == "esco" else recipe.data.path
+    trained = {k.removeprefix("best."): v for k, v in params.items() if k.startswith("best.")}
+    lines = [
+        f"# {recipe.registered_model_name} version {version}",
+        "",
+        recipe.description or f"A sentence-embedding model for skills and occupations, trained by the skillops recipe `{recipe.name}`.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import mlflow",
+        f'model = mlflow.sentence_transformers.load_model("models:/{recipe.registered_model_name}@champion")',
+        usage,
+        "```",
+        "",
+        f"Serving: `mlflow models serve -m models:/{recipe.registered_model_name}@champion --env-manager local -h 127.0.0.1 -p 5001`, "
+        'then POST `{"inputs": [...], "params": {"prompt_name": "query"}}` to `/invocations`.'
+        + (f" Prompts: query `{prompts.query!r}`, document `{prompts.document!r}`." if prompts else ""),
+        "",
+        "## Training",
+        "",
+        f"- Base model: `{recipe.base_model}`",
+        f"- Data: {data_source} ({recipe.data.training_shape}; " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")",
+        f"- Loss: {recipe.loss.name}; max_seq_length {recipe.training.max_seq_length}",
+        f"- Tuned parameters: {', '.join(f'{k} = {v}' for k, v in trained.items()) or 'none (no search)'}",
+        "",
+        f"## Evaluation (held-out test set, {recipe.evaluation.evaluator}, snapshot {eval_fingerprint})",
+        "",
+        *_score_table(scores),
+        "",
+        f"Promotion decision: {'promoted' if decision.promote else 'not promoted'}: {decision.reason}.",
+        "",
+        "## Limitations",
+        "",
+        "- Scored on a held-out part of the same data source; other taxonomies, languages or text styles may score lower.",
+        f"- Texts longer than {recipe.training.max_seq_length} tokens are cut.",
     ]
     return "\n".join(lines) + "\n"

@@ -19,10 +19,10 @@ from pydantic import BaseModel
 
 from skillops import registry, tasks, tracking
 from skillops.config import Recipe
-from skillops.evaluation import build_evaluator, evaluate
+from skillops.evaluation import QueryScores, build_evaluator, evaluate, score_queries
 from skillops.modeling import load_model
-from skillops.promotion import Decision
-from skillops.reports import comparison_chart, loss_curve_chart, rounds_chart, summary
+from skillops.promotion import Decision, decide
+from skillops.reports import comparison_chart, loss_curve_chart, model_card, rounds_chart, summary
 from skillops.training import train_model
 from skillops.tuning import tune as run_search
 from skillops.validation import ValidationReport, require, validate_prepared, validate_recipe_data
@@ -44,16 +44,19 @@ class PreparedData(BaseModel):
 
 
 class Scores(BaseModel):
-    base: dict[str, float]
-    candidate: dict[str, float]
-    champion: dict[str, float] | None
+    """Per-query scores of base, candidate and champion on the run's frozen test set."""
+
+    base: QueryScores
+    candidate: QueryScores
+    champion: QueryScores | None
     champion_version: str | None
+    champion_source: str | None = None  # how the champion's scores were obtained (cache or re-scored)
 
     def table(self, metrics: list[str]) -> dict[str, dict[str, float]]:
         rows = {"base": self.base, "candidate": self.candidate}
         if self.champion is not None:
             rows[f"champion (v{self.champion_version})"] = self.champion
-        return {model: {m: values[m] for m in metrics} for model, values in rows.items()}
+        return {model: values.aggregate(tuple(metrics)) for model, values in rows.items()}
 
 
 class Fingerprints(BaseModel):
@@ -131,7 +134,7 @@ def start(recipe: Recipe, fingerprints: Fingerprints) -> str:
         **{f"prompts.{k}": repr(v) for k, v in recipe.prompts.model_dump().items()},
         **{f"training.{k}": v for k, v in recipe.training.model_dump().items()},
         **{f"evaluation.{k}": v for k, v in recipe.evaluation.model_dump().items()},
-        "promotion.min_delta": recipe.promotion.min_delta,
+        **{f"promotion.{k}": v for k, v in recipe.promotion.model_dump().items()},
         "search.n_trials": recipe.search.n_trials,
     }
     tags = {**fingerprints.tags(), "skillops.kind": "pipeline", "skillops.python": platform.python_version(), **versions}
@@ -196,7 +199,10 @@ def prepare(recipe: Recipe, fingerprints: Fingerprints, run_id: str) -> Prepared
     prepared = PreparedData(
         directory=paths.directory,
         data_fingerprint=fingerprint,
-        eval_fingerprint=tasks.fingerprint_files([paths.eval_set("test")], extra=recipe.prompts.model_dump_json()),
+        # What the test scores depend on: the frozen set, the prompts and how it is scored.
+        eval_fingerprint=tasks.fingerprint_files(
+            [paths.eval_set("test")], extra=recipe.prompts.model_dump_json() + recipe.evaluation.model_dump_json(exclude={"batch_size"})
+        ),
         counts=task.counts,
     )
     tracking.log_params(run_id, {"data_fingerprint": prepared.data_fingerprint, "eval_fingerprint": prepared.eval_fingerprint})
@@ -254,23 +260,45 @@ def train(recipe: Recipe, data: PreparedData, params: dict, fingerprints: Finger
     return result.model_dir
 
 
+def _cache_file(model_name: str, version: str, eval_fingerprint: str) -> Path:
+    """Per-query scores of a registered version on one frozen test set, kept next to the store:
+    a version's weights never change, so neither do its scores on the same set."""
+    return tracking.store_dir() / "score-cache" / model_name / f"v{version}" / f"{eval_fingerprint}.json"
+
+
+def champion_scores(recipe: Recipe, data: PreparedData, version: str) -> tuple[QueryScores, str]:
+    """A registered version's per-query scores on this run's test set, and where they came from:
+    the cache when that version was already scored on this snapshot, else scored now."""
+    cached = _cache_file(recipe.registered_model_name, version, data.eval_fingerprint)
+    if cached.is_file():
+        return QueryScores.model_validate_json(cached.read_text("utf-8")), f"cached scores of version {version} on eval snapshot {data.eval_fingerprint}"
+    tags = tracking.client().get_model_version(recipe.registered_model_name, version).tags
+    scored_on = tags.get("skillops.eval_fingerprint", "unknown")
+    model = registry.load(registry.model_uri(recipe.registered_model_name, version))
+    values = score_queries(model, data.paths.eval_set("test"), recipe.evaluation, recipe.prompts)
+    _save_scores(cached, values)
+    return values, f"version {version} re-scored on eval snapshot {data.eval_fingerprint} (it was registered with scores on {scored_on})"
+
+
+def _save_scores(path: Path, values: QueryScores) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs may write the same entry
+    temporary.write_text(values.model_dump_json(), "utf-8")
+    temporary.replace(path)
+
+
 def score(recipe: Recipe, data: PreparedData, candidate_dir: Path, run_id: str) -> Scores:
-    """Base, candidate and current champion, all on the same frozen test set, in this run."""
+    """Base, candidate and current champion, per query, all on the same frozen test set."""
     test_set = data.paths.eval_set("test")
-
-    def scores_of(model) -> dict[str, float]:
-        return evaluate(model, test_set, recipe.evaluation, recipe.prompts)
-
-    base = scores_of(load_model(recipe.base_model, recipe.training.max_seq_length))
-    candidate = scores_of(load_model(str(candidate_dir)))
+    base = score_queries(load_model(recipe.base_model, recipe.training.max_seq_length), test_set, recipe.evaluation, recipe.prompts)
+    candidate = score_queries(load_model(str(candidate_dir)), test_set, recipe.evaluation, recipe.prompts)
     champion_version = registry.champion_version(recipe.registered_model_name)
-    champion = None
-    if champion_version is not None:
-        champion = scores_of(registry.load(registry.model_uri(recipe.registered_model_name, champion_version)))
-    scores = Scores(base=base, candidate=candidate, champion=champion, champion_version=champion_version)
+    champion, source = champion_scores(recipe, data, champion_version) if champion_version else (None, None)
+    scores = Scores(base=base, candidate=candidate, champion=champion, champion_version=champion_version, champion_source=source)
+    metrics = recipe.evaluation.metric_names()
     for name, values in (("base", base), ("test", candidate), ("champion", champion)):
         if values is not None:
-            tracking.log_metrics(run_id, values, prefix=f"{name}_")
+            tracking.log_metrics(run_id, values.aggregate(metrics), prefix=f"{name}_")
     return scores
 
 
@@ -281,38 +309,65 @@ def register(recipe: Recipe, data: PreparedData, candidate_dir: Path, scores: Sc
         "skillops.data_fingerprint": data.data_fingerprint,
         "skillops.eval_fingerprint": data.eval_fingerprint,
         "skillops.git_commit": tracking.git_commit(),
-        **{f"test_{k}": f"{v:.6f}" for k, v in scores.candidate.items()},
+        **{f"test_{k}": f"{v:.6f}" for k, v in scores.candidate.aggregate(recipe.evaluation.metric_names()).items()},
     }
-    return registry.register(candidate_dir, run_id, recipe.registered_model_name, tags, recipe.description)
+    version = registry.register(candidate_dir, run_id, recipe.registered_model_name, tags, recipe.description)
+    # A later run that finds this version as its champion, on the same snapshot, reads these
+    # instead of encoding the test set again.
+    _save_scores(_cache_file(recipe.registered_model_name, version, data.eval_fingerprint), scores.candidate)
+    return version
 
 
-def promote(recipe: Recipe, version: str, scores: Scores, run_id: str) -> Decision:
-    decision = registry.promote_if_better(
-        recipe.registered_model_name,
-        version,
-        recipe.evaluation.primary_metric,
-        scores.candidate,
-        scores.base,
-        scores.champion,
-        scores.champion_version,
-        recipe.promotion,
-    )
+def promote(recipe: Recipe, data: PreparedData, version: str, scores: Scores, run_id: str) -> Decision:
+    """Judge the candidate against the champion of the moment, under the registry's lock.
+
+    If another run moved the champion after this run's `score`, the new champion is judged
+    against instead (its scores usually come from the cache: that run registered them)."""
+    notes = {}
+
+    def judge(champion: str | None) -> Decision:
+        if champion is None:
+            reference, name = scores.base, "base model"
+        elif champion == scores.champion_version:
+            reference, name = scores.champion, "champion"
+        else:
+            reference, notes["champion_source"] = champion_scores(recipe, data, champion)
+            name = "champion"
+        return decide(
+            scores.candidate, reference, name, recipe.evaluation.primary_metric,
+            recipe.evaluation.headline_metrics(), recipe.promotion, champion,
+        )
+
+    decision = registry.promote_if_better(recipe.registered_model_name, version, judge)
     tracking.set_tags(run_id, {"skillops.decision": "promoted" if decision.promote else "not promoted",
-                               "skillops.decision_reason": decision.reason, "skillops.model_version": version})
+                               "skillops.decision_reason": decision.reason, "skillops.model_version": version,
+                               "skillops.judged_against": decision.reference_version or "base model", **notes})
+    if decision.p_value is not None:
+        tracking.log_metrics(run_id, {"decision_p_value": decision.p_value, "decision_delta": decision.delta})
     return decision
 
 
-def report(recipe: Recipe, version: str, scores: Scores, decision: Decision, run_id: str) -> str:
-    """The run's summary (markdown) and comparison chart, logged to MLflow; returns the summary."""
+def report(recipe: Recipe, data: PreparedData, version: str, scores: Scores, decision: Decision, run_id: str) -> str:
+    """The evaluation report (markdown and JSON), per-query scores, the comparison chart and the
+    model card, logged to MLflow; returns the report's markdown."""
     table = scores.table(recipe.evaluation.headline_metrics())
-    text = summary(
-        recipe.registered_model_name, version, table, decision,
-        registry.champion_version(recipe.registered_model_name), tracking.ui_command(),
-    )
+    champion = registry.champion_version(recipe.registered_model_name)
+    text = summary(recipe.registered_model_name, version, table, decision, champion, tracking.ui_command())
     directory = output_dir(run_id)
-    (directory / "summary.md").write_text(text, "utf-8")
-    (directory / "decision.json").write_text(decision.model_dump_json(indent=1), "utf-8")
+    files = {
+        "evaluation.md": text,
+        "evaluation.json": json.dumps({
+            "model": recipe.registered_model_name, "version": version, "run_id": run_id, "champion_now": champion,
+            "eval_fingerprint": data.eval_fingerprint, "data_fingerprint": data.data_fingerprint,
+            "champion_scores": scores.champion_source, "scores": table, "decision": decision.model_dump(),
+        }, indent=1),
+        "per_query.json": json.dumps({name: values.model_dump() for name, values in
+                                      (("base", scores.base), ("candidate", scores.candidate), ("champion", scores.champion)) if values}),
+        "model_card.md": model_card(recipe, version, data.counts, data.eval_fingerprint, table, decision, tracking.get_params(run_id)),
+    }
+    for name, content in files.items():
+        (directory / name).write_text(content, "utf-8")
     comparison_chart(table, directory / "comparison.png", f"Held-out test set ({recipe.evaluation.evaluator})")
-    for name in ("summary.md", "decision.json", "comparison.png"):
+    for name in (*files, "comparison.png"):
         tracking.log_artifact(run_id, directory / name, "report")
     return text

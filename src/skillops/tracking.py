@@ -140,6 +140,10 @@ def log_loss_history(run_id: str, log_history: Path, step_offset: int = 0) -> No
     client().log_batch(run_id, metrics=metrics)
 
 
+def get_params(run_id: str) -> dict[str, str]:
+    return client().get_run(run_id).data.params
+
+
 def set_tags(run_id: str, tags: dict[str, Any]) -> None:
     mlflow_client = client()
     for key, value in tags.items():
