@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +23,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 BUNDLED_ESCO = REPO / "data" / "esco-ict"
 TINY_OCCUPATIONS = 24
 
@@ -173,3 +179,49 @@ def tiny_recipe_yaml(path: Path, esco_dir: Path, model_dir: Path, **sections) ->
         recipe[section] = {**recipe.get(section, {}), **values} if isinstance(values, dict) else values
     path.write_text(yaml.safe_dump(recipe), "utf-8")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real Prefect server on a free 127.0.0.1 port, with its own home, MLflow store and outputs."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        "SKILLOPS_OUTPUTS_DIR": str(tmp_path / "outputs"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    logs = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=logs, stderr=subprocess.STDOUT,
+    )
+    processes = [server]
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail(f"Prefect server did not start: {(tmp_path / 'server.log').read_text()[-3000:]}")
+                time.sleep(1)
+        yield env, processes, tmp_path
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        logs.close()

@@ -6,7 +6,6 @@ when run again, and two runs started together train one after the other."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import REPO, tiny_recipe_yaml
+from conftest import REPO, free_port, tiny_recipe_yaml
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -33,8 +26,8 @@ def stack(tmp_path):
     env = {
         **os.environ,
         "VENV": str(BIN.parent),
-        "PREFECT_PORT": str(_free_port()),
-        "MLFLOW_PORT": str(_free_port()),
+        "PREFECT_PORT": str(free_port()),
+        "MLFLOW_PORT": str(free_port()),
         "STACK_DIR": str(tmp_path / "stack"),
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",

@@ -1,0 +1,67 @@
+"""The champion served by `mlflow models serve` answers with the local model's embeddings,
+e5-style prompts included, on 127.0.0.1."""
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+from conftest import BIN, free_port
+from skillops import registry, tracking
+from skillops.modeling import load_model
+
+NAME = "tiny-serving"
+TEXTS = ["data analyst", "manage ICT security", "develop web applications in JavaScript"]
+
+
+def _post(url: str, body: dict) -> np.ndarray:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return np.asarray(json.loads(response.read())["predictions"], dtype=np.float32)
+
+
+def test_mlflow_models_serve_answers_with_the_champions_embeddings(tiny_bert, mlflow_store, tmp_path):
+    model = load_model(str(tiny_bert))
+    model.prompts = {"query": "query: ", "document": "passage: "}  # as a recipe with prompts saves it
+    model.save(str(tmp_path / "prompted"))
+    run_id = tracking.start_run("serving-test", "serve", {})
+    version = registry.register(tmp_path / "prompted", run_id, NAME, {})
+    tracking.end_run(run_id)
+    tracking.client().set_registered_model_alias(NAME, registry.CHAMPION, version)
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        # MLflow starts `uvicorn` by name: the environment's bin folder must be on PATH.
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+        stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()
+                assert time.monotonic() < deadline, "mlflow models serve did not start:\n" + (tmp_path / "serve.log").read_text()
+                time.sleep(1)
+        url = f"http://127.0.0.1:{port}/invocations"
+        local = load_model(str(tmp_path / "prompted"))
+        for prompt_name in ("query", "document"):
+            served = _post(url, {"inputs": TEXTS, "params": {"prompt_name": prompt_name}})
+            expected = local.encode(TEXTS, prompt_name=prompt_name)
+            assert served.shape == expected.shape
+            assert np.allclose(served, expected, atol=1e-5)
+        # Without a prompt name the texts are encoded as they are, which is a different embedding.
+        plain = _post(url, {"inputs": TEXTS})
+        assert np.allclose(plain, local.encode(TEXTS), atol=1e-5)
+        assert not np.allclose(plain, local.encode(TEXTS, prompt_name="query"), atol=1e-3)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
