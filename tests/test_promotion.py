@@ -32,8 +32,8 @@ SLICE_DROP = REFERENCE + np.where(np.array(HALVES) == "de", -0.05, 0.2)
         pytest.param(REFERENCE + 0.1, None, {}, True, "beats the champion's 0.5000 by 0.1000 (p = 0.0001", id="better"),
         pytest.param(REFERENCE, None, {}, False, "is equal to the champion's", id="equal"),
         pytest.param(REFERENCE - 0.05, None, {}, False, "is worse than the champion's", id="worse"),
-        pytest.param(REFERENCE + 0.005, None, {"min_delta": 0.01}, False, "less than the 0.0100 required", id="below-min-delta"),
-        pytest.param(REFERENCE + 0.02, None, {"min_relative_delta": 0.05}, False, "less than the 0.0250 required", id="below-relative-delta"),
+        pytest.param(REFERENCE + 0.005, None, {"min_delta": 0.01}, False, "less than the +0.0100 required", id="below-min-delta"),
+        pytest.param(REFERENCE + 0.02, None, {"min_relative_delta": 0.05}, False, "less than the +0.0250 required", id="below-relative-delta"),
         pytest.param(REFERENCE + 0.03, None, {"min_relative_delta": 0.05}, True, "by 0.0300", id="above-relative-delta"),
         # Higher on average, but within noise: refused when significance is required ...
         pytest.param(REFERENCE + NOISE - NOISE.mean() + 0.005, None, {}, False, "but not significantly", id="noise"),

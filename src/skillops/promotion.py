@@ -153,8 +153,8 @@ def decide(
     if needed > 0:
         checks.append(Check(
             name="min_delta", passed=delta >= needed,
-            detail=f"{metric} {score:.4f} beats {versus} by {delta:.4f}, "
-            f"{'at least' if delta >= needed else 'less than'} the {needed:.4f} required "
+            detail=f"{metric} {score:.4f} vs {versus}: {delta:+.4f}, "
+            f"{'at least' if delta >= needed else 'less than'} the +{needed:.4f} required "
             f"(min_delta {policy.min_delta}, min_relative_delta {policy.min_relative_delta})",
         ))
     significant = policy.significance_level is None or p_value < policy.significance_level

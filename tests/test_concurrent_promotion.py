@@ -1,0 +1,93 @@
+"""Four train-esco runs that finish together, against one real Prefect server and one MLflow store:
+they promote one at a time, the champion ends as the best of them that beat the previous
+champion, and every decision is recorded."""
+
+import json
+import os
+import subprocess
+import urllib.request
+
+import mlflow
+
+from conftest import BIN, REPO, tiny_recipe_yaml
+from skillops import registry
+
+NAME = "tiny-esco"
+# Four candidates of different quality: two trained hard, one lightly, one barely at all.
+CANDIDATES = [
+    {"max_steps": 80, "learning_rate": 2e-3, "seed": 1},
+    {"max_steps": 60, "learning_rate": 3e-3, "seed": 2},
+    {"max_steps": 10, "learning_rate": 5e-4, "seed": 3},
+    {"max_steps": 1, "learning_rate": 1e-9, "seed": 4},
+]
+
+
+def test_four_runs_promoting_at_once(prefect_server, small_esco, tiny_bert, monkeypatch):
+    env, _, tmp_path = prefect_server
+    env = {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"}
+    tracking_uri = env["MLFLOW_TRACKING_URI"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri, tracking_uri)
+
+    # The previous champion: the untrained base model, registered as version 1.
+    seed = subprocess.run(
+        [str(BIN / "python"), "-c", (
+            "import sys; from pathlib import Path; from skillops import registry, tracking\n"
+            f"run = tracking.start_run('{NAME}', 'previous champion', {{}})\n"
+            f"registry.register(Path(sys.argv[1]), run, '{NAME}', {{}}); tracking.end_run(run)\n"
+            f"tracking.client().set_registered_model_alias('{NAME}', 'champion', '1')"
+        ), str(tiny_bert)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert seed.returncode == 0, seed.stderr[-3000:]
+
+    runs = []
+    for number, training in enumerate(CANDIDATES):
+        recipe = tiny_recipe_yaml(
+            tmp_path / f"recipe-{number}.yaml", small_esco, tiny_bert,
+            training=training, search={"n_trials": 0},
+            # Judged by the primary metric alone (4 test queries; see conftest), but a candidate
+            # must beat the champion by more than float noise.
+            promotion={"min_delta": 0.001},
+        )
+        log = open(tmp_path / f"run-{number}.log", "w")
+        runs.append((subprocess.Popen(
+            [str(BIN / "python"), str(REPO / "flows" / "train_esco.py"), str(recipe)],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        ), log))
+    for number, (process, log) in enumerate(runs):
+        assert process.wait(timeout=900) == 0, (tmp_path / f"run-{number}.log").read_text()[-5000:]
+        log.close()
+
+    versions = {int(v.version): v for v in client.search_model_versions(f"name = '{NAME}'")}
+    assert sorted(versions) == [1, 2, 3, 4, 5]  # none lost
+    candidates = {v: versions[v] for v in (2, 3, 4, 5)}
+    for version in candidates.values():  # every decision recorded, with its numbers
+        assert version.tags["skillops.decision"] in {"promoted", "not promoted"}
+        assert json.loads(version.tags["skillops.decision_numbers"])["reference_name"] == "champion"
+    score = {v: float(version.tags["test_map"]) for v, version in candidates.items()}
+    previous = mlflow.search_runs(experiment_names=[NAME])["metrics.base_map"].dropna().iloc[0]
+    score[1] = previous  # version 1 holds the base model's weights
+    pipeline = mlflow.search_runs(experiment_names=[NAME], filter_string="tags.`skillops.kind` = 'pipeline'")
+    assert len(pipeline) == 4 and set(pipeline.status) == {"FINISHED"}
+    assert pipeline.start_time.max() < pipeline.end_time.min()  # the four runs did overlap
+
+    champion = int(client.get_registered_model(NAME).aliases["champion"])
+    beat_previous = [v for v in candidates if score[v] > previous + 0.001]
+    assert beat_previous, "no candidate beat the untrained model: the test proves nothing"
+    assert champion == max(beat_previous, key=score.get)
+
+    # The alias moved only forward, each time to a version that beat the champion it replaced.
+    moves = registry.history(NAME)
+    chain = ["1"] + [m["to"] for m in moves]
+    assert [m["from"] for m in moves] == chain[:-1] and chain[-1] == str(champion)
+    assert all(score[int(m["to"])] > score[int(m["from"])] for m in moves)
+    promoted = {v for v, version in candidates.items() if version.tags["skillops.decision"] == "promoted"}
+    assert promoted == {int(m["to"]) for m in moves}
+    print("scores", score, "moves", [(m["from"], m["to"]) for m in moves])
+
+    # The promotions were serialised by a strict Prefect global concurrency limit of 1.
+    with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/v2/concurrency_limits/skillops-promote-{NAME}", timeout=10) as response:
+        limit = json.loads(response.read())
+    assert limit["limit"] == 1 and limit["active_slots"] == 0
+

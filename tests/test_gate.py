@@ -1,0 +1,51 @@
+"""The gate with a real model: a candidate fine-tuned on shuffled positives (every training
+occupation paired with another's skills) is refused, against the real, untouched test set."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from prefect.testing.utilities import prefect_test_harness
+
+from conftest import BUNDLED_ESCO, REPO
+from skillops import registry, tasks
+from skillops.config import BUILTIN_RECIPES_DIR, load_recipe
+
+sys.path.insert(0, str(REPO / "flows"))
+from train_esco import train_esco  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_a_candidate_trained_on_shuffled_positives_is_never_promoted(mlflow_store, tmp_path):
+    esco = Path(shutil.copytree(BUNDLED_ESCO, tmp_path / "esco-shuffled"))
+    recipe = yaml.safe_load((BUILTIN_RECIPES_DIR / "esco-occupation-skills.yaml").read_text("utf-8"))
+    recipe.update(name="shuffled", registered_model_name="shuffled")
+    recipe["data"]["path"] = str(esco)
+    recipe["search"]["n_trials"] = 0
+    recipe["training"]["epochs"] = 1
+    recipe_file = tmp_path / "shuffled.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe), "utf-8")
+
+    # Shuffle the skills of the training occupations only: validation and test stay real.
+    split = tasks.build_task(load_recipe(recipe_file)).split
+    relations_file = esco / "occupationSkillRelations_en.csv"
+    relations = pd.read_csv(relations_file, dtype=str, keep_default_na=False)
+    train_rows = relations.occupationUri.isin(split["train"])  # the split is by occupation URI
+    relations.loc[train_rows, "skillUri"] = np.random.default_rng(0).permutation(relations.loc[train_rows, "skillUri"].to_numpy())
+    relations.drop_duplicates(["occupationUri", "skillUri"]).to_csv(relations_file, index=False)
+    assert tasks.build_task(load_recipe(recipe_file)).split == split
+
+    result = train_esco(recipe=str(recipe_file))
+
+    assert not result["promoted"], result["reason"]
+    assert registry.champion_version("shuffled") is None
+    assert "worse than the base model's" in result["reason"] or "not significantly" in result["reason"]
