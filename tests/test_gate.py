@@ -49,3 +49,34 @@ def test_a_candidate_trained_on_shuffled_positives_is_never_promoted(mlflow_stor
     assert not result["promoted"], result["reason"]
     assert registry.champion_version("shuffled") is None
     assert "worse than the base model's" in result["reason"] or "not significantly" in result["reason"]
+
+
+def test_slices_travel_from_a_data_column_to_the_gate(tiny_bert, tmp_path):
+    """`data.columns.slice` labels each query (here a made-up region per job description); the
+    test set keeps the labels, training does not see them, and the gate compares slice by slice."""
+    from skillops.config import parse_recipe
+    from skillops.evaluation import score_queries
+    from skillops.modeling import load_model
+    from skillops.promotion import decide
+
+    frame = pd.read_csv(REPO / "data" / "samples" / "job-skills.csv")
+    descriptions = sorted(frame.job_description.unique())
+    frame["region"] = frame.job_description.map({text: ("north", "south")[i % 2] for i, text in enumerate(descriptions)})
+    frame.to_csv(tmp_path / "jobs.csv", index=False)
+    recipe = parse_recipe({
+        "name": "sliced", "base_model": str(tiny_bert),
+        "data": {"format": "table", "path": str(tmp_path / "jobs.csv"), "shape": "pairs",
+                 "columns": {"anchor": "job_description", "positive": "skill", "slice": "region"}},
+        "evaluation": {"evaluator": "information_retrieval", "primary_metric": "cosine_ndcg_at_10"},
+    }, "test")
+    task = tasks.build_task(recipe)
+    assert "slice" not in task.train.columns
+    paths = tasks.write_task(task, tmp_path / "prepared", {})
+    assert set(task.eval_sets["test"]["query_slices"].values()) == {"north", "south"}
+
+    scores = score_queries(load_model(str(tiny_bert)), paths.eval_set("test"), recipe.evaluation, recipe.prompts)
+    decision = decide(scores, scores, "champion", recipe.evaluation.primary_metric,
+                      recipe.evaluation.headline_metrics(), recipe.promotion)
+    assert set(decision.slices) == {"north", "south"}
+    assert sum(s.queries for s in decision.slices.values()) == len(scores.ids)
+    assert any(check.name == "slice north" for check in decision.checks)

@@ -47,6 +47,10 @@ SHAPE_COLUMNS: dict[str, tuple[str, ...]] = {
     "scored_pairs": ("sentence1", "sentence2", "score"),
 }
 
+# Optional column of every shape: a label per row (language, sector); a query's slice is that of
+# its first row. Used only to judge candidates slice by slice, never for training.
+SLICE_COLUMN = "slice"
+
 
 class MiningConfig(_Strict):
     """Hard negatives mined with sentence-transformers' `mine_hard_negatives` and the base model."""
@@ -71,7 +75,9 @@ class DataConfig(_Strict):
     shape: Literal["pairs", "triplets", "scored_pairs"] = "pairs"
     columns: dict[str, str | list[str]] = Field(
         {}, description="skillops name -> column in the file, e.g. {anchor: description, positive: "
-        "label, negatives: [neg1, neg2]}; names not given are expected as is.",
+        "label, negatives: [neg1, neg2]}; names not given are expected as is. Optionally `slice`: a "
+        "column (language, sector) whose values split the test queries into slices that the "
+        "promotion gate checks one by one.",
     )
     hub_split: str = Field("train", description="Split to read when `path` is a hub dataset name.")
     language: str = Field("en", description="ESCO only: suffix of the files, occupations_<language>.csv.")
@@ -96,11 +102,11 @@ class DataConfig(_Strict):
                 )
             return self
         expected = SHAPE_COLUMNS[self.shape]
-        unknown = sorted(set(self.columns) - set(expected))
+        unknown = sorted(set(self.columns) - set(expected) - {SLICE_COLUMN})
         if unknown:
             raise ValueError(
                 f"data.columns names {unknown}, which a {self.shape!r} data set does not have; "
-                f"map these instead: {list(expected)}."
+                f"map these instead: {list(expected)} (and, optionally, {SLICE_COLUMN!r})."
             )
         if self.mine_negatives is not None and self.shape != "pairs":
             raise ValueError(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skillops.config import SHAPE_COLUMNS, DataConfig
+from skillops.config import SHAPE_COLUMNS, SLICE_COLUMN, DataConfig
 from skillops.esco import DataError, data_error, read_csv
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -152,6 +152,11 @@ def read_table(config: DataConfig) -> Table:
     renamed = pd.DataFrame(columns)
     if config.shape == "triplets":
         renamed = pd.concat([renamed, _negative_columns(config, frame, source).reset_index(drop=True)], axis=1)
+    if SLICE_COLUMN in config.columns:
+        column = config.column(SLICE_COLUMN)
+        if column not in frame.columns:
+            raise _missing_column(source, frame, SLICE_COLUMN, column)
+        renamed[SLICE_COLUMN] = frame[column].fillna("").astype(str).str.strip().reset_index(drop=True)
     if config.shape == "scored_pairs":
         # Text such as "high" becomes NaN here and is reported by the suite's not-null rule.
         renamed["score"] = pd.to_numeric(renamed["score"], errors="coerce").astype(float)
@@ -172,4 +177,5 @@ def write_table(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def text_columns(frame: pd.DataFrame) -> list[str]:
-    return [column for column in frame.columns if column != "score"]
+    """The columns a model reads (not scores, not slice labels)."""
+    return [column for column in frame.columns if column not in ("score", SLICE_COLUMN)]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from skillops import esco
-from skillops.config import DataConfig, Recipe
+from skillops.config import SLICE_COLUMN, DataConfig, Recipe
 from skillops.esco import DataError
 from skillops.tables import read_table
 
@@ -76,34 +76,39 @@ def split_groups(keys: list[str], validation: float, test: float, seed: int) -> 
     }
 
 
-def reranking_set(queries: dict[str, list[str]], pool: list[str], negatives: int, rng) -> list[dict]:
+def reranking_set(queries: dict[str, list[str]], pool: list[str], negatives: int, rng, slices: dict[str, str]) -> list[dict]:
     """RerankingEvaluator samples: each query's positives among `negatives` texts drawn from the pool."""
     samples = []
     for query, positives in queries.items():
         relevant = set(positives)
         candidates = [text for text in pool if text not in relevant]
         chosen = rng.choice(len(candidates), size=min(negatives, len(candidates)), replace=False)
-        samples.append({"query": query, "positive": positives, "negative": [candidates[i] for i in sorted(chosen)]})
+        sample = {"query": query, "positive": positives, "negative": [candidates[i] for i in sorted(chosen)]}
+        samples.append({**sample, "slice": slices[query]} if query in slices else sample)
     return samples
 
 
-def retrieval_set(queries: dict[str, list[str]], pool: list[str]) -> dict:
+def retrieval_set(queries: dict[str, list[str]], pool: list[str], slices: dict[str, str]) -> dict:
     """InformationRetrievalEvaluator input: every query against the whole pool of documents."""
     doc_ids = {text: f"d{i}" for i, text in enumerate(pool)}
-    return {
-        "queries": {f"q{i}": query for i, query in enumerate(queries)},
+    query_ids = {query: f"q{i}" for i, query in enumerate(queries)}
+    eval_set = {
+        "queries": {query_id: query for query, query_id in query_ids.items()},
         "corpus": {doc_id: text for text, doc_id in doc_ids.items()},
-        "relevant_docs": {f"q{i}": sorted(doc_ids[text] for text in positives) for i, positives in enumerate(queries.values())},
+        "relevant_docs": {query_ids[query]: sorted(doc_ids[text] for text in positives) for query, positives in queries.items()},
     }
+    if slices:
+        eval_set["query_slices"] = {query_ids[query]: slices[query] for query in queries}
+    return eval_set
 
 
 def _ranking_eval_sets(
-    queries_by_part: dict[str, dict[str, list[str]]], pool: list[str], recipe: Recipe
+    queries_by_part: dict[str, dict[str, list[str]]], pool: list[str], recipe: Recipe, slices: dict[str, str]
 ) -> dict[str, Any]:
     rng = np.random.default_rng(recipe.data.split.seed)
     if recipe.evaluation.evaluator == "reranking":
-        return {part: reranking_set(queries_by_part[part], pool, recipe.data.eval_negatives, rng) for part in EVAL_PARTS}
-    return {part: retrieval_set(queries_by_part[part], pool) for part in EVAL_PARTS}
+        return {part: reranking_set(queries_by_part[part], pool, recipe.data.eval_negatives, rng, slices) for part in EVAL_PARTS}
+    return {part: retrieval_set(queries_by_part[part], pool, slices) for part in EVAL_PARTS}
 
 
 def _esco_task(recipe: Recipe) -> Task:
@@ -114,7 +119,7 @@ def _esco_task(recipe: Recipe) -> Task:
         [{"anchor": anchors[uri], "positive": label} for uri in split["train"] for label in positives[uri]]
     ).drop_duplicates(ignore_index=True)
     queries = {part: {anchors[uri]: positives[uri] for uri in split[part]} for part in EVAL_PARTS}
-    return Task(train, _ranking_eval_sets(queries, skill_labels, recipe), split)
+    return Task(train, _ranking_eval_sets(queries, skill_labels, recipe, {}), split)
 
 
 def _table_task(recipe: Recipe) -> Task:
@@ -124,9 +129,12 @@ def _table_task(recipe: Recipe) -> Task:
     split = split_groups(frame[group].tolist(), data.split.validation, data.split.test, data.split.seed)
     part_of = {key: part for part, keys in split.items() for key in keys}
     parts = {part: frame[frame[group].map(part_of) == part] for part in ("train", *EVAL_PARTS)}
-    train = parts["train"].reset_index(drop=True)
+    # Slice labels judge candidates, they do not train them. A query's slice is its first row's.
+    slices = frame.groupby(group, sort=False)[SLICE_COLUMN].first().to_dict() if SLICE_COLUMN in frame else {}
+    train = parts["train"].drop(columns=SLICE_COLUMN, errors="ignore").reset_index(drop=True)
     if data.shape == "scored_pairs":
-        eval_sets = {part: parts[part][["sentence1", "sentence2", "score"]].to_dict(orient="list") for part in EVAL_PARTS}
+        kept = ["sentence1", "sentence2", "score", *([SLICE_COLUMN] if slices else [])]
+        eval_sets = {part: parts[part][kept].to_dict(orient="list") for part in EVAL_PARTS}
         return Task(train, eval_sets, split)
     # Documents: every positive and negative text of the data set, so held-out queries are ranked
     # against the same collection whichever part they are in.
@@ -136,7 +144,7 @@ def _table_task(recipe: Recipe) -> Task:
         part: {anchor: sorted(set(rows["positive"])) for anchor, rows in parts[part].groupby("anchor", sort=True)}
         for part in EVAL_PARTS
     }
-    return Task(train, _ranking_eval_sets(queries, pool, recipe), split)
+    return Task(train, _ranking_eval_sets(queries, pool, recipe, slices), split)
 
 
 def build_task(recipe: Recipe) -> Task:
