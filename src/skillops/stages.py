@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from skillops import registry, tasks, tracking
 from skillops.config import Recipe
-from skillops.evaluation import QueryScores, build_evaluator, evaluate, score_queries
+from skillops.evaluation import QueryScores, evaluate, scorer, score_queries
 from skillops.modeling import load_model
 from skillops.promotion import Decision, decide
 from skillops.reports import comparison_chart, loss_curve_chart, model_card, rounds_chart, summary
@@ -235,7 +235,7 @@ def train(recipe: Recipe, data: PreparedData, params: dict, fingerprints: Finger
     run shows the curve over rounds (model card 000); finished rounds are not trained again.
     """
     config = recipe.training.model_copy(update=params)
-    validation = build_evaluator(data.paths.eval_set("validation"), recipe.evaluation, recipe.prompts)
+    validation = scorer(data.paths.eval_set("validation"), recipe.evaluation, recipe.prompts)
     model, steps, round_scores = recipe.base_model, 0, []
     for number in range(1, config.rounds + 1):
         round_dir = attempt_dir(fingerprints) / "train" / (f"round-{number}" if config.rounds > 1 else "")

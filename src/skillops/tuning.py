@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from skillops.config import Recipe
-from skillops.evaluation import build_evaluator, sanitise
+from skillops.evaluation import scorer
 from skillops.reports import optuna_history_chart
 from skillops.tasks import PreparedPaths
 from skillops.tracking import end_run, log_artifact, log_loss_history, log_metrics, metric_name, set_tags, start_run
@@ -44,7 +44,7 @@ def _pruning_callback(trial, evaluator, metric: str, run_id: str):
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
             if state.global_step != self.last_step:  # score the final weights too
-                scores = sanitise(evaluator(model))
+                scores = evaluator(model)
                 self.last_score, self.last_step = float(scores[metric]), state.global_step
                 log_metrics(run_id, {metric: self.last_score}, prefix="validation_", step=state.global_step)
 
@@ -64,7 +64,7 @@ def tune(
     from skillops.training import train_model
 
     metric = recipe.evaluation.primary_metric
-    evaluator = build_evaluator(data.eval_set("validation"), recipe.evaluation, recipe.prompts)
+    evaluator = scorer(data.eval_set("validation"), recipe.evaluation, recipe.prompts)
 
     def objective(trial: optuna.Trial) -> float:
         params = {
