@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_TELEMETRY ?= false
 
-.PHONY: install train test ui stack-up stack-down clean
+.PHONY: install train test ui serve stack-up stack-down clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,12 @@ test: install
 ui: install  ## MLflow UI on the skillops store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
+MODEL ?= esco-occupation-skills
+SERVE_PORT ?= 5001
+serve: install  ## the champion over HTTP on 127.0.0.1: POST /invocations {"inputs": [...], "params": {"prompt_name": "query"}}
+	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}" \
+		$(VENV)/bin/mlflow models serve -m models:/$(MODEL)@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+
 stack-up: install  ## Prefect server + worker + deployments + MLflow UI on 127.0.0.1, in the background
 	VENV=$(VENV) scripts/stack.sh up
 
@@ -33,4 +39,4 @@ stack-down:  ## stop what stack-up started
 	VENV=$(VENV) scripts/stack.sh down
 
 clean:  ## forget every run, model version and output (keeps the venv)
-	rm -rf mlruns/mlflow.db mlruns/artifacts outputs
+	rm -rf mlruns/mlflow.db mlruns/artifacts mlruns/score-cache mlruns/locks outputs

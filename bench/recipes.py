@@ -51,19 +51,20 @@ def run_recipe(name: str) -> dict:
         "test_queries": int(run["metrics.data_test_groups"]),
         "seconds": seconds,
         "decision": run["tags.skillops.decision"],
+        "p_value": run.get("metrics.decision_p_value", float("nan")),
     }
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| recipe | loss | evaluator | primary metric | base | fine-tuned | ratio | train rows | test groups | wall time | decision |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | loss | evaluator | primary metric | base | fine-tuned | ratio | train rows | test groups | wall time | decision | p (paired test) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = r["fine_tuned"] / r["base"] if r["base"] else float("nan")
         lines.append(
             f"| {r['recipe']} | {r['loss']} | {r['evaluator']} | {r['metric']} | {r['base']:.4f} | {r['fine_tuned']:.4f} | "
-            f"{ratio:.2f}x | {r['train_rows']} | {r['test_queries']} | {r['seconds'] / 60:.1f} min | {r['decision']} |"
+            f"{ratio:.2f}x | {r['train_rows']} | {r['test_queries']} | {r['seconds'] / 60:.1f} min | {r['decision']} | {r['p_value']:.4f} |"
         )
     return "\n".join(lines)
 
