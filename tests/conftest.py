@@ -181,6 +181,19 @@ def tiny_recipe_yaml(path: Path, esco_dir: Path, model_dir: Path, **sections) ->
     return path
 
 
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, what: str, timeout: float = 180) -> None:
+    """Until `url` answers; fails with the end of the process's log if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                pytest.fail(f"{what} did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -207,15 +220,7 @@ def prefect_server(tmp_path):
     )
     processes = [server]
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail(f"Prefect server did not start: {(tmp_path / 'server.log').read_text()[-3000:]}")
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/api/health", server, tmp_path / "server.log", "Prefect server")
         yield env, processes, tmp_path
     finally:
         for process in reversed(processes):

@@ -4,13 +4,11 @@ e5-style prompts included, on 127.0.0.1."""
 import json
 import os
 import subprocess
-import time
-import urllib.error
 import urllib.request
 
 import numpy as np
 
-from conftest import BIN, free_port
+from conftest import BIN, free_port, wait_for_http
 from skillops import registry, tracking
 from skillops.modeling import load_model
 
@@ -42,15 +40,7 @@ def test_mlflow_models_serve_answers_with_the_champions_embeddings(tiny_bert, ml
         stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert server.poll() is None, (tmp_path / "serve.log").read_text()
-                assert time.monotonic() < deadline, "mlflow models serve did not start:\n" + (tmp_path / "serve.log").read_text()
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log", "mlflow models serve")
         url = f"http://127.0.0.1:{port}/invocations"
         local = load_model(str(tmp_path / "prompted"))
         for prompt_name in ("query", "document"):

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 MOVE_TAG_PREFIX = "skillops.champion_move."  # one tag per alias move, on both versions
+MAX_RECHECKS = 5  # judgements of one candidate while the champion keeps moving, before giving up
 
 # Written explicitly: MLflow's inference of requirements imports and inspects the model (slow)
 # and cannot reach PyPI offline anyway.
@@ -94,9 +95,6 @@ def promotion_lock(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-MAX_RECHECKS = 5
-
-
 def promote_if_better(name: str, version: str, judge: Callable[[str | None], Decision]) -> Decision:
     """Decide and, if the decision says so, move the alias; the decision is recorded on the version.
 
@@ -152,7 +150,6 @@ def _record_move(name: str, old: str | None, new: str, kind: str, why: str, deci
     for touched in {new, old} - {None}:
         client().set_model_version_tag(name, touched, key, value)
     return move
-
 
 
 def history(name: str) -> list[dict]:
