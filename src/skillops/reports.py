@@ -143,8 +143,9 @@ def model_card(recipe, version: str, counts: dict[str, int], eval_fingerprint: s
         "```",
         "",
         f"Serving: `mlflow models serve -m models:/{recipe.registered_model_name}@champion --env-manager local -h 127.0.0.1 -p 5001`, "
-        'then POST `{"inputs": [...], "params": {"prompt_name": "query"}}` to `/invocations`.'
-        + (f" Prompts: query `{prompts.query!r}`, document `{prompts.document!r}`." if prompts else ""),
+        + ('then POST `{"inputs": [...], "params": {"prompt_name": "query"}}` to `/invocations` '
+           f"(prompts: query {prompts.query!r}, document {prompts.document!r})." if prompts
+           else 'then POST `{"inputs": [...]}` to `/invocations`.'),
         "",
         "## Training",
         "",
