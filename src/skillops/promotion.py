@@ -60,58 +60,52 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=-1) / np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
 
 
-def _difference(candidate: QueryScores, metric: str):
-    """statistic(candidate_values, reference_values, axis) -> difference of the metric, for scipy."""
-    if candidate.evaluator != "embedding_similarity":
-        return lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis)
+def _correlation_difference(metric: str, x: np.ndarray, y: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Correlation with the gold scores of cosines x minus that of cosines y (vectorised)."""
     from scipy.stats import rankdata
 
-    gold = np.asarray(candidate.gold)
-
-    def correlation(values: np.ndarray, truth: np.ndarray) -> np.ndarray:
-        if metric.startswith("spearman"):
-            return _pearson(rankdata(truth, axis=-1), rankdata(values, axis=-1))
-        return _pearson(truth, values)
-
-    # Permutations keep the pairs' order, so the gold scores stay aligned with the cosines.
-    return lambda x, y, axis=-1: correlation(x, gold) - correlation(y, gold)
+    if metric.startswith("spearman"):
+        x, y, gold = (rankdata(values, axis=-1) for values in (x, y, gold))
+    return _pearson(gold, x) - _pearson(gold, y)
 
 
 def paired_test(candidate: QueryScores, reference: QueryScores, metric: str, policy: PromotionPolicy) -> tuple[float, tuple[float, float]]:
     """(one-sided p-value that the candidate is better, bootstrap interval of the difference).
 
     The permutation test swaps candidate and reference scores within each query (exact when
-    there are few queries); the interval resamples queries with replacement.
+    there are few queries); the interval resamples queries with replacement. For similarity the
+    queries are pairs and the statistic is the difference of correlations with the gold scores.
     """
     from scipy.stats import bootstrap, permutation_test
 
     x, y = candidate.values(metric), reference.values(metric)
     if np.array_equal(x, y):
         return 1.0, (0.0, 0.0)
-    difference = _difference(candidate, metric)
+    if candidate.evaluator == "embedding_similarity":
+        gold = np.asarray(candidate.gold)
+
+        def permuted(a, b, axis=-1):  # permutations keep the pairs' order: gold stays aligned
+            return _correlation_difference(metric, a, b, gold)
+
+        def resampled(a, b, g, axis=-1):  # resamples take the gold scores along with their pairs
+            return _correlation_difference(metric, a, b, g)
+
+        samples = (x, y, gold)
+    else:
+        def permuted(a, b, axis=-1):
+            return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+        resampled, samples = permuted, (x, y)
     rng = np.random.default_rng(policy.seed)
     p_value = permutation_test(
-        (x, y), difference, permutation_type="samples", alternative="greater",
+        (x, y), permuted, permutation_type="samples", alternative="greater",
         n_resamples=policy.resamples, vectorized=True, rng=rng,
     ).pvalue
-    if candidate.evaluator == "embedding_similarity":  # resample gold scores with their pairs
-        gold = np.asarray(candidate.gold)
-        samples, statistic = (x, y, gold), lambda a, b, g, axis=-1: _resampled_correlation(metric, a, b, g)
-    else:
-        samples, statistic = (x, y), difference
     interval = bootstrap(
-        samples, statistic, paired=True, vectorized=True, n_resamples=policy.resamples,
+        samples, resampled, paired=True, vectorized=True, n_resamples=policy.resamples,
         confidence_level=CONFIDENCE, method="percentile", rng=rng,
     ).confidence_interval
     return float(p_value), (float(interval.low), float(interval.high))
-
-
-def _resampled_correlation(metric: str, x: np.ndarray, y: np.ndarray, gold: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    if metric.startswith("spearman"):
-        x, y, gold = (rankdata(v, axis=-1) for v in (x, y, gold))
-    return _pearson(gold, x) - _pearson(gold, y)
 
 
 def _slices(candidate: QueryScores, reference: QueryScores, metric: str) -> dict[str, Comparison]:
