@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from skillops import stages, tracking
 from skillops.config import Recipe, load_recipe
@@ -101,9 +101,14 @@ def promotion_slot(model_name: str):
     name = f"skillops-promote-{model_name}"
     with get_client(sync_client=True) as client:
         try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:
-            pass  # made by an earlier run, or by a run starting at the same moment
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            # Read first: a create that meets an existing limit is answered 409, but the server
+            # logs a database traceback for it, on every run after the first.
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:
+                pass  # a run starting at the same moment made it
     return concurrency(name, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS)
 
 
