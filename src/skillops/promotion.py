@@ -133,10 +133,10 @@ def decide(
             f"The candidate and the {reference_name} were scored on different test sets "
             f"({len(candidate.ids)} and {len(reference.ids)} queries); score both on the same frozen set."
         )
-    metrics = {
-        name: Comparison(candidate=candidate.metric(name), reference=reference.metric(name), delta=candidate.metric(name) - reference.metric(name))
-        for name in dict.fromkeys([metric, *headline])
-    }
+    metrics = {}
+    for name in dict.fromkeys([metric, *headline]):
+        score, bar = candidate.metric(name), reference.metric(name)
+        metrics[name] = Comparison(candidate=score, reference=bar, delta=score - bar)
     score, bar, delta = metrics[metric].candidate, metrics[metric].reference, metrics[metric].delta
     p_value, interval = paired_test(candidate, reference, metric, policy)
     versus = f"the {reference_name}'s {bar:.4f}"
