@@ -11,6 +11,7 @@ numbers. Metric names are those of `EvaluationConfig.metric_names` (`ndcg_at_10`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -81,8 +82,9 @@ def _reranking_scores(model, samples: list[dict], at_k: int, prompts: Prompts) -
         top = torch.argsort(-scores)[:at_k].tolist()
         first_hit = next((rank for rank, doc in enumerate(top) if relevant[doc]), None)
         values[f"mrr_at_{at_k}"].append(0.0 if first_hit is None else 1 / (first_hit + 1))
-        values[f"ndcg_at_{at_k}"].append(float(ndcg_score([relevant], [scores.cpu().tolist()], k=at_k)))
-        values["map"].append(float(average_precision_score(relevant, scores.cpu().tolist())))
+        listed = scores.cpu().tolist()
+        values[f"ndcg_at_{at_k}"].append(float(ndcg_score([relevant], [listed], k=at_k)))
+        values["map"].append(float(average_precision_score(relevant, listed)))
     return values
 
 
@@ -127,7 +129,10 @@ def score_queries(model, eval_set_path: Path, config: EvaluationConfig, prompts:
     The means equal what sentence-transformers' evaluators report on the same model and data
     (tests/test_training.py checks it); only the per-query values are new.
     """
-    data = read_eval_set(eval_set_path)
+    return _score_loaded(model, read_eval_set(eval_set_path), config, prompts)
+
+
+def _score_loaded(model, data: Any, config: EvaluationConfig, prompts: Prompts) -> QueryScores:
     if config.evaluator == "reranking":
         return QueryScores(
             evaluator=config.evaluator, ids=[s["query"] for s in data], slices=[s.get("slice", "") for s in data],
@@ -161,12 +166,14 @@ def scorer(eval_set_path: Path, config: EvaluationConfig, prompts: Prompts):
     code. (Built on call: sentence-transformers is imported only when a model is trained.)"""
     from sentence_transformers.base.evaluation import BaseEvaluator
 
+    data = read_eval_set(eval_set_path)  # once, not at every evaluation step
+
     class Scorer(BaseEvaluator):
         def __init__(self) -> None:
             super().__init__()
             self.primary_metric = config.primary_metric
 
         def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:
-            return evaluate(model, eval_set_path, config, prompts)
+            return _score_loaded(model, data, config, prompts).aggregate(config.metric_names())
 
     return Scorer()
