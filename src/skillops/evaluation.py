@@ -59,20 +59,21 @@ def _correlation(name: str, gold: np.ndarray, predicted: np.ndarray, rows: np.nd
     return float(correlation(gold, predicted)[0])
 
 
-def _encode(model, texts: list[str], prompt: str, as_query: bool):
+def _encode(model, texts: list[str], prompt: str, as_query: bool, batch_size: int):
     # encode_query/encode_document with an explicit prompt ("" for none), as sentence-transformers'
     # own evaluators do: the model's saved prompts are then never added a second time.
     encode = model.encode_query if as_query else model.encode_document
-    return encode(texts, prompt=prompt, batch_size=64, convert_to_tensor=True, show_progress_bar=False)
+    return encode(texts, prompt=prompt, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
 
 
-def _reranking_scores(model, samples: list[dict], at_k: int, prompts: Prompts) -> dict[str, list[float]]:
+def _reranking_scores(model, samples: list[dict], config: EvaluationConfig, prompts: Prompts) -> dict[str, list[float]]:
     import torch
     from sentence_transformers.util import cos_sim
     from sklearn.metrics import average_precision_score, ndcg_score
 
-    queries = _encode(model, [sample["query"] for sample in samples], prompts.query, as_query=True)
-    documents = _encode(model, [text for s in samples for text in (*s["positive"], *s["negative"])], prompts.document, as_query=False)
+    at_k = config.at_k
+    queries = _encode(model, [sample["query"] for sample in samples], prompts.query, as_query=True, batch_size=config.batch_size)
+    documents = _encode(model, [text for s in samples for text in (*s["positive"], *s["negative"])], prompts.document, as_query=False, batch_size=config.batch_size)
     values: dict[str, list[float]] = {"map": [], f"mrr_at_{at_k}": [], f"ndcg_at_{at_k}": []}
     start = 0
     for index, sample in enumerate(samples):
@@ -88,12 +89,12 @@ def _reranking_scores(model, samples: list[dict], at_k: int, prompts: Prompts) -
     return values
 
 
-def _retrieval_scores(model, data: dict, prompts: Prompts) -> dict[str, list[float]]:
+def _retrieval_scores(model, data: dict, config: EvaluationConfig, prompts: Prompts) -> dict[str, list[float]]:
     from sentence_transformers.util import cos_sim
 
     query_ids, doc_ids = list(data["queries"]), list(data["corpus"])
-    queries = _encode(model, [data["queries"][q] for q in query_ids], prompts.query, as_query=True)
-    corpus = _encode(model, [data["corpus"][d] for d in doc_ids], prompts.document, as_query=False)
+    queries = _encode(model, [data["queries"][q] for q in query_ids], prompts.query, as_query=True, batch_size=config.batch_size)
+    corpus = _encode(model, [data["corpus"][d] for d in doc_ids], prompts.document, as_query=False, batch_size=config.batch_size)
     similarity = cos_sim(queries, corpus).cpu().numpy()
     deepest = max(max(cutoffs) for cutoffs in IR_CUTOFFS.values())
     values: dict[str, list[float]] = {f"cosine_{kind}_at_{k}": [] for kind, cutoffs in IR_CUTOFFS.items() for k in cutoffs}
@@ -136,18 +137,18 @@ def _score_loaded(model, data: Any, config: EvaluationConfig, prompts: Prompts) 
     if config.evaluator == "reranking":
         return QueryScores(
             evaluator=config.evaluator, ids=[s["query"] for s in data], slices=[s.get("slice", "") for s in data],
-            per_query=_reranking_scores(model, data, config.at_k, prompts),
+            per_query=_reranking_scores(model, data, config, prompts),
         )
     if config.evaluator == "information_retrieval":
         slices = data.get("query_slices", {})
         return QueryScores(
             evaluator=config.evaluator, ids=list(data["queries"]), slices=[slices.get(q, "") for q in data["queries"]],
-            per_query=_retrieval_scores(model, data, prompts),
+            per_query=_retrieval_scores(model, data, config, prompts),
         )
     import torch
 
-    first = _encode(model, data["sentence1"], prompts.query, as_query=True)
-    second = _encode(model, data["sentence2"], prompts.document, as_query=False)
+    first = _encode(model, data["sentence1"], prompts.query, as_query=True, batch_size=config.batch_size)
+    second = _encode(model, data["sentence2"], prompts.document, as_query=False, batch_size=config.batch_size)
     cosines = torch.nn.functional.cosine_similarity(first, second).cpu().tolist()
     return QueryScores(
         evaluator=config.evaluator, ids=[str(i) for i in range(len(cosines))],
