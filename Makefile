@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_TELEMETRY ?= false
 
-.PHONY: install train test ui serve stack-up stack-down clean
+.PHONY: install lint format train test test-fast ui serve stack-up stack-down clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,8 +20,20 @@ install: $(VENV)/.installed
 train: install  ## the main job: validate -> tune -> train -> evaluate -> register -> promote
 	$(PY) flows/train_esco.py $(RECIPE) $(if $(FORCE),--force)
 
-test: install
+test: install  ## every test, as CI runs them
 	$(PY) -m pytest
+
+test-fast: install  ## the edit loop: everything but the slow tier (servers, flows, schedules)
+	$(PY) -m pytest -m "not slow"
+
+LINTED := src flows tests bench scripts
+lint: install  ## ruff: the rules and the format in pyproject.toml; CI runs this before the tests
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+format: install  ## apply the format and the safe lint fixes
+	$(VENV)/bin/ruff format $(LINTED)
+	$(VENV)/bin/ruff check --fix $(LINTED)
 
 ui: install  ## MLflow UI on the skillops store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000

@@ -31,13 +31,14 @@ def run_recipe(name: str) -> dict:
         store = f"sqlite:///{tmp}/mlruns/mlflow.db"
         env = {**os.environ, "MLFLOW_TRACKING_URI": store, "SKILLOPS_OUTPUTS_DIR": f"{tmp}/outputs", "HF_HUB_OFFLINE": "1"}
         started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, str(REPO / "flows" / "train_esco.py"), name], cwd=REPO, env=env, check=True,
-            stdout=open(Path(tmp) / "log.txt", "w"), stderr=subprocess.STDOUT,
-        )
+        with open(Path(tmp) / "log.txt", "w") as log:
+            subprocess.run(
+                [sys.executable, str(REPO / "flows" / "train_esco.py"), name], cwd=REPO, env=env, check=True,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
         seconds = time.perf_counter() - started
         mlflow.set_tracking_uri(store)
-        runs = mlflow.search_runs(experiment_names=[recipe.name], filter_string="tags.mlflow.runName = '%s'" % recipe.name)
+        runs = mlflow.search_runs(experiment_names=[recipe.name], filter_string=f"tags.mlflow.runName = '{recipe.name}'")
         run = runs.iloc[0]
     metric = recipe.evaluation.primary_metric
     return {

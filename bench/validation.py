@@ -43,7 +43,7 @@ def write_full_size(target: Path, n_occupations: int, n_skills: int, n_relations
     while len(pairs) < n_relations:
         o = rng.integers(0, n_occupations, n_relations)
         s = rng.integers(0, n_skills, n_relations)
-        pairs.update(zip(o.tolist(), s.tolist()))
+        pairs.update(zip(o.tolist(), s.tolist(), strict=True))
     pairs = sorted(pairs)[:n_relations]
     relations = pd.DataFrame({
         "occupationUri": [big_occupations.conceptUri[o] for o, _ in pairs],

@@ -87,7 +87,7 @@ def resume_job_similarity(occupations, relations) -> pd.DataFrame:
     # Their rank keeps the order and spreads the targets over (0, 1] (same pairs: 0.56 -> 0.75).
     ranks = rankdata([score for _, _, score in picked], method="average") / len(picked)
     rows = []
-    for (a, b, _), score in zip(picked, ranks):
+    for (a, b, _), score in zip(picked, ranks, strict=True):
         first, second = (a, b) if rng.random() < 0.5 else (b, a)
         rows.append({"resume_section": descriptions[first], "job_section": descriptions[second], "score": round(float(score), 4)})
     return pd.DataFrame(rows)

@@ -84,11 +84,11 @@ def build_tiny_model(architecture: str, target: Path) -> Path:
     vocabulary. Seeded, so every session builds the same model.
     """
     import torch
+    import transformers
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules.transformer import Transformer
     from sentence_transformers.sentence_transformer.modules.pooling import Pooling
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    import transformers
 
     size = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
     if architecture == "xlm-roberta":

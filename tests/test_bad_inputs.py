@@ -16,7 +16,7 @@ from conftest import BUNDLED_ESCO, REPO, edit_csv, set_cell
 from skillops.esco import DataError
 
 sys.path.insert(0, str(REPO / "flows"))
-from train_esco import train_esco  # noqa: E402
+from train_esco import train_esco
 
 MODEL_NAME = "bad-inputs"
 

@@ -1,8 +1,7 @@
 """The train-esco flow end to end on tiny data, against a real temporary MLflow store."""
 
-import sys
-
 import json
+import sys
 
 import mlflow
 import pytest
@@ -12,7 +11,7 @@ from conftest import REPO, set_cell, tiny_recipe_yaml
 from skillops.validation import DataValidationError
 
 sys.path.insert(0, str(REPO / "flows"))
-from train_esco import train_esco  # noqa: E402
+from train_esco import train_esco
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,7 +16,7 @@ from skillops import registry, tasks
 from skillops.config import BUILTIN_RECIPES_DIR, load_recipe
 
 sys.path.insert(0, str(REPO / "flows"))
-from train_esco import train_esco  # noqa: E402
+from train_esco import train_esco
 
 
 @pytest.fixture(scope="module", autouse=True)

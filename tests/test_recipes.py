@@ -16,7 +16,7 @@ from skillops.tables import read_table, write_table
 from skillops.validation import DataValidationError, validate_recipe_data
 
 sys.path.insert(0, str(REPO / "flows"))
-from train_esco import train_esco  # noqa: E402
+from train_esco import train_esco
 
 # recipe -> (architecture of its card's base model, rows of the bundled sample to keep)
 CARDS = {

@@ -154,7 +154,7 @@ def too_long(texts: Iterable[str], tokenizer, max_seq_length: int, column: str, 
     if not distinct:
         return []
     lengths = [len(ids) for ids in tokenizer(distinct, add_special_tokens=True, truncation=False)["input_ids"]]
-    cut = [text for text, length in zip(distinct, lengths) if length > max_seq_length]
+    cut = [text for text, length in zip(distinct, lengths, strict=True) if length > max_seq_length]
     if not cut:
         return []
     return [Failure(

@@ -24,7 +24,7 @@ def loss_curve_chart(log_history: Path, path: Path, loss_name: str) -> Path:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 3.5))
     if points:
-        axis.plot(*zip(*points), marker="o", markersize=3)
+        axis.plot(*zip(*points, strict=True), marker="o", markersize=3)
     axis.set(xlabel="optimizer step", ylabel=f"training loss ({loss_name})", title="Training loss")
     axis.grid(alpha=0.3)
     figure.tight_layout()

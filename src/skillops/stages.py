@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from skillops import registry, tasks, tracking
 from skillops.config import Recipe
-from skillops.evaluation import QueryScores, evaluate, scorer, score_queries
+from skillops.evaluation import QueryScores, evaluate, score_queries, scorer
 from skillops.modeling import load_model
 from skillops.promotion import Decision, decide
 from skillops.reports import comparison_chart, loss_curve_chart, model_card, rounds_chart, summary

@@ -7,9 +7,9 @@ place that stops the pipeline, with the file, column, rule, offending rows and t
 from __future__ import annotations
 
 import functools
-from html import escape
 import json
 import logging
+from html import escape
 from pathlib import Path
 from typing import Any
 
