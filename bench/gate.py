@@ -36,8 +36,12 @@ def bench_recipe(name: str, tmp: Path) -> dict:
     recipe = load_recipe(name)
     paths = tasks.write_task(tasks.build_task(recipe), tmp / "data", {})
     test_set = paths.eval_set("test")
-    data = stages.PreparedData(directory=paths.directory, data_fingerprint="bench",
-                               eval_fingerprint=tasks.fingerprint_files([test_set]), counts={})
+    data = stages.PreparedData(
+        directory=paths.directory,
+        data_fingerprint="bench",
+        eval_fingerprint=tasks.fingerprint_files([test_set]),
+        counts={},
+    )
     base = load_model(recipe.base_model, recipe.training.max_seq_length)
     base.save(str(tmp / "base"))
     run_id = tracking.start_run(recipe.name, "bench", {})
@@ -55,12 +59,26 @@ def bench_recipe(name: str, tmp: Path) -> dict:
 
     shorter = score_queries(load_model(recipe.base_model, 32), test_set, recipe.evaluation, recipe.prompts)
     started = time.perf_counter()
-    decision = decide(champion, shorter, "champion", recipe.evaluation.primary_metric,
-                      recipe.evaluation.headline_metrics(), recipe.promotion)
+    decision = decide(
+        champion,
+        shorter,
+        "champion",
+        recipe.evaluation.primary_metric,
+        recipe.evaluation.headline_metrics(),
+        recipe.promotion,
+    )
     gate = time.perf_counter() - started
-    return {"recipe": name, "evaluator": recipe.evaluation.evaluator, "queries": len(champion.ids),
-            "rescored": rescored, "cached": from_cache, "gate": gate, "p_value": decision.p_value,
-            "delta": decision.delta, "metric": recipe.evaluation.primary_metric}
+    return {
+        "recipe": name,
+        "evaluator": recipe.evaluation.evaluator,
+        "queries": len(champion.ids),
+        "rescored": rescored,
+        "cached": from_cache,
+        "gate": gate,
+        "p_value": decision.p_value,
+        "delta": decision.delta,
+        "metric": recipe.evaluation.primary_metric,
+    }
 
 
 def main(names: list[str]) -> None:
@@ -80,7 +98,10 @@ def main(names: list[str]) -> None:
             f"| {r['recipe']} | {r['evaluator']} | {r['queries']} | {r['rescored']:.2f} s | {r['cached'] * 1000:.1f} ms | "
             f"{r['rescored'] / r['cached']:.0f}x | {r['gate']:.2f} s | {r['metric']} {r['delta']:+.4f}, p = {r['p_value']:.4f} |"
         )
-    lines += ["", f"Machine: {os.cpu_count()} CPU cores, {platform.machine()}, no GPU; model all-MiniLM-L6-v2 (offline package)."]
+    lines += [
+        "",
+        f"Machine: {os.cpu_count()} CPU cores, {platform.machine()}, no GPU; model all-MiniLM-L6-v2 (offline package).",
+    ]
     text = "\n".join(lines) + "\n"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text, "utf-8")

@@ -29,16 +29,27 @@ def run_recipe(name: str) -> dict:
     recipe = load_recipe(name)
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         store = f"sqlite:///{tmp}/mlruns/mlflow.db"
-        env = {**os.environ, "MLFLOW_TRACKING_URI": store, "SKILLOPS_OUTPUTS_DIR": f"{tmp}/outputs", "HF_HUB_OFFLINE": "1"}
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": store,
+            "SKILLOPS_OUTPUTS_DIR": f"{tmp}/outputs",
+            "HF_HUB_OFFLINE": "1",
+        }
         started = time.perf_counter()
         with open(Path(tmp) / "log.txt", "w") as log:
             subprocess.run(
-                [sys.executable, str(REPO / "flows" / "train_esco.py"), name], cwd=REPO, env=env, check=True,
-                stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, str(REPO / "flows" / "train_esco.py"), name],
+                cwd=REPO,
+                env=env,
+                check=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         seconds = time.perf_counter() - started
         mlflow.set_tracking_uri(store)
-        runs = mlflow.search_runs(experiment_names=[recipe.name], filter_string=f"tags.mlflow.runName = '{recipe.name}'")
+        runs = mlflow.search_runs(
+            experiment_names=[recipe.name], filter_string=f"tags.mlflow.runName = '{recipe.name}'"
+        )
         run = runs.iloc[0]
     metric = recipe.evaluation.primary_metric
     return {

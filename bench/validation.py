@@ -45,12 +45,14 @@ def write_full_size(target: Path, n_occupations: int, n_skills: int, n_relations
         s = rng.integers(0, n_skills, n_relations)
         pairs.update(zip(o.tolist(), s.tolist(), strict=True))
     pairs = sorted(pairs)[:n_relations]
-    relations = pd.DataFrame({
-        "occupationUri": [big_occupations.conceptUri[o] for o, _ in pairs],
-        "relationType": "essential",
-        "skillType": "skill/competence",
-        "skillUri": [big_skills.conceptUri[s] for _, s in pairs],
-    })
+    relations = pd.DataFrame(
+        {
+            "occupationUri": [big_occupations.conceptUri[o] for o, _ in pairs],
+            "relationType": "essential",
+            "skillType": "skill/competence",
+            "skillUri": [big_skills.conceptUri[s] for _, s in pairs],
+        }
+    )
     big_occupations.to_csv(target / "occupations_en.csv", index=False)
     big_skills.to_csv(target / "skills_en.csv", index=False)
     relations.to_csv(target / "occupationSkillRelations_en.csv", index=False)
@@ -85,14 +87,21 @@ def main() -> None:
         validate_recipe_data(Recipe(name="warm-up", data={"path": str(SAMPLE)}))  # GX context, imports
 
         baseline, _ = timed("baseline: pandas reads the three CSV files", lambda: load_esco(folder))
-        suites, report = timed("validate raw files (GX suites, relation integrity)", lambda: validate_recipe_data(recipe))
+        suites, report = timed(
+            "validate raw files (GX suites, relation integrity)", lambda: validate_recipe_data(recipe)
+        )
         assert report.success, report.markdown()
         build, task = timed("build the task (split, pairs, reranking sets)", lambda: tasks.build_task(recipe))
         paths = tasks.write_task(task, Path(tmp) / "prepared", {})
-        checks, prepared = timed("validate prepared data (suites, leakage, duplicates, lengths)", lambda: validate_prepared(task, recipe, paths))
-        print(f"\nraw-file validation: {suites:.1f} s = {suites / baseline:.1f}x the time to read the files; "
-              f"prepared-data checks: {checks:.1f} s on {len(task.train)} training pairs "
-              f"({len(prepared.failures)} failures, {len(prepared.warnings)} warnings)")
+        checks, prepared = timed(
+            "validate prepared data (suites, leakage, duplicates, lengths)",
+            lambda: validate_prepared(task, recipe, paths),
+        )
+        print(
+            f"\nraw-file validation: {suites:.1f} s = {suites / baseline:.1f}x the time to read the files; "
+            f"prepared-data checks: {checks:.1f} s on {len(task.train)} training pairs "
+            f"({len(prepared.failures)} failures, {len(prepared.warnings)} warnings)"
+        )
 
 
 if __name__ == "__main__":

@@ -80,7 +80,9 @@ def tune(recipe: Recipe, data: stages.PreparedData, fingerprints: stages.Fingerp
 
 
 @task(name="train")
-def train(recipe: Recipe, data: stages.PreparedData, params: dict[str, Any], fingerprints: stages.Fingerprints, run_id: str) -> Path:
+def train(
+    recipe: Recipe, data: stages.PreparedData, params: dict[str, Any], fingerprints: stages.Fingerprints, run_id: str
+) -> Path:
     return stages.train(recipe, data, params, fingerprints, run_id)
 
 
@@ -119,7 +121,9 @@ def promote(recipe: Recipe, data: stages.PreparedData, version: str, scores: sta
 
 
 @io_task(name="report")
-def report(recipe: Recipe, data: stages.PreparedData, version: str, scores: stages.Scores, decision: Decision, run_id: str) -> str:
+def report(
+    recipe: Recipe, data: stages.PreparedData, version: str, scores: stages.Scores, decision: Decision, run_id: str
+) -> str:
     return stages.report(recipe, data, version, scores, decision, run_id)
 
 
@@ -163,7 +167,13 @@ def train_esco(
     stages.finish(fingerprints)
     create_markdown_artifact(summary, key="train-esco-decision", description="Promotion decision")
     print(summary)
-    return {"run_id": run_id, "skipped": False, "version": version, "promoted": decision.promote, "reason": decision.reason}
+    return {
+        "run_id": run_id,
+        "skipped": False,
+        "version": version,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+    }
 
 
 if __name__ == "__main__":

@@ -61,7 +61,11 @@ def term_retrieval(skills) -> pd.DataFrame:
     rows = []
     for preferred, alternatives in skills[["preferredLabel", "altLabels"]].itertuples(index=False):
         # A form that differs from the preferred label only in case is no retrieval question.
-        forms = [_text(a) for a in alternatives.splitlines() if _text(a) and _text(a).casefold() != _text(preferred).casefold()]
+        forms = [
+            _text(a)
+            for a in alternatives.splitlines()
+            if _text(a) and _text(a).casefold() != _text(preferred).casefold()
+        ]
         rows += [{"query": form, "passage": _text(preferred)} for form in forms[:MAX_ALT_LABELS_PER_SKILL]]
     frame = pd.DataFrame(rows).drop_duplicates(ignore_index=True)
     # An alternative label shared by two skills has no single right answer: leave it out.
@@ -80,8 +84,12 @@ def resume_job_similarity(occupations, relations) -> pd.DataFrame:
     # Every overlapping pair is informative; add as many non-overlapping ones, then subsample.
     overlapping = [row for row in scored if row[2] > 0]
     disjoint = [row for row in scored if row[2] == 0]
-    picked = overlapping + [disjoint[i] for i in rng.choice(len(disjoint), size=min(len(disjoint), len(overlapping)), replace=False)]
-    picked = [picked[i] for i in sorted(rng.choice(len(picked), size=min(SIMILARITY_PAIRS, len(picked)), replace=False))]
+    picked = overlapping + [
+        disjoint[i] for i in rng.choice(len(disjoint), size=min(len(disjoint), len(overlapping)), replace=False)
+    ]
+    picked = [
+        picked[i] for i in sorted(rng.choice(len(picked), size=min(SIMILARITY_PAIRS, len(picked)), replace=False))
+    ]
     # Raw Jaccard values sit near 0 for most pairs (median 0.013), and CosineSimilarityLoss then
     # pulls nearly every cosine toward 0: fine-tuning on them lowered Spearman from 0.56 to 0.47.
     # Their rank keeps the order and spreads the targets over (0, 1] (same pairs: 0.56 -> 0.75).
@@ -89,7 +97,13 @@ def resume_job_similarity(occupations, relations) -> pd.DataFrame:
     rows = []
     for (a, b, _), score in zip(picked, ranks, strict=True):
         first, second = (a, b) if rng.random() < 0.5 else (b, a)
-        rows.append({"resume_section": descriptions[first], "job_section": descriptions[second], "score": round(float(score), 4)})
+        rows.append(
+            {
+                "resume_section": descriptions[first],
+                "job_section": descriptions[second],
+                "score": round(float(score), 4),
+            }
+        )
     return pd.DataFrame(rows)
 
 

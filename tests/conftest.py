@@ -97,25 +97,56 @@ def build_tiny_model(architecture: str, target: Path) -> Path:
         tokenizer.normalizer = normalizers.NFKC()
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
         tokenizer.decoder = decoders.Metaspace()
-        tokenizer.train_from_iterator(_corpus_texts(), trainers.UnigramTrainer(vocab_size=1000, special_tokens=specials, unk_token="<unk>"))
-        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-        hf_tokenizer = transformers.XLMRobertaTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
-        config = transformers.XLMRobertaConfig(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=130, pad_token_id=1, **size)
+        tokenizer.train_from_iterator(
+            _corpus_texts(), trainers.UnigramTrainer(vocab_size=1000, special_tokens=specials, unk_token="<unk>")
+        )
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+        )
+        hf_tokenizer = transformers.XLMRobertaTokenizerFast(
+            tokenizer_object=tokenizer,
+            bos_token="<s>",
+            eos_token="</s>",
+            sep_token="</s>",
+            cls_token="<s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            mask_token="<mask>",
+        )
+        config = transformers.XLMRobertaConfig(
+            vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=130, pad_token_id=1, **size
+        )
         model_class = transformers.XLMRobertaModel
     else:
         mpnet = architecture == "mpnet"
-        specials = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"] if mpnet else ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        specials = (
+            ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"] if mpnet else ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        )
         tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tokenizer.train_from_iterator(_corpus_texts(), trainers.WordPieceTrainer(vocab_size=1000, special_tokens=specials))
+        tokenizer.train_from_iterator(
+            _corpus_texts(), trainers.WordPieceTrainer(vocab_size=1000, special_tokens=specials)
+        )
         cls, sep = ("<s>", "</s>") if mpnet else ("[CLS]", "[SEP]")
         tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{cls} $A {sep}", special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))]
+            single=f"{cls} $A {sep}",
+            special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))],
         )
         if mpnet:
-            hf_tokenizer = transformers.MPNetTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="[UNK]", pad_token="<pad>", mask_token="<mask>")
-            config = transformers.MPNetConfig(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=130, pad_token_id=1, **size)
+            hf_tokenizer = transformers.MPNetTokenizerFast(
+                tokenizer_object=tokenizer,
+                bos_token="<s>",
+                eos_token="</s>",
+                sep_token="</s>",
+                cls_token="<s>",
+                unk_token="[UNK]",
+                pad_token="<pad>",
+                mask_token="<mask>",
+            )
+            config = transformers.MPNetConfig(
+                vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=130, pad_token_id=1, **size
+            )
             model_class = transformers.MPNetModel
         else:
             hf_tokenizer = transformers.BertTokenizerFast(tokenizer_object=tokenizer)
@@ -216,7 +247,9 @@ def prefect_server(tmp_path):
     logs = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=logs, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=logs,
+        stderr=subprocess.STDOUT,
     )
     processes = [server]
     try:

@@ -55,56 +55,190 @@ def _table(path: Path, shape="pairs", **data) -> dict:
 
 # name -> (build(tmp, esco_dir) -> data section of the recipe, strings the error must contain)
 CASES = {
-    "missing column": (lambda tmp, esco: _table(_csv(tmp, good_pairs().drop(columns="positive"))),
-                       ["pairs.csv", "column 'positive'", "rule 'column 'positive' is present'"]),
-    "misnamed column in the recipe": (lambda tmp, esco: _table(_csv(tmp, good_pairs()), columns={"anchor": "title"}),
-                                      ["pairs.csv", "column 'title'", "data.columns.anchor"]),
-    "wrong delimiter": (lambda tmp, esco: _table((tmp / "pairs.csv", good_pairs().to_csv(tmp / "pairs.csv", sep=";", index=False))[0]),
-                        ["pairs.csv", "column 'anchor'", "rule 'column 'anchor' is present'", "another delimiter"]),
-    "non-UTF-8 bytes": (lambda tmp, esco: _table((tmp / "pairs.csv", (tmp / "pairs.csv").write_bytes("anchor,positive\nd\xe9veloppeur,Java\n".encode("latin-1")))[0]),
-                        ["pairs.csv", "rule 'file is UTF-8 text'"]),
-    "empty file": (lambda tmp, esco: _table((tmp / "pairs.csv", (tmp / "pairs.csv").write_text(""))[0]),
-                   ["pairs.csv", "rule 'file has a header row'"]),
-    "header only": (lambda tmp, esco: _table(_csv(tmp, good_pairs().head(0))),
-                    ["pairs.csv", "rule 'the file has data rows'"]),
-    "NaN score": (lambda tmp, esco: _table(_csv(tmp, _with_row(scored(good_pairs()), 4, "score", None), "scored.csv"), "scored_pairs"),
-                  ["scored.csv", "column 'score'", "rule 'score is a number'", "lines [6]"]),
-    "score 1.7": (lambda tmp, esco: _table(_csv(tmp, _with_row(scored(good_pairs()), 2, "score", 1.7), "scored.csv"), "scored_pairs"),
-                  ["scored.csv", "column 'score'", "rule 'score is between 0 and 1'", "lines [4]"]),
-    "score as text": (lambda tmp, esco: _table(_csv(tmp, _with_row(scored(good_pairs()), 0, "score", "high"), "scored.csv"), "scored_pairs"),
-                      ["scored.csv", "column 'score'", "rule 'score is a number'"]),
-    "duplicate concept ids": (lambda tmp, esco: (edit_csv(esco / "skills_en.csv", lambda f: pd.concat([f, f.head(1)])), {"path": str(esco)})[1],
-                              ["skills_en.csv", "column 'conceptUri'", "rule 'identifier is unique'"]),
-    "relation to a missing skill": (lambda tmp, esco: (set_cell(esco / "occupationSkillRelations_en.csv", 0, "skillUri", "http://x/skill/gone"), {"path": str(esco)})[1],
-                                    ["occupationSkillRelations_en.csv", "column 'skillUri'", "rule 'skill exists in the skills file'"]),
-    "relation to a missing occupation": (lambda tmp, esco: (set_cell(esco / "occupationSkillRelations_en.csv", 0, "occupationUri", "http://x/occ/gone"), {"path": str(esco)})[1],
-                                         ["occupationSkillRelations_en.csv", "column 'occupationUri'", "rule 'occupation exists in the occupations file'"]),
-    "ESCO file missing": (lambda tmp, esco: ((esco / "skills_en.csv").unlink(), {"path": str(esco)})[1],
-                          ["skills_en.csv", "rule 'file exists'"]),
-    "ESCO column renamed": (lambda tmp, esco: (edit_csv(esco / "occupations_en.csv", lambda f: f.rename(columns={"preferredLabel": "label"})), {"path": str(esco)})[1],
-                            ["occupations_en.csv", "column 'preferredLabel'", "rule 'column 'preferredLabel' is present'"]),
-    "train/eval leakage": (lambda tmp, esco: _table(_csv(tmp, pd.concat([good_pairs(), good_pairs().assign(anchor=lambda f: f.anchor.str.upper(), positive=lambda f: f.positive + " (variant)")], ignore_index=True))),
-                           ["train.parquet", "column 'anchor'", "query is also a training anchor"]),
-    "anchor equals positive": (lambda tmp, esco: _table(_csv(tmp, _with_row(good_pairs(), 3, "positive", good_pairs().anchor[3]))),
-                               ["pairs.csv", "column 'anchor, positive'", "rule 'anchor differs from positive'", "lines [5]"]),
-    "whitespace-only text": (lambda tmp, esco: _table(_csv(tmp, _with_row(good_pairs(), 1, "anchor", "   "))),
-                             ["pairs.csv", "column 'anchor'", "rule 'text is not empty or whitespace only'", "lines [3]"]),
-    "a 1 MB cell": (lambda tmp, esco: _table(_csv(tmp, _with_row(good_pairs(), 7, "positive", "x" * 1_000_000))),
-                    ["pairs.csv", "column 'positive'", "rule 'text is at most 20,000 characters'", "lines [9]"]),
-    "JSONL line that is not JSON": (lambda tmp, esco: _table((tmp / "pairs.jsonl", (tmp / "pairs.jsonl").write_text('{"anchor": "a", "positive": "b"}\n{"anchor": "c", "positive": \n'))[0]),
-                                    ["pairs.jsonl", "rule 'each line is one JSON object'", "line 2 is not JSON"]),
-    "Parquet column of the wrong type": (lambda tmp, esco: _table((tmp / "pairs.parquet", good_pairs().assign(anchor=range(len(good_pairs()))).to_parquet(tmp / "pairs.parquet"))[0]),
-                                         ["pairs.parquet", "column 'anchor'", "rule 'value is text'", "rows [0, 1, 2, 3, 4]"]),
-    "duplicate pairs": (lambda tmp, esco: _table(_csv(tmp, pd.concat([good_pairs(), good_pairs().head(2)], ignore_index=True))),
-                        ["pairs.csv", "column 'anchor, positive'", "rule 'each (anchor, positive) pair appears once'"]),
-    "duplicates after normalising": (lambda tmp, esco: _table(_csv(tmp, pd.concat([good_pairs(), good_pairs().head(1).assign(positive=lambda f: "  " + f.positive.str.upper())], ignore_index=True))),
-                                     ["pairs.csv", "column 'anchor, positive'", "rule 'rows are unique after normalising case, spacing and Unicode'"]),
-    "positive listed as a negative": (lambda tmp, esco: _table(_csv(tmp, good_pairs().assign(negative_1=lambda f: f.positive.shift(1, fill_value="x")).pipe(lambda f: _with_row(f, 5, "negative_1", f.positive[5])), "triplets.csv"), "triplets"),
-                                      ["triplets.csv", "column 'positive, negative_1'", "rule 'a row's positive is not also one of its negatives'", "lines [7]"]),
-    "uneven negative lists": (lambda tmp, esco: _table((tmp / "t.jsonl", good_pairs().assign(negatives=[["a", "b"]] * 71 + [["a"]]).to_json(tmp / "t.jsonl", orient="records", lines=True))[0], "triplets", columns={"negatives": "negatives"}),
-                              ["t.jsonl", "column 'negatives'", "rule 'every row has the same number of negatives'"]),
-    "unknown file type": (lambda tmp, esco: _table((tmp / "pairs.xlsx", (tmp / "pairs.xlsx").write_bytes(b"PK\x03\x04"))[0]),
-                          ["pairs.xlsx", "rule 'known file type'"]),
+    "missing column": (
+        lambda tmp, esco: _table(_csv(tmp, good_pairs().drop(columns="positive"))),
+        ["pairs.csv", "column 'positive'", "rule 'column 'positive' is present'"],
+    ),
+    "misnamed column in the recipe": (
+        lambda tmp, esco: _table(_csv(tmp, good_pairs()), columns={"anchor": "title"}),
+        ["pairs.csv", "column 'title'", "data.columns.anchor"],
+    ),
+    "wrong delimiter": (
+        lambda tmp, esco: _table((tmp / "pairs.csv", good_pairs().to_csv(tmp / "pairs.csv", sep=";", index=False))[0]),
+        ["pairs.csv", "column 'anchor'", "rule 'column 'anchor' is present'", "another delimiter"],
+    ),
+    "non-UTF-8 bytes": (
+        lambda tmp, esco: _table(
+            (
+                tmp / "pairs.csv",
+                (tmp / "pairs.csv").write_bytes("anchor,positive\nd\xe9veloppeur,Java\n".encode("latin-1")),
+            )[0]
+        ),
+        ["pairs.csv", "rule 'file is UTF-8 text'"],
+    ),
+    "empty file": (
+        lambda tmp, esco: _table((tmp / "pairs.csv", (tmp / "pairs.csv").write_text(""))[0]),
+        ["pairs.csv", "rule 'file has a header row'"],
+    ),
+    "header only": (
+        lambda tmp, esco: _table(_csv(tmp, good_pairs().head(0))),
+        ["pairs.csv", "rule 'the file has data rows'"],
+    ),
+    "NaN score": (
+        lambda tmp, esco: _table(
+            _csv(tmp, _with_row(scored(good_pairs()), 4, "score", None), "scored.csv"), "scored_pairs"
+        ),
+        ["scored.csv", "column 'score'", "rule 'score is a number'", "lines [6]"],
+    ),
+    "score 1.7": (
+        lambda tmp, esco: _table(
+            _csv(tmp, _with_row(scored(good_pairs()), 2, "score", 1.7), "scored.csv"), "scored_pairs"
+        ),
+        ["scored.csv", "column 'score'", "rule 'score is between 0 and 1'", "lines [4]"],
+    ),
+    "score as text": (
+        lambda tmp, esco: _table(
+            _csv(tmp, _with_row(scored(good_pairs()), 0, "score", "high"), "scored.csv"), "scored_pairs"
+        ),
+        ["scored.csv", "column 'score'", "rule 'score is a number'"],
+    ),
+    "duplicate concept ids": (
+        lambda tmp, esco: (edit_csv(esco / "skills_en.csv", lambda f: pd.concat([f, f.head(1)])), {"path": str(esco)})[
+            1
+        ],
+        ["skills_en.csv", "column 'conceptUri'", "rule 'identifier is unique'"],
+    ),
+    "relation to a missing skill": (
+        lambda tmp, esco: (
+            set_cell(esco / "occupationSkillRelations_en.csv", 0, "skillUri", "http://x/skill/gone"),
+            {"path": str(esco)},
+        )[1],
+        ["occupationSkillRelations_en.csv", "column 'skillUri'", "rule 'skill exists in the skills file'"],
+    ),
+    "relation to a missing occupation": (
+        lambda tmp, esco: (
+            set_cell(esco / "occupationSkillRelations_en.csv", 0, "occupationUri", "http://x/occ/gone"),
+            {"path": str(esco)},
+        )[1],
+        [
+            "occupationSkillRelations_en.csv",
+            "column 'occupationUri'",
+            "rule 'occupation exists in the occupations file'",
+        ],
+    ),
+    "ESCO file missing": (
+        lambda tmp, esco: ((esco / "skills_en.csv").unlink(), {"path": str(esco)})[1],
+        ["skills_en.csv", "rule 'file exists'"],
+    ),
+    "ESCO column renamed": (
+        lambda tmp, esco: (
+            edit_csv(esco / "occupations_en.csv", lambda f: f.rename(columns={"preferredLabel": "label"})),
+            {"path": str(esco)},
+        )[1],
+        ["occupations_en.csv", "column 'preferredLabel'", "rule 'column 'preferredLabel' is present'"],
+    ),
+    "train/eval leakage": (
+        lambda tmp, esco: _table(
+            _csv(
+                tmp,
+                pd.concat(
+                    [
+                        good_pairs(),
+                        good_pairs().assign(
+                            anchor=lambda f: f.anchor.str.upper(), positive=lambda f: f.positive + " (variant)"
+                        ),
+                    ],
+                    ignore_index=True,
+                ),
+            )
+        ),
+        ["train.parquet", "column 'anchor'", "query is also a training anchor"],
+    ),
+    "anchor equals positive": (
+        lambda tmp, esco: _table(_csv(tmp, _with_row(good_pairs(), 3, "positive", good_pairs().anchor[3]))),
+        ["pairs.csv", "column 'anchor, positive'", "rule 'anchor differs from positive'", "lines [5]"],
+    ),
+    "whitespace-only text": (
+        lambda tmp, esco: _table(_csv(tmp, _with_row(good_pairs(), 1, "anchor", "   "))),
+        ["pairs.csv", "column 'anchor'", "rule 'text is not empty or whitespace only'", "lines [3]"],
+    ),
+    "a 1 MB cell": (
+        lambda tmp, esco: _table(_csv(tmp, _with_row(good_pairs(), 7, "positive", "x" * 1_000_000))),
+        ["pairs.csv", "column 'positive'", "rule 'text is at most 20,000 characters'", "lines [9]"],
+    ),
+    "JSONL line that is not JSON": (
+        lambda tmp, esco: _table(
+            (
+                tmp / "pairs.jsonl",
+                (tmp / "pairs.jsonl").write_text('{"anchor": "a", "positive": "b"}\n{"anchor": "c", "positive": \n'),
+            )[0]
+        ),
+        ["pairs.jsonl", "rule 'each line is one JSON object'", "line 2 is not JSON"],
+    ),
+    "Parquet column of the wrong type": (
+        lambda tmp, esco: _table(
+            (
+                tmp / "pairs.parquet",
+                good_pairs().assign(anchor=range(len(good_pairs()))).to_parquet(tmp / "pairs.parquet"),
+            )[0]
+        ),
+        ["pairs.parquet", "column 'anchor'", "rule 'value is text'", "rows [0, 1, 2, 3, 4]"],
+    ),
+    "duplicate pairs": (
+        lambda tmp, esco: _table(_csv(tmp, pd.concat([good_pairs(), good_pairs().head(2)], ignore_index=True))),
+        ["pairs.csv", "column 'anchor, positive'", "rule 'each (anchor, positive) pair appears once'"],
+    ),
+    "duplicates after normalising": (
+        lambda tmp, esco: _table(
+            _csv(
+                tmp,
+                pd.concat(
+                    [good_pairs(), good_pairs().head(1).assign(positive=lambda f: "  " + f.positive.str.upper())],
+                    ignore_index=True,
+                ),
+            )
+        ),
+        [
+            "pairs.csv",
+            "column 'anchor, positive'",
+            "rule 'rows are unique after normalising case, spacing and Unicode'",
+        ],
+    ),
+    "positive listed as a negative": (
+        lambda tmp, esco: _table(
+            _csv(
+                tmp,
+                good_pairs()
+                .assign(negative_1=lambda f: f.positive.shift(1, fill_value="x"))
+                .pipe(lambda f: _with_row(f, 5, "negative_1", f.positive[5])),
+                "triplets.csv",
+            ),
+            "triplets",
+        ),
+        [
+            "triplets.csv",
+            "column 'positive, negative_1'",
+            "rule 'a row's positive is not also one of its negatives'",
+            "lines [7]",
+        ],
+    ),
+    "uneven negative lists": (
+        lambda tmp, esco: _table(
+            (
+                tmp / "t.jsonl",
+                good_pairs()
+                .assign(negatives=[["a", "b"]] * 71 + [["a"]])
+                .to_json(tmp / "t.jsonl", orient="records", lines=True),
+            )[0],
+            "triplets",
+            columns={"negatives": "negatives"},
+        ),
+        ["t.jsonl", "column 'negatives'", "rule 'every row has the same number of negatives'"],
+    ),
+    "unknown file type": (
+        lambda tmp, esco: _table((tmp / "pairs.xlsx", (tmp / "pairs.xlsx").write_bytes(b"PK\x03\x04"))[0]),
+        ["pairs.xlsx", "rule 'known file type'"],
+    ),
 }
 
 
@@ -135,10 +269,19 @@ def test_bad_input_is_refused_before_training(case, store_with_champion, small_e
     build, expected = CASES[case]
     esco = Path(shutil.copytree(small_esco, tmp_path / "esco"))
     data = build(tmp_path, esco)
-    recipe = {"name": MODEL_NAME, "base_model": str(tiny_bert), "registered_model_name": MODEL_NAME, "data": data,
-              "training": {"max_seq_length": 64}, "search": {"n_trials": 0}}
+    recipe = {
+        "name": MODEL_NAME,
+        "base_model": str(tiny_bert),
+        "registered_model_name": MODEL_NAME,
+        "data": data,
+        "training": {"max_seq_length": 64},
+        "search": {"n_trials": 0},
+    }
     if data.get("shape") == "scored_pairs":
-        recipe |= {"loss": {"name": "cosine_similarity"}, "evaluation": {"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"}}
+        recipe |= {
+            "loss": {"name": "cosine_similarity"},
+            "evaluation": {"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"},
+        }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
 

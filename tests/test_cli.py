@@ -51,4 +51,6 @@ def test_validate_a_bare_data_file_with_html_report(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "bad.csv: column 'anchor, positive': rule 'anchor differs from positive'" in out and "lines [6]" in out
     page = report.read_text()
-    assert page.startswith("<!doctype html>") and "anchor differs from positive" in page and "nothing was trained" in page
+    assert (
+        page.startswith("<!doctype html>") and "anchor differs from positive" in page and "nothing was trained" in page
+    )

@@ -31,30 +31,50 @@ def test_four_runs_promoting_at_once(prefect_server, small_esco, tiny_bert, monk
 
     # The previous champion: the untrained base model, registered as version 1.
     seed = subprocess.run(
-        [str(BIN / "python"), "-c", (
-            "import sys; from pathlib import Path; from skillops import registry, tracking\n"
-            f"run = tracking.start_run('{NAME}', 'previous champion', {{}})\n"
-            f"registry.register(Path(sys.argv[1]), run, '{NAME}', {{}}); tracking.end_run(run)\n"
-            f"tracking.client().set_registered_model_alias('{NAME}', 'champion', '1')"
-        ), str(tiny_bert)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(BIN / "python"),
+            "-c",
+            (
+                "import sys; from pathlib import Path; from skillops import registry, tracking\n"
+                f"run = tracking.start_run('{NAME}', 'previous champion', {{}})\n"
+                f"registry.register(Path(sys.argv[1]), run, '{NAME}', {{}}); tracking.end_run(run)\n"
+                f"tracking.client().set_registered_model_alias('{NAME}', 'champion', '1')"
+            ),
+            str(tiny_bert),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert seed.returncode == 0, seed.stderr[-3000:]
 
     runs = []
     for number, training in enumerate(CANDIDATES):
         recipe = tiny_recipe_yaml(
-            tmp_path / f"recipe-{number}.yaml", small_esco, tiny_bert,
-            training=training, search={"n_trials": 0},
+            tmp_path / f"recipe-{number}.yaml",
+            small_esco,
+            tiny_bert,
+            training=training,
+            search={"n_trials": 0},
             # Judged by the primary metric alone (4 test queries; see conftest), but a candidate
             # must beat the champion by more than float noise.
             promotion={"min_delta": 0.001},
         )
         log = open(tmp_path / f"run-{number}.log", "w")
-        runs.append((subprocess.Popen(
-            [str(BIN / "python"), str(REPO / "flows" / "train_esco.py"), str(recipe)],
-            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-        ), log))
+        runs.append(
+            (
+                subprocess.Popen(
+                    [str(BIN / "python"), str(REPO / "flows" / "train_esco.py"), str(recipe)],
+                    cwd=tmp_path,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        )
     for number, (process, log) in enumerate(runs):
         assert process.wait(timeout=900) == 0, (tmp_path / f"run-{number}.log").read_text()[-5000:]
         log.close()
@@ -90,7 +110,8 @@ def test_four_runs_promoting_at_once(prefect_server, small_esco, tiny_bert, monk
     print("scores", score, "moves", [(m["from"], m["to"]) for m in moves])
 
     # The promotions were serialised by a strict Prefect global concurrency limit of 1.
-    with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/v2/concurrency_limits/skillops-promote-{NAME}", timeout=10) as response:
+    with urllib.request.urlopen(
+        f"{env['PREFECT_API_URL']}/v2/concurrency_limits/skillops-promote-{NAME}", timeout=10
+    ) as response:
         limit = json.loads(response.read())
     assert limit["limit"] == 1 and limit["active_slots"] == 0
-

@@ -17,7 +17,10 @@ def test_builtin_recipe_matches_card_000():
     ("data", "message"),
     [
         ({"name": "x", "training": {"learning_rte": 1e-5}}, "training.learning_rte"),
-        ({"name": "x", "evaluation": {"primary_metric": "ndcg@100"}}, "choose one of ['map', 'mrr_at_100', 'ndcg_at_100']"),
+        (
+            {"name": "x", "evaluation": {"primary_metric": "ndcg@100"}},
+            "choose one of ['map', 'mrr_at_100', 'ndcg_at_100']",
+        ),
         ({"name": "x", "training": {"batch_size": 1}}, "training.batch_size"),
         ({"name": "x", "search": {"learning_rate": [1e-3, 1e-5]}}, "give it as [low, high]"),
         ({"name": "x", "data": {"split": {"validation": 0.5, "test": 0.45}}}, "leaves under 10%"),

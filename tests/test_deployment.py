@@ -27,13 +27,14 @@ def test_deployment_run_from_prefect_yaml_registers_a_model(prefect_server, smal
     processes.append(
         subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "--pool", "skillops"],
-            cwd=REPO, env=env, stdout=worker_log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
         )
     )
     recipe = tiny_recipe_yaml(tmp_path / "recipe.yaml", small_esco, tiny_bert)
-    run = _prefect(
-        env, "deployment", "run", "train-esco/weekly", "--param", f"recipe={recipe}", "--watch", timeout=600
-    )
+    run = _prefect(env, "deployment", "run", "train-esco/weekly", "--param", f"recipe={recipe}", "--watch", timeout=600)
     worker_output = (tmp_path / "worker.log").read_text()
     assert run.returncode == 0, run.stdout + run.stderr + worker_output[-5000:]
     assert "Completed" in run.stdout

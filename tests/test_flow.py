@@ -32,8 +32,11 @@ def _versions(name):
 def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_bert, mlflow_store, tmp_path):
     # A random tiny model trained with a high learning rate reliably beats its own untrained self.
     recipe = tiny_recipe_yaml(
-        tmp_path / "recipe.yaml", small_esco, tiny_bert,
-        training={"max_steps": 80, "learning_rate": 2e-3}, search={"learning_rate": [1e-3, 3e-3]},
+        tmp_path / "recipe.yaml",
+        small_esco,
+        tiny_bert,
+        training={"max_steps": 80, "learning_rate": 2e-3},
+        search={"learning_rate": [1e-3, 3e-3]},
     )
 
     first = train_esco(recipe=str(recipe))
@@ -76,7 +79,10 @@ def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_b
     assert second_run["tags.skillops.judged_against"] == "1"
     assert parents["metrics.base_map"].notna().all()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "report")}
-    assert {f"report/{name}" for name in ("evaluation.md", "evaluation.json", "per_query.json", "model_card.md", "comparison.png")} <= artifacts
+    assert {
+        f"report/{name}"
+        for name in ("evaluation.md", "evaluation.json", "per_query.json", "model_card.md", "comparison.png")
+    } <= artifacts
     assert "charts/loss_curve.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "charts")}
     report = json.loads(mlflow.artifacts.load_text(f"runs:/{second['run_id']}/report/evaluation.json"))
     assert report["decision"]["reference_version"] == "1" and report["decision"]["p_value"] is not None

@@ -40,7 +40,9 @@ def test_a_candidate_trained_on_shuffled_positives_is_never_promoted(mlflow_stor
     relations_file = esco / "occupationSkillRelations_en.csv"
     relations = pd.read_csv(relations_file, dtype=str, keep_default_na=False)
     train_rows = relations.occupationUri.isin(split["train"])  # the split is by occupation URI
-    relations.loc[train_rows, "skillUri"] = np.random.default_rng(0).permutation(relations.loc[train_rows, "skillUri"].to_numpy())
+    relations.loc[train_rows, "skillUri"] = np.random.default_rng(0).permutation(
+        relations.loc[train_rows, "skillUri"].to_numpy()
+    )
     relations.drop_duplicates(["occupationUri", "skillUri"]).to_csv(relations_file, index=False)
     assert tasks.build_task(load_recipe(recipe_file)).split == split
 
@@ -61,22 +63,38 @@ def test_slices_travel_from_a_data_column_to_the_gate(tiny_bert, tmp_path):
 
     frame = pd.read_csv(REPO / "data" / "samples" / "job-skills.csv")
     descriptions = sorted(frame.job_description.unique())
-    frame["region"] = frame.job_description.map({text: ("north", "south")[i % 2] for i, text in enumerate(descriptions)})
+    frame["region"] = frame.job_description.map(
+        {text: ("north", "south")[i % 2] for i, text in enumerate(descriptions)}
+    )
     frame.to_csv(tmp_path / "jobs.csv", index=False)
-    recipe = parse_recipe({
-        "name": "sliced", "base_model": str(tiny_bert),
-        "data": {"format": "table", "path": str(tmp_path / "jobs.csv"), "shape": "pairs",
-                 "columns": {"anchor": "job_description", "positive": "skill", "slice": "region"}},
-        "evaluation": {"evaluator": "information_retrieval", "primary_metric": "cosine_ndcg_at_10"},
-    }, "test")
+    recipe = parse_recipe(
+        {
+            "name": "sliced",
+            "base_model": str(tiny_bert),
+            "data": {
+                "format": "table",
+                "path": str(tmp_path / "jobs.csv"),
+                "shape": "pairs",
+                "columns": {"anchor": "job_description", "positive": "skill", "slice": "region"},
+            },
+            "evaluation": {"evaluator": "information_retrieval", "primary_metric": "cosine_ndcg_at_10"},
+        },
+        "test",
+    )
     task = tasks.build_task(recipe)
     assert "slice" not in task.train.columns
     paths = tasks.write_task(task, tmp_path / "prepared", {})
     assert set(task.eval_sets["test"]["query_slices"].values()) == {"north", "south"}
 
     scores = score_queries(load_model(str(tiny_bert)), paths.eval_set("test"), recipe.evaluation, recipe.prompts)
-    decision = decide(scores, scores, "champion", recipe.evaluation.primary_metric,
-                      recipe.evaluation.headline_metrics(), recipe.promotion)
+    decision = decide(
+        scores,
+        scores,
+        "champion",
+        recipe.evaluation.primary_metric,
+        recipe.evaluation.headline_metrics(),
+        recipe.promotion,
+    )
     assert set(decision.slices) == {"north", "south"}
     assert sum(s.queries for s in decision.slices.values()) == len(scores.ids)
     assert any(check.name == "slice north" for check in decision.checks)

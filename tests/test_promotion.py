@@ -16,8 +16,13 @@ NOISE = np.random.default_rng(7).normal(0, 0.08, N)
 def ranking(map_values, mrr_values=None, slices=None) -> QueryScores:
     map_values = np.asarray(map_values, dtype=float)
     return QueryScores(
-        evaluator="reranking", ids=[f"q{i}" for i in range(N)], slices=slices or [""] * N,
-        per_query={"map": map_values.tolist(), "mrr_at_10": (map_values if mrr_values is None else np.asarray(mrr_values)).tolist()},
+        evaluator="reranking",
+        ids=[f"q{i}" for i in range(N)],
+        slices=slices or [""] * N,
+        per_query={
+            "map": map_values.tolist(),
+            "mrr_at_10": (map_values if mrr_values is None else np.asarray(mrr_values)).tolist(),
+        },
     )
 
 
@@ -32,13 +37,31 @@ SLICE_DROP = REFERENCE + np.where(np.array(HALVES) == "de", -0.05, 0.2)
         pytest.param(REFERENCE + 0.1, None, {}, True, "beats the champion's 0.5000 by 0.1000 (p = 0.0001", id="better"),
         pytest.param(REFERENCE, None, {}, False, "is equal to the champion's", id="equal"),
         pytest.param(REFERENCE - 0.05, None, {}, False, "is worse than the champion's", id="worse"),
-        pytest.param(REFERENCE + 0.005, None, {"min_delta": 0.01}, False, "less than the +0.0100 required", id="below-min-delta"),
-        pytest.param(REFERENCE + 0.02, None, {"min_relative_delta": 0.05}, False, "less than the +0.0250 required", id="below-relative-delta"),
-        pytest.param(REFERENCE + 0.03, None, {"min_relative_delta": 0.05}, True, "by 0.0300", id="above-relative-delta"),
+        pytest.param(
+            REFERENCE + 0.005, None, {"min_delta": 0.01}, False, "less than the +0.0100 required", id="below-min-delta"
+        ),
+        pytest.param(
+            REFERENCE + 0.02,
+            None,
+            {"min_relative_delta": 0.05},
+            False,
+            "less than the +0.0250 required",
+            id="below-relative-delta",
+        ),
+        pytest.param(
+            REFERENCE + 0.03, None, {"min_relative_delta": 0.05}, True, "by 0.0300", id="above-relative-delta"
+        ),
         # Higher on average, but within noise: refused when significance is required ...
         pytest.param(REFERENCE + NOISE - NOISE.mean() + 0.005, None, {}, False, "but not significantly", id="noise"),
         # ... and promoted when the policy does not require it.
-        pytest.param(REFERENCE + NOISE - NOISE.mean() + 0.005, None, {"significance_level": None}, True, "not required", id="noise-no-significance"),
+        pytest.param(
+            REFERENCE + NOISE - NOISE.mean() + 0.005,
+            None,
+            {"significance_level": None},
+            True,
+            "not required",
+            id="noise-no-significance",
+        ),
         pytest.param(SLICE_DROP, HALVES, {}, False, "slice 'de' (12 queries): map", id="slice-regression"),
         pytest.param(SLICE_DROP, HALVES, {"min_slice_queries": 13}, True, "beats", id="slice-too-small-to-hold"),
         pytest.param(SLICE_DROP, HALVES, {"slice_tolerance": 0.06}, True, "beats", id="slice-within-tolerance"),
@@ -46,8 +69,13 @@ SLICE_DROP = REFERENCE + np.where(np.array(HALVES) == "de", -0.05, 0.2)
 )
 def test_decision_table(candidate, reference_slices, policy, promote, reason_part):
     decision = decide(
-        ranking(candidate, slices=reference_slices), ranking(REFERENCE, slices=reference_slices),
-        "champion", "map", ["map", "mrr_at_10"], PromotionPolicy(**policy), reference_version="3",
+        ranking(candidate, slices=reference_slices),
+        ranking(REFERENCE, slices=reference_slices),
+        "champion",
+        "map",
+        ["map", "mrr_at_10"],
+        PromotionPolicy(**policy),
+        reference_version="3",
     )
     assert decision.promote is promote, decision.reason
     assert reason_part in decision.reason
@@ -80,9 +108,16 @@ def test_the_significance_level_decides_a_small_improvement():
 def test_similarity_is_compared_by_correlation_over_resampled_pairs():
     rng = np.random.default_rng(0)
     gold = rng.uniform(0, 1, 200)
+
     def similarity(cosines):
-        return QueryScores(evaluator="embedding_similarity", ids=[str(i) for i in range(200)], slices=[""] * 200,
-                           per_query={"cosine": list(cosines)}, gold=list(gold))
+        return QueryScores(
+            evaluator="embedding_similarity",
+            ids=[str(i) for i in range(200)],
+            slices=[""] * 200,
+            per_query={"cosine": list(cosines)},
+            gold=list(gold),
+        )
+
     sharp, blurred = similarity(gold + rng.normal(0, 0.05, 200)), similarity(gold + rng.normal(0, 0.4, 200))
     headline = ["spearman_cosine", "pearson_cosine"]
     better = decide(sharp, blurred, "champion", "spearman_cosine", headline, PromotionPolicy())

@@ -44,7 +44,9 @@ def _small_copy(recipe_name: str, tmp_path, small_esco, model_dir, rows) -> dict
         data["training"]["rounds"] = 2  # card 000's continued training, each round scored
     else:
         source = REPO / data["data"]["path"]
-        frame = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}[source.suffix](source)
+        frame = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}[
+            source.suffix
+        ](source)
         data["data"]["path"] = str(write_table(frame.head(rows), tmp_path / source.name))
     if data["data"].get("mine_negatives"):
         # A random model scores every text alike, so no negative would clear the card's margin.
@@ -72,7 +74,9 @@ def test_builtin_recipe_runs_end_to_end(recipe_name, tiny_models, small_esco, ml
     assert run["params.data.shape"] == recipe.data.training_shape
     primary = recipe.evaluation.primary_metric
     for model in ("base", "test"):
-        assert set(recipe.evaluation.metric_names()) <= {c.removeprefix(f"metrics.{model}_") for c in runs.columns if c.startswith(f"metrics.{model}_")}
+        assert set(recipe.evaluation.metric_names()) <= {
+            c.removeprefix(f"metrics.{model}_") for c in runs.columns if c.startswith(f"metrics.{model}_")
+        }
         assert -1 <= run[f"metrics.{model}_{primary}"] <= 1  # correlations can be negative
     assert len(runs) == 2  # the pipeline run and its one tuning trial
     versions = mlflow.MlflowClient().search_model_versions(f"name = '{recipe.registered_model_name}'")
@@ -102,12 +106,26 @@ def _recipe(**sections) -> dict:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (_recipe(loss={"name": "triplet_margin"}), "loss.name: Input should be 'mnrl', 'cached_mnrl' or 'cosine_similarity'"),
-        (_recipe(data={"shape": "scored_pairs"}, evaluation={"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"}),
-         "loss.name = 'mnrl' cannot train on scored_pairs data"),
+        (
+            _recipe(loss={"name": "triplet_margin"}),
+            "loss.name: Input should be 'mnrl', 'cached_mnrl' or 'cosine_similarity'",
+        ),
+        (
+            _recipe(
+                data={"shape": "scored_pairs"},
+                evaluation={"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"},
+            ),
+            "loss.name = 'mnrl' cannot train on scored_pairs data",
+        ),
         (_recipe(loss={"name": "cosine_similarity"}), "use one of ['mnrl', 'cached_mnrl'] for this data"),
-        (_recipe(evaluation={"evaluator": "information_retrieval", "primary_metric": "ndcg@10"}), "choose one of ['cosine_accuracy_at_1'"),
-        (_recipe(evaluation={"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"}), "cannot score pairs data"),
+        (
+            _recipe(evaluation={"evaluator": "information_retrieval", "primary_metric": "ndcg@10"}),
+            "choose one of ['cosine_accuracy_at_1'",
+        ),
+        (
+            _recipe(evaluation={"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"}),
+            "cannot score pairs data",
+        ),
         (_recipe(data={"columns": {"query": "q"}}), "map these instead: ['anchor', 'positive']"),
         (_recipe(data={"shape": "triplets", "mine_negatives": {}}), "data.mine_negatives needs pairs data"),
     ],
@@ -119,16 +137,28 @@ def test_bad_recipes_fail_before_any_data_is_read(data, message):
 
 
 def _table_recipe(path, shape="pairs", **data):
-    evaluation = {"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"} if shape == "scored_pairs" else {}
+    evaluation = (
+        {"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"} if shape == "scored_pairs" else {}
+    )
     loss = {"name": "cosine_similarity"} if shape == "scored_pairs" else {}
-    return parse_recipe({"name": "x", "data": {"format": "table", "path": str(path), "shape": shape, **data},
-                         "evaluation": evaluation, "loss": loss}, source="test")
+    return parse_recipe(
+        {
+            "name": "x",
+            "data": {"format": "table", "path": str(path), "shape": shape, **data},
+            "evaluation": evaluation,
+            "loss": loss,
+        },
+        source="test",
+    )
 
 
 def test_misnamed_column_names_file_column_and_mapping(tmp_path):
     path = tmp_path / "pairs.csv"
     pd.DataFrame({"query": ["a", "b"], "passage": ["c", "d"]}).to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"pairs.csv: column .anchor.: rule .column .anchor. is present. failed.*file has \[.query., .passage.\].*data.columns.anchor"):
+    with pytest.raises(
+        DataError,
+        match=r"pairs.csv: column .anchor.: rule .column .anchor. is present. failed.*file has \[.query., .passage.\].*data.columns.anchor",
+    ):
         read_table(_table_recipe(path).data)
     frame = read_table(_table_recipe(path, columns={"anchor": "query", "positive": "passage"}).data).frame
     assert list(frame.columns) == ["anchor", "positive"]
@@ -136,7 +166,9 @@ def test_misnamed_column_names_file_column_and_mapping(tmp_path):
 
 def test_scores_outside_zero_one_are_refused_for_the_cosine_loss(tmp_path):
     path = tmp_path / "scored.csv"
-    pd.DataFrame({"sentence1": ["a", "b", "c"], "sentence2": ["d", "e", "f"], "score": [0.5, 1.7, None]}).to_csv(path, index=False)
+    pd.DataFrame({"sentence1": ["a", "b", "c"], "sentence2": ["d", "e", "f"], "score": [0.5, 1.7, None]}).to_csv(
+        path, index=False
+    )
     report = validate_recipe_data(_table_recipe(path, shape="scored_pairs"))
     described = " ".join(failure.describe() for failure in report.failures)
     assert "scored.csv: column 'score': rule 'score is between 0 and 1'" in described and "lines [3]" in described
@@ -144,11 +176,20 @@ def test_scores_outside_zero_one_are_refused_for_the_cosine_loss(tmp_path):
 
 
 def test_prompts_on_a_model_trained_without_them_warn(tiny_bert):
-    recipe = parse_recipe({"name": "x", "base_model": str(tiny_bert), "data": {"path": str(REPO / "data/esco-ict")},
-                           "prompts": {"query": "query: ", "document": "passage: "}}, source="test")
+    recipe = parse_recipe(
+        {
+            "name": "x",
+            "base_model": str(tiny_bert),
+            "data": {"path": str(REPO / "data/esco-ict")},
+            "prompts": {"query": "query: ", "document": "passage: "},
+        },
+        source="test",
+    )
     report = validate_recipe_data(recipe)
     assert report.success  # a warning, not an error
-    assert len(report.warnings) == 1 and "was not trained with the prompts ['query: ', 'passage: ']" in report.warnings[0]
+    assert (
+        len(report.warnings) == 1 and "was not trained with the prompts ['query: ', 'passage: ']" in report.warnings[0]
+    )
     plain = recipe.model_copy(update={"prompts": type(recipe.prompts)()})
     assert validate_recipe_data(plain).warnings == []
 
@@ -165,11 +206,19 @@ def test_every_table_format_reads_the_same(tmp_path, suffix):
         path = write_table(frame, tmp_path / f"data{suffix}")
     recipe = _table_recipe(path, shape="triplets", columns={"anchor": "q", "positive": "p", "negatives": ["n1", "n2"]})
     read = read_table(recipe.data).frame
-    assert read.to_dict(orient="list") == {"anchor": ["a", "b"], "positive": ["c", "d"], "negative_1": ["e", "f"], "negative_2": ["g", "h"]}
+    assert read.to_dict(orient="list") == {
+        "anchor": ["a", "b"],
+        "positive": ["c", "d"],
+        "negative_1": ["e", "f"],
+        "negative_2": ["g", "h"],
+    }
 
 
 def test_negatives_as_one_list_column(tmp_path):
-    path = write_table(pd.DataFrame({"anchor": ["a", "b"], "positive": ["c", "d"], "negatives": [["e", "g"], ["f", "h"]]}), tmp_path / "t.jsonl")
+    path = write_table(
+        pd.DataFrame({"anchor": ["a", "b"], "positive": ["c", "d"], "negatives": [["e", "g"], ["f", "h"]]}),
+        tmp_path / "t.jsonl",
+    )
     frame = read_table(_table_recipe(path, shape="triplets", columns={"negatives": "negatives"}).data).frame
     assert frame.negative_2.tolist() == ["g", "h"]
 
@@ -181,13 +230,22 @@ def test_hub_name_offline_says_what_was_tried(tmp_path):
 
 def test_bad_data_in_a_table_recipe_stops_the_flow_before_training(tiny_bert, mlflow_store, tmp_path):
     path = tmp_path / "scored.csv"
-    pd.DataFrame({"sentence1": [f"a{i}" for i in range(20)], "sentence2": ["b"] * 20, "score": [1.7] * 20}).to_csv(path, index=False)
+    pd.DataFrame({"sentence1": [f"a{i}" for i in range(20)], "sentence2": ["b"] * 20, "score": [1.7] * 20}).to_csv(
+        path, index=False
+    )
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "bad-scores", "base_model": str(tiny_bert), "registered_model_name": "bad-scores",
-        "data": {"format": "table", "path": str(path), "shape": "scored_pairs"}, "loss": {"name": "cosine_similarity"},
-        "evaluation": {"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"},
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "bad-scores",
+                "base_model": str(tiny_bert),
+                "registered_model_name": "bad-scores",
+                "data": {"format": "table", "path": str(path), "shape": "scored_pairs"},
+                "loss": {"name": "cosine_similarity"},
+                "evaluation": {"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"},
+            }
+        )
+    )
     with pytest.raises(DataValidationError, match="score is between 0 and 1"):
         train_esco(recipe=str(recipe))
     assert mlflow.MlflowClient().search_model_versions("name = 'bad-scores'") == []

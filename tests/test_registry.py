@@ -27,14 +27,29 @@ def _register(model_dir, run_name):
 
 def _scores(level: float) -> QueryScores:
     values = np.linspace(level - 0.1, level + 0.1, QUERIES)
-    return QueryScores(evaluator="reranking", ids=[str(i) for i in range(QUERIES)], slices=[""] * QUERIES, per_query={"map": values.tolist()})
+    return QueryScores(
+        evaluator="reranking",
+        ids=[str(i) for i in range(QUERIES)],
+        slices=[""] * QUERIES,
+        per_query={"map": values.tolist()},
+    )
 
 
 def judge_by(levels: dict[str | None, float], candidate: float, seen: list):
     """A judge as stages.promote builds it: this candidate against whichever champion is current."""
+
     def judge(champion):
         seen.append(champion)
-        return decide(_scores(candidate), _scores(levels[champion]), "champion" if champion else "base model", "map", ["map"], PromotionPolicy(), champion)
+        return decide(
+            _scores(candidate),
+            _scores(levels[champion]),
+            "champion" if champion else "base model",
+            "map",
+            ["map"],
+            PromotionPolicy(),
+            champion,
+        )
+
     return judge
 
 
@@ -53,12 +68,17 @@ def test_promotions_rollback_round_trip_and_history(tiny_bert, mlflow_store, cap
     refused = registry.promote_if_better(NAME, v3, judge_by(levels, 0.55, []))
     assert not refused.promote and registry.champion_version(NAME) == v2
     tags = tracking.client().get_model_version(NAME, v3).tags
-    assert tags["skillops.decision"] == "not promoted" and json.loads(tags["skillops.decision_numbers"])["reference"] == pytest.approx(0.6)
+    assert tags["skillops.decision"] == "not promoted" and json.loads(tags["skillops.decision_numbers"])[
+        "reference"
+    ] == pytest.approx(0.6)
 
     # Rollback: v2 -> v1, recorded on both versions; the alias serves v1's weights again.
     assert cli(["rollback", "--reason", "bad feedback from recruiters", str(_recipe_file(mlflow_store))]) == 0
     assert registry.champion_version(NAME) == v1
-    assert "moved back from version 2: bad feedback" in tracking.client().get_model_version(NAME, v1).tags["skillops.rollback"]
+    assert (
+        "moved back from version 2: bad feedback"
+        in tracking.client().get_model_version(NAME, v1).tags["skillops.rollback"]
+    )
     loaded = registry.load(f"models:/{NAME}@champion")
     assert np.allclose(loaded.encode(["data analyst"]), load_model(str(tiny_bert)).encode(["data analyst"]), atol=1e-6)
     with pytest.raises(RollbackError, match="first champion"):
@@ -73,7 +93,10 @@ def test_promotions_rollback_round_trip_and_history(tiny_bert, mlflow_store, cap
 
     moves = registry.history(NAME)
     assert [(m["kind"], m["from"], m["to"]) for m in moves] == [
-        ("promotion", None, v1), ("promotion", v1, v2), ("rollback", v2, v1), ("promotion", v1, v4)
+        ("promotion", None, v1),
+        ("promotion", v1, v2),
+        ("rollback", v2, v1),
+        ("promotion", v1, v4),
     ]
     assert moves[1]["numbers"]["candidate"] == pytest.approx(0.6) and moves[1]["numbers"]["p_value"] < 0.05
     assert moves[2]["why"] == "bad feedback from recruiters" and moves[2]["when"]

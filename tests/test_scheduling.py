@@ -37,27 +37,35 @@ def stack(tmp_path):
         "PREFECT_WORKER_QUERY_SECONDS": "2",
     }
     env.pop("PREFECT_API_URL", None)
-    up = subprocess.run([str(REPO / "scripts" / "stack.sh"), "up"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    up = subprocess.run(
+        [str(REPO / "scripts" / "stack.sh"), "up"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "Prefect UI:  http://127.0.0.1:" in up.stdout and "MLflow UI:" in up.stdout
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{env['PREFECT_PORT']}/api"
         yield env, tmp_path
     finally:
-        down = subprocess.run([str(REPO / "scripts" / "stack.sh"), "down"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        down = subprocess.run(
+            [str(REPO / "scripts" / "stack.sh"), "down"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
         assert "prefect-server stopped" in down.stdout, down.stdout + down.stderr
 
 
 def _prefect(env, *args, timeout=120):
-    result = subprocess.run([str(BIN / "prefect"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [str(BIN / "prefect"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
 def _flow_runs(env) -> list[dict]:
     request = urllib.request.Request(
-        env["PREFECT_API_URL"] + "/flow_runs/filter", data=json.dumps({"sort": "START_TIME_ASC"}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        env["PREFECT_API_URL"] + "/flow_runs/filter",
+        data=json.dumps({"sort": "START_TIME_ASC"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
@@ -71,7 +79,9 @@ def _wait(condition, what: str, env, tmp_path, timeout=300):
             return value
         time.sleep(2)
     worker_log = (tmp_path / "stack" / "worker.log").read_text()[-4000:]
-    pytest.fail(f"timed out waiting for {what}; flow runs: {[(r['name'], r['state_type']) for r in _flow_runs(env)]}\n{worker_log}")
+    pytest.fail(
+        f"timed out waiting for {what}; flow runs: {[(r['name'], r['state_type']) for r in _flow_runs(env)]}\n{worker_log}"
+    )
 
 
 def _mlflow_runs(env, experiment="tiny-esco"):
@@ -103,13 +113,25 @@ def test_schedule_skip_resume_and_one_training_at_a_time(stack, small_esco, tiny
     assert runs["tags.skillops.kind"].tolist()[:2] == ["pipeline", "skip"]
     assert runs["tags.skillops.same_as_run"].iloc[1] == runs.run_id.iloc[0]
     assert len(client.search_model_versions("name = 'tiny-esco'")) == 1
-    _wait(lambda: all(r["state_type"] in ("COMPLETED", "CANCELLED", "SCHEDULED") for r in _flow_runs(env)), "quiet", env, tmp_path)
+    _wait(
+        lambda: all(r["state_type"] in ("COMPLETED", "CANCELLED", "SCHEDULED") for r in _flow_runs(env)),
+        "quiet",
+        env,
+        tmp_path,
+    )
 
     # 3. SIGKILL mid-training, then the same run again: it resumes from the last checkpoint.
-    long_run = json.dumps({"training.max_steps": 400, "training.checkpoint_every_steps": 20, "training.learning_rate": 1e-3})
+    long_run = json.dumps(
+        {"training.max_steps": 400, "training.checkpoint_every_steps": 20, "training.learning_rate": 1e-3}
+    )
     _prefect(env, "deployment", "run", "train-esco/weekly", "--param", f"overrides={long_run}")
     checkpoints = tmp_path / "outputs" / "attempts"
-    _wait(lambda: list(checkpoints.glob("*/train/checkpoints/checkpoint-*/trainer_state.json")), "a checkpoint", env, tmp_path)
+    _wait(
+        lambda: list(checkpoints.glob("*/train/checkpoints/checkpoint-*/trainer_state.json")),
+        "a checkpoint",
+        env,
+        tmp_path,
+    )
     killed = _mlflow_runs(env).iloc[-1]
     os.kill(int(killed["tags.skillops.pid"]), signal.SIGKILL)
     _wait(lambda: any(r["state_type"] == "CRASHED" for r in _flow_runs(env)), "the killed run to crash", env, tmp_path)
@@ -128,7 +150,23 @@ def test_schedule_skip_resume_and_one_training_at_a_time(stack, small_esco, tiny
     for learning_rate in (1e-3, 2e-3):
         overrides = json.dumps({"training.max_steps": 60, "training.learning_rate": learning_rate})
         _prefect(env, "deployment", "run", "train-esco/weekly", "--param", f"overrides={overrides}")
-    _wait(lambda: len(set(_mlflow_runs(env).query("`tags.skillops.kind` == 'pipeline' and status == 'FINISHED'").run_id) - before) == 2,
-          "two concurrent runs to finish", env, tmp_path, timeout=600)
-    pair = _mlflow_runs(env).set_index("run_id").loc[sorted(set(_mlflow_runs(env).run_id) - before)].sort_values("start_time")
+    _wait(
+        lambda: (
+            len(
+                set(_mlflow_runs(env).query("`tags.skillops.kind` == 'pipeline' and status == 'FINISHED'").run_id)
+                - before
+            )
+            == 2
+        ),
+        "two concurrent runs to finish",
+        env,
+        tmp_path,
+        timeout=600,
+    )
+    pair = (
+        _mlflow_runs(env)
+        .set_index("run_id")
+        .loc[sorted(set(_mlflow_runs(env).run_id) - before)]
+        .sort_values("start_time")
+    )
     assert pair.start_time.iloc[1] >= pair.end_time.iloc[0]  # the second began after the first ended

@@ -33,11 +33,28 @@ def test_mlflow_models_serve_answers_with_the_champions_embeddings(tiny_bert, ml
 
     port = free_port()
     server = subprocess.Popen(
-        [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{NAME}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
         # MLflow starts `uvicorn` by name: the environment's bin folder must be on PATH.
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
-        stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        },
+        stdout=open(tmp_path / "serve.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log", "mlflow models serve")

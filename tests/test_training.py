@@ -15,11 +15,30 @@ from skillops.training import train_model
 @pytest.mark.parametrize(
     ("loss", "columns"),
     [
-        ("mnrl", {"anchor": [f"software developer {i}" for i in range(8)], "positive": [f"programming skill {i}" for i in range(8)]}),
-        ("cached_mnrl", {"anchor": [f"data analyst {i}" for i in range(8)], "positive": [f"statistics {i}" for i in range(8)],
-                         "negative_1": [f"welding {i}" for i in range(8)], "negative_2": [f"baking {i}" for i in range(8)]}),
-        ("cosine_similarity", {"sentence1": [f"web developer {i}" for i in range(8)], "sentence2": [f"JavaScript {i}" for i in range(8)],
-                               "score": [i / 8 for i in range(8)]}),
+        (
+            "mnrl",
+            {
+                "anchor": [f"software developer {i}" for i in range(8)],
+                "positive": [f"programming skill {i}" for i in range(8)],
+            },
+        ),
+        (
+            "cached_mnrl",
+            {
+                "anchor": [f"data analyst {i}" for i in range(8)],
+                "positive": [f"statistics {i}" for i in range(8)],
+                "negative_1": [f"welding {i}" for i in range(8)],
+                "negative_2": [f"baking {i}" for i in range(8)],
+            },
+        ),
+        (
+            "cosine_similarity",
+            {
+                "sentence1": [f"web developer {i}" for i in range(8)],
+                "sentence2": [f"JavaScript {i}" for i in range(8)],
+                "score": [i / 8 for i in range(8)],
+            },
+        ),
     ],
 )
 def test_two_steps_change_the_embeddings(tiny_bert, tmp_path, loss, columns):
@@ -29,7 +48,14 @@ def test_two_steps_change_the_embeddings(tiny_bert, tmp_path, loss, columns):
 
     config = TrainingConfig(batch_size=4, max_steps=2, learning_rate=1e-3, max_seq_length=32)
     prompts = Prompts(query="query: ", document="passage: ")
-    result = train_model(str(tiny_bert), tmp_path / "train.parquet", config, LossConfig(name=loss, mini_batch_size=2), prompts, tmp_path / "out")
+    result = train_model(
+        str(tiny_bert),
+        tmp_path / "train.parquet",
+        config,
+        LossConfig(name=loss, mini_batch_size=2),
+        prompts,
+        tmp_path / "out",
+    )
 
     assert result.steps == 2
     assert result.final_loss is not None and np.isfinite(result.final_loss)
@@ -59,13 +85,18 @@ def test_reranking_scores_equal_sentence_transformers(tiny_bert, tmp_path):
     config = EvaluationConfig(at_k=100)
     ours = evaluate(model, _write(tmp_path / "s.json", samples), config, PROMPTS)
     prompted = [
-        {"query": "query: " + s["query"], "positive": ["passage: " + t for t in s["positive"]],
-         "negative": ["passage: " + t for t in s["negative"]]}
+        {
+            "query": "query: " + s["query"],
+            "positive": ["passage: " + t for t in s["positive"]],
+            "negative": ["passage: " + t for t in s["negative"]],
+        }
         for s in samples
     ]
     theirs = RerankingEvaluator(prompted, at_k=100, write_csv=False)(model)
     assert set(ours) == {"map", "mrr_at_100", "ndcg_at_100"}
-    assert ours == pytest.approx({"map": theirs["map"], "mrr_at_100": theirs["mrr@100"], "ndcg_at_100": theirs["ndcg@100"]}, abs=1e-6)
+    assert ours == pytest.approx(
+        {"map": theirs["map"], "mrr_at_100": theirs["mrr@100"], "ndcg_at_100": theirs["ndcg@100"]}, abs=1e-6
+    )
     # A model saved with the recipe's prompts scores the same: they are not added a second time.
     model.prompts = {"query": "query: ", "document": "passage: "}
     assert evaluate(model, tmp_path / "s.json", config, PROMPTS) == pytest.approx(ours, abs=1e-6)
@@ -83,8 +114,12 @@ def test_retrieval_scores_equal_sentence_transformers(tiny_bert, tmp_path):
     config = EvaluationConfig(evaluator="information_retrieval", primary_metric="cosine_ndcg_at_10")
     ours = evaluate(model, _write(tmp_path / "ir.json", data), config, PROMPTS)
     theirs = InformationRetrievalEvaluator(
-        data["queries"], data["corpus"], {q: set(d) for q, d in data["relevant_docs"].items()},
-        query_prompt="query: ", corpus_prompt="passage: ", write_csv=False,
+        data["queries"],
+        data["corpus"],
+        {q: set(d) for q, d in data["relevant_docs"].items()},
+        query_prompt="query: ",
+        corpus_prompt="passage: ",
+        write_csv=False,
     )(model)
     assert set(ours) == set(config.metric_names())
     for name, value in theirs.items():
@@ -94,19 +129,26 @@ def test_retrieval_scores_equal_sentence_transformers(tiny_bert, tmp_path):
 def test_similarity_scores_equal_sentence_transformers(tiny_bert, tmp_path):
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
-    data = {"sentence1": ["data analyst", "web developer", "baker", "nurse"],
-            "sentence2": ["statistician", "JavaScript", "pastry", "welding"], "score": [0.9, 0.8, 0.7, 0.1]}
+    data = {
+        "sentence1": ["data analyst", "web developer", "baker", "nurse"],
+        "sentence2": ["statistician", "JavaScript", "pastry", "welding"],
+        "score": [0.9, 0.8, 0.7, 0.1],
+    }
     model = load_model(str(tiny_bert))
     config = EvaluationConfig(evaluator="embedding_similarity", primary_metric="spearman_cosine")
     ours = evaluate(model, _write(tmp_path / "sts.json", data), config, Prompts())
     theirs = EmbeddingSimilarityEvaluator(data["sentence1"], data["sentence2"], data["score"], write_csv=False)(model)
-    assert ours == pytest.approx({"pearson_cosine": theirs["pearson_cosine"], "spearman_cosine": theirs["spearman_cosine"]}, abs=1e-6)
+    assert ours == pytest.approx(
+        {"pearson_cosine": theirs["pearson_cosine"], "spearman_cosine": theirs["spearman_cosine"]}, abs=1e-6
+    )
 
 
 def test_an_interrupted_training_resumes_from_its_last_checkpoint(tiny_bert, tmp_path):
     from transformers import TrainerCallback
 
-    pd.DataFrame({"anchor": [f"developer {i}" for i in range(16)], "positive": [f"skill {i}" for i in range(16)]}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame(
+        {"anchor": [f"developer {i}" for i in range(16)], "positive": [f"skill {i}" for i in range(16)]}
+    ).to_parquet(tmp_path / "train.parquet")
     config = TrainingConfig(batch_size=4, max_steps=6, checkpoint_every_steps=2, learning_rate=1e-3, max_seq_length=32)
 
     class Crash(TrainerCallback):  # stands in for a killed process, after the step-4 checkpoint
@@ -115,7 +157,15 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(tiny_bert, tmp
                 raise KeyboardInterrupt("killed")
 
     with pytest.raises(KeyboardInterrupt):
-        train_model(str(tiny_bert), tmp_path / "train.parquet", config, LossConfig(), Prompts(), tmp_path / "out", callbacks=[Crash()])
+        train_model(
+            str(tiny_bert),
+            tmp_path / "train.parquet",
+            config,
+            LossConfig(),
+            Prompts(),
+            tmp_path / "out",
+            callbacks=[Crash()],
+        )
     assert (tmp_path / "out" / "checkpoints" / "checkpoint-4").is_dir()
     # A kill during a save leaves a checkpoint without trainer_state.json: it is passed over.
     (tmp_path / "out" / "checkpoints" / "checkpoint-5").mkdir()

@@ -38,7 +38,9 @@ def test_missing_column_is_reported_once_with_the_fix(esco_copy):
 
 
 def test_relation_to_missing_skill(esco_copy):
-    set_cell(esco_copy / "occupationSkillRelations_en.csv", 0, "skillUri", "http://data.europa.eu/esco/skill/does-not-exist")
+    set_cell(
+        esco_copy / "occupationSkillRelations_en.csv", 0, "skillUri", "http://data.europa.eu/esco/skill/does-not-exist"
+    )
     message = _rejected(esco_copy)
     assert "occupationSkillRelations_en.csv: column 'skillUri': rule 'skill exists in the skills file'" in message
     assert "does-not-exist" in message

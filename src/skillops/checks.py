@@ -60,10 +60,26 @@ def located(indexes: list[int], first_line: int | None) -> dict[str, list[int]]:
     return {"lines": [i + first_line for i in shown], "rows": []}
 
 
-def _failure(file: str, column: str, rule: str, fix: str, rows: list[int], total: int, examples: list[Any], first_line: int | None) -> Failure:
+def _failure(
+    file: str,
+    column: str,
+    rule: str,
+    fix: str,
+    rows: list[int],
+    total: int,
+    examples: list[Any],
+    first_line: int | None,
+) -> Failure:
     return Failure(
-        file=file, column=column, rule=rule, expectation="skillops check", fix=fix,
-        unexpected=len(rows), total=total, examples=examples[:MAX_EXAMPLES], **located(rows, first_line),
+        file=file,
+        column=column,
+        rule=rule,
+        expectation="skillops check",
+        fix=fix,
+        unexpected=len(rows),
+        total=total,
+        examples=examples[:MAX_EXAMPLES],
+        **located(rows, first_line),
     )
 
 
@@ -73,14 +89,24 @@ def non_text_values(frame: pd.DataFrame, columns: list[str], file: str, first_li
     for column in columns:
         bad = frame.index[~frame[column].map(lambda value: isinstance(value, str))].tolist()
         if bad:
-            failures.append(_failure(
-                file, column, "value is text", f"store '{column}' as strings (e.g. cast the column to string before saving)",
-                bad, len(frame), [repr(frame.at[i, column]) for i in bad[:MAX_EXAMPLES]], first_line,
-            ))
+            failures.append(
+                _failure(
+                    file,
+                    column,
+                    "value is text",
+                    f"store '{column}' as strings (e.g. cast the column to string before saving)",
+                    bad,
+                    len(frame),
+                    [repr(frame.at[i, column]) for i in bad[:MAX_EXAMPLES]],
+                    first_line,
+                )
+            )
     return failures
 
 
-def duplicates_after_normalising(frame: pd.DataFrame, columns: list[str], file: str, first_line: int | None) -> list[Failure]:
+def duplicates_after_normalising(
+    frame: pd.DataFrame, columns: list[str], file: str, first_line: int | None
+) -> list[Failure]:
     """Rows equal to an earlier row once case, spacing and Unicode form are folded."""
     keys = frame[columns].map(normalise)
     repeated = keys.duplicated(keep="first")
@@ -88,23 +114,39 @@ def duplicates_after_normalising(frame: pd.DataFrame, columns: list[str], file: 
     rows = frame.index[repeated & ~exact].tolist()  # exact repeats are the suite's to report
     if not rows:
         return []
-    return [_failure(
-        file, ", ".join(columns), "rows are unique after normalising case, spacing and Unicode",
-        "merge the rows that differ only in case or spacing: in a batch they are counted as negatives of each other",
-        rows, len(frame), [" | ".join(frame.loc[i, columns]) for i in rows], first_line,
-    )]
+    return [
+        _failure(
+            file,
+            ", ".join(columns),
+            "rows are unique after normalising case, spacing and Unicode",
+            "merge the rows that differ only in case or spacing: in a batch they are counted as negatives of each other",
+            rows,
+            len(frame),
+            [" | ".join(frame.loc[i, columns]) for i in rows],
+            first_line,
+        )
+    ]
 
 
-def anchor_equals_positive(frame: pd.DataFrame, query: str, document: str, file: str, first_line: int | None) -> list[Failure]:
+def anchor_equals_positive(
+    frame: pd.DataFrame, query: str, document: str, file: str, first_line: int | None
+) -> list[Failure]:
     same = frame[query].map(normalise) == frame[document].map(normalise)
     rows = frame.index[same].tolist()
     if not rows:
         return []
-    return [_failure(
-        file, f"{query}, {document}", f"{query} differs from {document}",
-        "drop these rows: a text paired with itself teaches nothing and inflates scores",
-        rows, len(frame), frame.loc[rows, query].tolist(), first_line,
-    )]
+    return [
+        _failure(
+            file,
+            f"{query}, {document}",
+            f"{query} differs from {document}",
+            "drop these rows: a text paired with itself teaches nothing and inflates scores",
+            rows,
+            len(frame),
+            frame.loc[rows, query].tolist(),
+            first_line,
+        )
+    ]
 
 
 def positive_in_negatives(frame: pd.DataFrame, file: str, first_line: int | None) -> list[Failure]:
@@ -116,11 +158,18 @@ def positive_in_negatives(frame: pd.DataFrame, file: str, first_line: int | None
     rows = frame.index[hit].tolist()
     if not rows:
         return []
-    return [_failure(
-        file, "positive, " + ", ".join(negatives), "a row's positive is not also one of its negatives",
-        "remove the positive from the row's negatives (or re-mine them)", rows, len(frame),
-        frame.loc[rows, "positive"].tolist(), first_line,
-    )]
+    return [
+        _failure(
+            file,
+            "positive, " + ", ".join(negatives),
+            "a row's positive is not also one of its negatives",
+            "remove the positive from the row's negatives (or re-mine them)",
+            rows,
+            len(frame),
+            frame.loc[rows, "positive"].tolist(),
+            first_line,
+        )
+    ]
 
 
 def eval_queries(eval_set: Any, evaluator: str) -> list[str]:
@@ -139,12 +188,19 @@ def leakage(train: pd.DataFrame, eval_sets: dict[str, Any], evaluator: str, file
     for part, eval_set in eval_sets.items():
         leaked = [query for query in eval_queries(eval_set, evaluator) if normalise(query) in trained]
         if leaked:
-            failures.append(Failure(
-                file=file, column=query_column, rule=f"no {part} query is also a training {query_column}",
-                expectation="skillops check: leakage",
-                fix=f"write each {query_column} the same way everywhere (case, spacing) so the split keeps its rows together, or remove the repeats",
-                unexpected=len(leaked), total=len(eval_queries(eval_set, evaluator)), unit="queries", examples=leaked[:MAX_EXAMPLES],
-            ))
+            failures.append(
+                Failure(
+                    file=file,
+                    column=query_column,
+                    rule=f"no {part} query is also a training {query_column}",
+                    expectation="skillops check: leakage",
+                    fix=f"write each {query_column} the same way everywhere (case, spacing) so the split keeps its rows together, or remove the repeats",
+                    unexpected=len(leaked),
+                    total=len(eval_queries(eval_set, evaluator)),
+                    unit="queries",
+                    examples=leaked[:MAX_EXAMPLES],
+                )
+            )
     return failures
 
 
@@ -157,9 +213,16 @@ def too_long(texts: Iterable[str], tokenizer, max_seq_length: int, column: str, 
     cut = [text for text, length in zip(distinct, lengths, strict=True) if length > max_seq_length]
     if not cut:
         return []
-    return [Failure(
-        file=file, column=column, rule=f"text fits in training.max_seq_length = {max_seq_length} tokens",
-        expectation="skillops check: length",
-        fix=f"raise training.max_seq_length (longest: {max(lengths)} tokens) or accept that the end of these texts is cut",
-        unexpected=len(cut), total=len(distinct), unit="distinct texts", examples=[text[:60] + "..." for text in cut[:MAX_EXAMPLES]],
-    )]
+    return [
+        Failure(
+            file=file,
+            column=column,
+            rule=f"text fits in training.max_seq_length = {max_seq_length} tokens",
+            expectation="skillops check: length",
+            fix=f"raise training.max_seq_length (longest: {max(lengths)} tokens) or accept that the end of these texts is cut",
+            unexpected=len(cut),
+            total=len(distinct),
+            unit="distinct texts",
+            examples=[text[:60] + "..." for text in cut[:MAX_EXAMPLES]],
+        )
+    ]

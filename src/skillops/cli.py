@@ -36,18 +36,29 @@ def _data_recipe(path: Path, shape: str | None, columns: dict[str, str]):
 
     if path.is_dir() and any(path.glob("occupations_*.csv")):
         language = sorted(path.glob("occupations_*.csv"))[0].stem.removeprefix("occupations_")
-        return parse_recipe({"name": path.name, "data": {"format": "esco", "path": str(path), "language": language}}, str(path))
+        return parse_recipe(
+            {"name": path.name, "data": {"format": "esco", "path": str(path), "language": language}}, str(path)
+        )
     if shape is None:  # guess from the column names
-        frame, _, _ = read_source(parse_recipe({"name": "x", "data": {"format": "table", "path": str(path)}}, str(path)).data)
+        frame, _, _ = read_source(
+            parse_recipe({"name": "x", "data": {"format": "table", "path": str(path)}}, str(path)).data
+        )
         names = set(frame.columns) | set(columns)
-        shape = "scored_pairs" if "score" in names else "triplets" if any(n.startswith("negative") for n in names) else "pairs"
+        shape = (
+            "scored_pairs"
+            if "score" in names
+            else "triplets"
+            if any(n.startswith("negative") for n in names)
+            else "pairs"
+        )
     scored = shape == "scored_pairs"
     return parse_recipe(
         {
             "name": path.stem,
             "data": {"format": "table", "path": str(path), "shape": shape, "columns": columns},
             "loss": {"name": "cosine_similarity" if scored else "mnrl"},
-            "evaluation": {"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"} if scored
+            "evaluation": {"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"}
+            if scored
             else {"evaluator": "information_retrieval", "primary_metric": "cosine_ndcg_at_10"},
         },
         str(path),
@@ -104,9 +115,7 @@ def cmd_models(args) -> int:
     recipe = _recipe(args)
     mlflow_client = client()
     name = recipe.registered_model_name
-    versions = sorted(
-        mlflow_client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)
-    )
+    versions = sorted(mlflow_client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
     if not versions:
         print(f"No versions of {name!r} in {tracking_uri()}.")
         return 0
@@ -147,7 +156,11 @@ def cmd_history(args) -> int:
         return 0
     for move in moves:
         numbers = move.get("numbers")
-        detail = f" [{numbers['metric']} {numbers['candidate']:.4f} vs {numbers['reference_name']} {numbers['reference']:.4f}, p={numbers['p_value']}]" if numbers else ""
+        detail = (
+            f" [{numbers['metric']} {numbers['candidate']:.4f} vs {numbers['reference_name']} {numbers['reference']:.4f}, p={numbers['p_value']}]"
+            if numbers
+            else ""
+        )
         print(f"{move['when']}  {move['kind']:9} v{move['from'] or '-'} -> v{move['to']}  {move['why']}{detail}")
     return 0
 
@@ -164,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text, description=help_text)
         if recipe:
             command.add_argument(
-                "recipe", nargs="?", default=DEFAULT_RECIPE,
+                "recipe",
+                nargs="?",
+                default=DEFAULT_RECIPE,
                 help=f"built-in recipe name or path to a recipe file, YAML or TOML (default: {DEFAULT_RECIPE})",
             )
         command.set_defaults(handler=handler)
@@ -172,18 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("recipes", cmd_recipes, "List the built-in recipes.", recipe=False)
     validate = add(
-        "validate", cmd_validate,
+        "validate",
+        cmd_validate,
         "Check a recipe's data, or a data file or ESCO folder, against its suites and checks; exit 1 if a rule fails.",
     )
-    validate.add_argument("--shape", choices=["pairs", "triplets", "scored_pairs"], help="shape of a bare data file (default: guessed from its columns)")
     validate.add_argument(
-        "--columns", metavar="NAME=COLUMN,...",
+        "--shape",
+        choices=["pairs", "triplets", "scored_pairs"],
+        help="shape of a bare data file (default: guessed from its columns)",
+    )
+    validate.add_argument(
+        "--columns",
+        metavar="NAME=COLUMN,...",
         help="map a bare file's columns to skillops' names, e.g. anchor=job_description,positive=skill",
     )
     validate.add_argument("--html", metavar="FILE", help="also write the report as an HTML page")
     evaluate = add("evaluate", cmd_evaluate, "Score a model on the recipe's held-out validation or test set.")
     evaluate.add_argument(
-        "--model", required=True,
+        "--model",
+        required=True,
         help="a model folder, a Hugging Face id, or a registry URI such as models:/esco-occupation-skills@champion",
     )
     evaluate.add_argument("--split", choices=["validation", "test"], default="test")

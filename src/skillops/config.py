@@ -59,7 +59,9 @@ class MiningConfig(_Strict):
     range_min: int = Field(0, ge=0, description="Skip this many most similar texts first.")
     range_max: int | None = Field(50, ge=1, description="Only pick among this many most similar texts.")
     relative_margin: float | None = Field(
-        0.05, ge=0, lt=1,
+        0.05,
+        ge=0,
+        lt=1,
         description="A negative must score at most (1 - margin) x the positive's score: keeps "
         "near-synonyms of the positive out of the negatives.",
     )
@@ -68,13 +70,15 @@ class MiningConfig(_Strict):
 
 class DataConfig(_Strict):
     format: Literal["esco", "table"] = Field(
-        "esco", description="esco: the official ESCO CSV layout; table: CSV, JSONL, Parquet, a "
+        "esco",
+        description="esco: the official ESCO CSV layout; table: CSV, JSONL, Parquet, a "
         "saved `datasets` folder or a Hugging Face dataset name.",
     )
     path: str = Field("data/esco-ict", description="ESCO folder, table file or folder, or hub dataset name.")
     shape: Literal["pairs", "triplets", "scored_pairs"] = "pairs"
     columns: dict[str, str | list[str]] = Field(
-        {}, description="skillops name -> column in the file, e.g. {anchor: description, positive: "
+        {},
+        description="skillops name -> column in the file, e.g. {anchor: description, positive: "
         "label, negatives: [neg1, neg2]}; names not given are expected as is. Optionally `slice`: a "
         "column (language, sector) whose values split the test queries into slices that the "
         "promotion gate checks one by one.",
@@ -135,7 +139,8 @@ LOSS_SHAPES: dict[str, tuple[str, ...]] = {
 
 class LossConfig(_Strict):
     name: Literal["mnrl", "cached_mnrl", "cosine_similarity"] = Field(
-        "mnrl", description="mnrl: MultipleNegativesRankingLoss; cached_mnrl: its cached (GradCache) "
+        "mnrl",
+        description="mnrl: MultipleNegativesRankingLoss; cached_mnrl: its cached (GradCache) "
         "variant for large batches; cosine_similarity: CosineSimilarityLoss on scored pairs.",
     )
     scale: float = Field(20.0, gt=0, description="(Cached)MNRL similarity scale (cards 000, 001: 20).")
@@ -167,10 +172,14 @@ class TrainingConfig(_Strict):
         0, ge=0, description="Score the validation split this many times while training (logged as curves)."
     )
     checkpoint_every_steps: int = Field(
-        0, ge=0, description="Save a checkpoint this often (0: each epoch); a killed run resumes from the last one.",
+        0,
+        ge=0,
+        description="Save a checkpoint this often (0: each epoch); a killed run resumes from the last one.",
     )
     rounds: int = Field(
-        1, ge=1, description="Continued training: each round trains `epochs` more, starting from the "
+        1,
+        ge=1,
+        description="Continued training: each round trains `epochs` more, starting from the "
         "previous round's model, and is scored on the validation split (card 000: 9 rounds).",
     )
 
@@ -181,9 +190,7 @@ class SearchConfig(_Strict):
     batch_sizes: list[int] = [16, 32]
     warmup_ratio: tuple[float, float] = (0.0, 0.2)
     epochs: float = Field(1.0, gt=0, description="Epochs per trial (short: trials only rank params).")
-    evals_per_trial: int = Field(
-        3, ge=1, description="Validation points per trial; the pruner looks at each."
-    )
+    evals_per_trial: int = Field(3, ge=1, description="Validation points per trial; the pruner looks at each.")
     seed: int = 42
 
     @model_validator(mode="after")
@@ -193,9 +200,7 @@ class SearchConfig(_Strict):
             if low > high:
                 raise ValueError(f"search.{name} = [{low}, {high}]: give it as [low, high].")
         if any(size < 2 for size in self.batch_sizes) or not self.batch_sizes:
-            raise ValueError(
-                f"search.batch_sizes = {self.batch_sizes}: give one or more sizes of at least 2."
-            )
+            raise ValueError(f"search.batch_sizes = {self.batch_sizes}: give one or more sizes of at least 2.")
         return self
 
 
@@ -205,7 +210,14 @@ EVALUATOR_SHAPES: dict[str, tuple[str, ...]] = {
     "information_retrieval": ("pairs", "triplets"),
     "embedding_similarity": ("scored_pairs",),
 }
-IR_CUTOFFS = {"accuracy": (1, 3, 5, 10), "precision": (1, 3, 5, 10), "recall": (1, 3, 5, 10), "ndcg": (10,), "mrr": (10,), "map": (100,)}
+IR_CUTOFFS = {
+    "accuracy": (1, 3, 5, 10),
+    "precision": (1, 3, 5, 10),
+    "recall": (1, 3, 5, 10),
+    "ndcg": (10,),
+    "mrr": (10,),
+    "map": (100,),
+}
 
 
 class EvaluationConfig(_Strict):
@@ -226,7 +238,13 @@ class EvaluationConfig(_Strict):
         """What summaries and charts show: the primary metric, then the cards' headline numbers."""
         headline = self.metric_names()
         if self.evaluator == "information_retrieval":
-            headline = ("cosine_ndcg_at_10", "cosine_mrr_at_10", "cosine_map_at_100", "cosine_accuracy_at_1", "cosine_recall_at_10")
+            headline = (
+                "cosine_ndcg_at_10",
+                "cosine_mrr_at_10",
+                "cosine_map_at_100",
+                "cosine_accuracy_at_1",
+                "cosine_recall_at_10",
+            )
         return [self.primary_metric, *(name for name in headline if name != self.primary_metric)]
 
     @model_validator(mode="after")
@@ -265,31 +283,39 @@ class PromotionPolicy(_Strict):
     """
 
     min_delta: float = Field(
-        0.0, ge=0,
+        0.0,
+        ge=0,
         description="How much the candidate's primary metric must exceed the reference's, in "
         "metric units. 0 still requires a strict improvement.",
     )
     min_relative_delta: float = Field(
-        0.0, ge=0,
+        0.0,
+        ge=0,
         description="The same as a share of the reference's score (0.02: at least 2% better). "
         "Both this and min_delta must hold.",
     )
     significance_level: float | None = Field(
-        0.05, gt=0, lt=1,
+        0.05,
+        gt=0,
+        lt=1,
         description="The one-sided p-value of the paired permutation test (candidate better than "
         "the reference) must be below this. null: not required.",
     )
     secondary_tolerance: float = Field(
-        0.01, ge=0,
+        0.01,
+        ge=0,
         description="No other headline metric may be lower than the reference's by more than this.",
     )
     slice_tolerance: float = Field(
-        0.02, ge=0,
+        0.02,
+        ge=0,
         description="No slice (data.columns.slice, e.g. language) may have a primary metric lower "
         "than the reference's by more than this.",
     )
     min_slice_queries: int = Field(
-        10, ge=1, description="Slices with fewer test queries are reported but not held to slice_tolerance.",
+        10,
+        ge=1,
+        description="Slices with fewer test queries are reported but not held to slice_tolerance.",
     )
     resamples: int = Field(10000, ge=100, description="Permutations and bootstrap resamples.")
     seed: int = 0
@@ -340,9 +366,7 @@ class Recipe(_Strict):
                     raise RecipeError(f"Override {dotted!r}: {key!r} is not a section of a recipe.")
                 node = node[key]
             if leaf not in node:
-                raise RecipeError(
-                    f"Override {dotted!r}: no field {leaf!r} there; known: {sorted(node)}."
-                )
+                raise RecipeError(f"Override {dotted!r}: no field {leaf!r} there; known: {sorted(node)}.")
             node[leaf] = value
         return parse_recipe(data, source="overrides")
 
@@ -392,7 +416,9 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
             )
         path = known[str(name_or_path)]
     if path.suffix not in RECIPE_SUFFIXES:
-        raise RecipeError(f"Recipe {path}: unknown file type {path.suffix!r}; write it as YAML (.yaml) or TOML (.toml).")
+        raise RecipeError(
+            f"Recipe {path}: unknown file type {path.suffix!r}; write it as YAML (.yaml) or TOML (.toml)."
+        )
     data = _read_recipe_file(path)
     if not isinstance(data, dict):
         raise RecipeError(f"Recipe {path} must be a mapping of fields, got {type(data).__name__}.")

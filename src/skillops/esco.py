@@ -45,17 +45,29 @@ def read_csv(path: Path) -> pd.DataFrame:
     """Every cell as text, empty cells as "" (never NaN), with errors that name the file."""
     if not path.is_file():
         raise data_error(
-            path, "file exists", "an ESCO folder needs occupations_<lang>.csv, skills_<lang>.csv and "
-            "occupationSkillRelations_<lang>.csv (the official ESCO CSV download layout)", detail="file not found",
+            path,
+            "file exists",
+            "an ESCO folder needs occupations_<lang>.csv, skills_<lang>.csv and "
+            "occupationSkillRelations_<lang>.csv (the official ESCO CSV download layout)",
+            detail="file not found",
         )
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise data_error(path, "file is UTF-8 text", "re-export it as UTF-8", detail=f"{error.reason} at byte {error.start}") from None
+        raise data_error(
+            path, "file is UTF-8 text", "re-export it as UTF-8", detail=f"{error.reason} at byte {error.start}"
+        ) from None
     except pd.errors.EmptyDataError:
-        raise data_error(path, "file has a header row", "the file is empty: it needs a header row and data rows") from None
+        raise data_error(
+            path, "file has a header row", "the file is empty: it needs a header row and data rows"
+        ) from None
     except pd.errors.ParserError as error:
-        raise data_error(path, "file is comma-separated CSV", "check the quoting and the number of fields per line", detail=str(error)) from None
+        raise data_error(
+            path,
+            "file is comma-separated CSV",
+            "check the quoting and the number of fields per line",
+            detail=str(error),
+        ) from None
 
 
 def load_esco(directory: Path, language: str = "en") -> dict[str, pd.DataFrame]:
@@ -74,7 +86,9 @@ def occupation_anchor(preferred: str, alt_labels: str, max_alt_labels: int | Non
     return " ".join([preferred.strip(), *alternatives])
 
 
-def occupation_skills(tables: dict[str, pd.DataFrame], config: DataConfig) -> tuple[dict[str, str], dict[str, list[str]], list[str]]:
+def occupation_skills(
+    tables: dict[str, pd.DataFrame], config: DataConfig
+) -> tuple[dict[str, str], dict[str, list[str]], list[str]]:
     """Occupation anchors and their skill labels, keyed by occupation URI, and every skill label.
 
     Only occupations that link to at least one skill are kept: one with none has nothing to train

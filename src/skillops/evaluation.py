@@ -72,8 +72,16 @@ def _reranking_scores(model, samples: list[dict], config: EvaluationConfig, prom
     from sklearn.metrics import average_precision_score, ndcg_score
 
     at_k = config.at_k
-    queries = _encode(model, [sample["query"] for sample in samples], prompts.query, as_query=True, batch_size=config.batch_size)
-    documents = _encode(model, [text for s in samples for text in (*s["positive"], *s["negative"])], prompts.document, as_query=False, batch_size=config.batch_size)
+    queries = _encode(
+        model, [sample["query"] for sample in samples], prompts.query, as_query=True, batch_size=config.batch_size
+    )
+    documents = _encode(
+        model,
+        [text for s in samples for text in (*s["positive"], *s["negative"])],
+        prompts.document,
+        as_query=False,
+        batch_size=config.batch_size,
+    )
     values: dict[str, list[float]] = {"map": [], f"mrr_at_{at_k}": [], f"ndcg_at_{at_k}": []}
     start = 0
     for index, sample in enumerate(samples):
@@ -93,11 +101,17 @@ def _retrieval_scores(model, data: dict, config: EvaluationConfig, prompts: Prom
     from sentence_transformers.util import cos_sim
 
     query_ids, doc_ids = list(data["queries"]), list(data["corpus"])
-    queries = _encode(model, [data["queries"][q] for q in query_ids], prompts.query, as_query=True, batch_size=config.batch_size)
-    corpus = _encode(model, [data["corpus"][d] for d in doc_ids], prompts.document, as_query=False, batch_size=config.batch_size)
+    queries = _encode(
+        model, [data["queries"][q] for q in query_ids], prompts.query, as_query=True, batch_size=config.batch_size
+    )
+    corpus = _encode(
+        model, [data["corpus"][d] for d in doc_ids], prompts.document, as_query=False, batch_size=config.batch_size
+    )
     similarity = cos_sim(queries, corpus).cpu().numpy()
     deepest = max(max(cutoffs) for cutoffs in IR_CUTOFFS.values())
-    values: dict[str, list[float]] = {f"cosine_{kind}_at_{k}": [] for kind, cutoffs in IR_CUTOFFS.items() for k in cutoffs}
+    values: dict[str, list[float]] = {
+        f"cosine_{kind}_at_{k}": [] for kind, cutoffs in IR_CUTOFFS.items() for k in cutoffs
+    }
     for row, query_id in enumerate(query_ids):
         relevant = set(data["relevant_docs"][query_id])
         # Ties broken by document id, as sentence-transformers' evaluator does.
@@ -136,13 +150,17 @@ def score_queries(model, eval_set_path: Path, config: EvaluationConfig, prompts:
 def _score_loaded(model, data: Any, config: EvaluationConfig, prompts: Prompts) -> QueryScores:
     if config.evaluator == "reranking":
         return QueryScores(
-            evaluator=config.evaluator, ids=[s["query"] for s in data], slices=[s.get("slice", "") for s in data],
+            evaluator=config.evaluator,
+            ids=[s["query"] for s in data],
+            slices=[s.get("slice", "") for s in data],
             per_query=_reranking_scores(model, data, config, prompts),
         )
     if config.evaluator == "information_retrieval":
         slices = data.get("query_slices", {})
         return QueryScores(
-            evaluator=config.evaluator, ids=list(data["queries"]), slices=[slices.get(q, "") for q in data["queries"]],
+            evaluator=config.evaluator,
+            ids=list(data["queries"]),
+            slices=[slices.get(q, "") for q in data["queries"]],
             per_query=_retrieval_scores(model, data, config, prompts),
         )
     import torch
@@ -151,8 +169,11 @@ def _score_loaded(model, data: Any, config: EvaluationConfig, prompts: Prompts) 
     second = _encode(model, data["sentence2"], prompts.document, as_query=False, batch_size=config.batch_size)
     cosines = torch.nn.functional.cosine_similarity(first, second).cpu().tolist()
     return QueryScores(
-        evaluator=config.evaluator, ids=[str(i) for i in range(len(cosines))],
-        slices=data.get("slice", [""] * len(cosines)), per_query={"cosine": cosines}, gold=[float(s) for s in data["score"]],
+        evaluator=config.evaluator,
+        ids=[str(i) for i in range(len(cosines))],
+        slices=data.get("slice", [""] * len(cosines)),
+        per_query={"cosine": cosines},
+        gold=[float(s) for s in data["score"]],
     )
 
 
@@ -174,7 +195,9 @@ def scorer(eval_set_path: Path, config: EvaluationConfig, prompts: Prompts):
             super().__init__()
             self.primary_metric = config.primary_metric
 
-        def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:
+        def __call__(
+            self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1
+        ) -> dict[str, float]:
             return _score_loaded(model, data, config, prompts).aggregate(config.metric_names())
 
     return Scorer()

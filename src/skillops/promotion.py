@@ -69,7 +69,9 @@ def _correlation_difference(metric: str, x: np.ndarray, y: np.ndarray, gold: np.
     return _pearson(gold, x) - _pearson(gold, y)
 
 
-def paired_test(candidate: QueryScores, reference: QueryScores, metric: str, policy: PromotionPolicy) -> tuple[float, tuple[float, float]]:
+def paired_test(
+    candidate: QueryScores, reference: QueryScores, metric: str, policy: PromotionPolicy
+) -> tuple[float, tuple[float, float]]:
     """(one-sided p-value that the candidate is better, bootstrap interval of the difference).
 
     The permutation test swaps candidate and reference scores within each query (exact when
@@ -92,18 +94,30 @@ def paired_test(candidate: QueryScores, reference: QueryScores, metric: str, pol
 
         samples = (x, y, gold)
     else:
+
         def permuted(a, b, axis=-1):
             return np.mean(a, axis=axis) - np.mean(b, axis=axis)
 
         resampled, samples = permuted, (x, y)
     rng = np.random.default_rng(policy.seed)
     p_value = permutation_test(
-        (x, y), permuted, permutation_type="samples", alternative="greater",
-        n_resamples=policy.resamples, vectorized=True, rng=rng,
+        (x, y),
+        permuted,
+        permutation_type="samples",
+        alternative="greater",
+        n_resamples=policy.resamples,
+        vectorized=True,
+        rng=rng,
     ).pvalue
     interval = bootstrap(
-        samples, resampled, paired=True, vectorized=True, n_resamples=policy.resamples,
-        confidence_level=CONFIDENCE, method="percentile", rng=rng,
+        samples,
+        resampled,
+        paired=True,
+        vectorized=True,
+        n_resamples=policy.resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=rng,
     ).confidence_interval
     return float(p_value), (float(interval.low), float(interval.high))
 
@@ -142,51 +156,89 @@ def decide(
     versus = f"the {reference_name}'s {bar:.4f}"
 
     verdict = "beats" if delta > 0 else "is equal to" if delta == 0 else "is worse than"
-    checks = [Check(name="improvement", passed=delta > 0, detail=f"{metric} {score:.4f} {verdict} {versus}" + (f" by {delta:.4f}" if delta > 0 else ""))]
+    checks = [
+        Check(
+            name="improvement",
+            passed=delta > 0,
+            detail=f"{metric} {score:.4f} {verdict} {versus}" + (f" by {delta:.4f}" if delta > 0 else ""),
+        )
+    ]
     needed = max(policy.min_delta, policy.min_relative_delta * abs(bar))
     if needed > 0:
-        checks.append(Check(
-            name="min_delta", passed=delta >= needed,
-            detail=f"{metric} {score:.4f} vs {versus}: {delta:+.4f}, "
-            f"{'at least' if delta >= needed else 'less than'} the +{needed:.4f} required "
-            f"(min_delta {policy.min_delta}, min_relative_delta {policy.min_relative_delta})",
-        ))
+        checks.append(
+            Check(
+                name="min_delta",
+                passed=delta >= needed,
+                detail=f"{metric} {score:.4f} vs {versus}: {delta:+.4f}, "
+                f"{'at least' if delta >= needed else 'less than'} the +{needed:.4f} required "
+                f"(min_delta {policy.min_delta}, min_relative_delta {policy.min_relative_delta})",
+            )
+        )
     significant = policy.significance_level is None or p_value < policy.significance_level
     level = "not required" if policy.significance_level is None else f"level {policy.significance_level}"
     queries = len(candidate.ids)
     # With n queries a sign-flip test cannot go below 1/2^n: say so rather than refuse silently.
     hopeless = policy.significance_level is not None and 0.5**queries >= policy.significance_level
-    checks.append(Check(
-        name="significance", passed=significant,
-        detail=f"paired permutation test over {queries} queries: p = {p_value:.4f} ({level}); "
-        f"{CONFIDENCE:.0%} interval of the difference [{interval[0]:.4f}, {interval[1]:.4f}]"
-        + (f"; {queries} queries can never reach p < {policy.significance_level}: enlarge data.split.test" if hopeless else ""),
-    ))
+    checks.append(
+        Check(
+            name="significance",
+            passed=significant,
+            detail=f"paired permutation test over {queries} queries: p = {p_value:.4f} ({level}); "
+            f"{CONFIDENCE:.0%} interval of the difference [{interval[0]:.4f}, {interval[1]:.4f}]"
+            + (
+                f"; {queries} queries can never reach p < {policy.significance_level}: enlarge data.split.test"
+                if hopeless
+                else ""
+            ),
+        )
+    )
     for name, comparison in metrics.items():
         if name != metric:
-            checks.append(Check(
-                name=f"metric {name}", passed=comparison.delta >= -policy.secondary_tolerance,
-                detail=f"{name} {comparison.candidate:.4f} vs {comparison.reference:.4f} ({comparison.delta:+.4f}; "
-                f"tolerance {policy.secondary_tolerance})",
-            ))
+            checks.append(
+                Check(
+                    name=f"metric {name}",
+                    passed=comparison.delta >= -policy.secondary_tolerance,
+                    detail=f"{name} {comparison.candidate:.4f} vs {comparison.reference:.4f} ({comparison.delta:+.4f}; "
+                    f"tolerance {policy.secondary_tolerance})",
+                )
+            )
     slices = _slices(candidate, reference, metric)
     for label, comparison in slices.items():
         held = comparison.queries >= policy.min_slice_queries
-        checks.append(Check(
-            name=f"slice {label}", passed=not held or comparison.delta >= -policy.slice_tolerance,
-            detail=f"slice {label!r} ({comparison.queries} queries): {metric} {comparison.candidate:.4f} vs "
-            f"{comparison.reference:.4f} ({comparison.delta:+.4f}; "
-            + (f"tolerance {policy.slice_tolerance})" if held else f"fewer than {policy.min_slice_queries} queries, not held to the tolerance)"),
-        ))
+        checks.append(
+            Check(
+                name=f"slice {label}",
+                passed=not held or comparison.delta >= -policy.slice_tolerance,
+                detail=f"slice {label!r} ({comparison.queries} queries): {metric} {comparison.candidate:.4f} vs "
+                f"{comparison.reference:.4f} ({comparison.delta:+.4f}; "
+                + (
+                    f"tolerance {policy.slice_tolerance})"
+                    if held
+                    else f"fewer than {policy.min_slice_queries} queries, not held to the tolerance)"
+                ),
+            )
+        )
     failed = [check for check in checks if not check.passed]
     if failed:
-        reason = failed[0].detail if failed[0].name != "significance" else (
-            f"{metric} {score:.4f} beats {versus} by {delta:.4f}, but not significantly: {failed[0].detail}"
+        reason = (
+            failed[0].detail
+            if failed[0].name != "significance"
+            else (f"{metric} {score:.4f} beats {versus} by {delta:.4f}, but not significantly: {failed[0].detail}")
         )
     else:
         reason = f"{metric} {score:.4f} beats {versus} by {delta:.4f} (p = {p_value:.4f}; {level})"
     return Decision(
-        promote=not failed, reason=reason, metric=metric, candidate=score, reference=bar,
-        reference_name=reference_name, reference_version=reference_version, delta=delta,
-        p_value=p_value, interval=interval, checks=checks, metrics=metrics, slices=slices,
+        promote=not failed,
+        reason=reason,
+        metric=metric,
+        candidate=score,
+        reference=bar,
+        reference_name=reference_name,
+        reference_version=reference_version,
+        delta=delta,
+        p_value=p_value,
+        interval=interval,
+        checks=checks,
+        metrics=metrics,
+        slices=slices,
     )

@@ -29,16 +29,17 @@ MAX_RECHECKS = 5  # judgements of one candidate while the champion keeps moving,
 SERVING_REQUIREMENTS = ["sentence-transformers>=6.2,<7", "torch", "transformers>=5,<6"]
 
 
-def register(
-    model_dir: Path, run_id: str, name: str, tags: dict[str, Any], description: str = ""
-) -> str:
+def register(model_dir: Path, run_id: str, name: str, tags: dict[str, Any], description: str = "") -> str:
     """Log the model to `run_id` and register it; returns the new version number."""
     from skillops.modeling import load_model
 
     model = load_model(str(model_dir))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.sentence_transformers.log_model(
-            model, name="model", registered_model_name=name, pip_requirements=SERVING_REQUIREMENTS,
+            model,
+            name="model",
+            registered_model_name=name,
+            pip_requirements=SERVING_REQUIREMENTS,
             signature=serving_signature(),
         )
     mlflow_client = client()
@@ -134,8 +135,11 @@ def promote_if_better(name: str, version: str, judge: Callable[[str | None], Dec
 
 def _numbers(decision: Decision) -> dict[str, Any]:
     return {
-        "metric": decision.metric, "candidate": round(decision.candidate, 6), "reference": round(decision.reference, 6),
-        "reference_name": decision.reference_name, "delta": round(decision.delta, 6),
+        "metric": decision.metric,
+        "candidate": round(decision.candidate, 6),
+        "reference": round(decision.reference, 6),
+        "reference_name": decision.reference_name,
+        "delta": round(decision.delta, 6),
         "p_value": None if decision.p_value is None else round(decision.p_value, 6),
     }
 
@@ -143,8 +147,14 @@ def _numbers(decision: Decision) -> dict[str, Any]:
 def _record_move(name: str, old: str | None, new: str, kind: str, why: str, decision: Decision | None = None) -> dict:
     """One alias move, on both versions it concerns: from, to, when, why and the decision's numbers."""
     now = datetime.now(UTC)
-    move = {"from": old, "to": new, "when": now.isoformat(timespec="seconds"), "kind": kind, "why": why,
-            **({"numbers": _numbers(decision)} if decision else {})}
+    move = {
+        "from": old,
+        "to": new,
+        "when": now.isoformat(timespec="seconds"),
+        "kind": kind,
+        "why": why,
+        **({"numbers": _numbers(decision)} if decision else {}),
+    }
     value = json.dumps(move)
     key = MOVE_TAG_PREFIX + now.strftime("%Y%m%dT%H%M%S%fZ")  # sorts by time; no ':' (not allowed in keys)
     for touched in {new, old} - {None}:
@@ -181,7 +191,11 @@ def rollback(name: str, reason: str) -> tuple[str, str]:
             )
         mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
         move = _record_move(name, current, previous, "rollback", reason)
-        mlflow_client.set_model_version_tag(name, previous, "skillops.rollback", f"{move['when']}: champion moved back from version {current}: {reason}")
-        mlflow_client.set_model_version_tag(name, current, "skillops.rolled_back", f"{move['when']}: replaced by version {previous}: {reason}")
+        mlflow_client.set_model_version_tag(
+            name, previous, "skillops.rollback", f"{move['when']}: champion moved back from version {current}: {reason}"
+        )
+        mlflow_client.set_model_version_tag(
+            name, current, "skillops.rolled_back", f"{move['when']}: replaced by version {previous}: {reason}"
+        )
     logger.info("Champion of %s moved back from version %s to %s", name, current, previous)
     return current, previous

@@ -103,7 +103,9 @@ def summary(
 ) -> str:
     """The evaluation report: decision, scores and every check of the policy. Markdown that reads
     well in a terminal, as a Prefect artifact and as an MLflow artifact."""
-    against = decision.reference_name + (f" (version {decision.reference_version})" if decision.reference_version else "")
+    against = decision.reference_name + (
+        f" (version {decision.reference_version})" if decision.reference_version else ""
+    )
     lines = [
         f"## {model_name} version {version}: {'PROMOTED to champion' if decision.promote else 'not promoted'}",
         "",
@@ -121,18 +123,34 @@ def summary(
     return "\n".join(lines) + "\n"
 
 
-def model_card(recipe, version: str, counts: dict[str, int], eval_fingerprint: str,
-               scores: dict[str, dict[str, float]], decision: Decision, params: dict[str, str]) -> str:
+def model_card(
+    recipe,
+    version: str,
+    counts: dict[str, int],
+    eval_fingerprint: str,
+    scores: dict[str, dict[str, float]],
+    decision: Decision,
+    params: dict[str, str],
+) -> str:
     """What a user of the registered model needs: what it is, how to call it, what it was trained
     and tested on, how it scored, and the licence of the data."""
     prompts = recipe.prompts
-    usage = 'model.encode(texts, prompt_name="query")  # and prompt_name="document" for skill texts' if prompts else "model.encode(texts)"
-    data_source = "ESCO (European Skills, Competences, Qualifications and Occupations), CC BY 4.0, (c) European Union" if recipe.data.format == "esco" else recipe.data.path
+    usage = (
+        'model.encode(texts, prompt_name="query")  # and prompt_name="document" for skill texts'
+        if prompts
+        else "model.encode(texts)"
+    )
+    data_source = (
+        "ESCO (European Skills, Competences, Qualifications and Occupations), CC BY 4.0, (c) European Union"
+        if recipe.data.format == "esco"
+        else recipe.data.path
+    )
     trained = {k.removeprefix("best."): v for k, v in params.items() if k.startswith("best.")}
     lines = [
         f"# {recipe.registered_model_name} version {version}",
         "",
-        recipe.description or f"A sentence-embedding model for skills and occupations, trained by the skillops recipe `{recipe.name}`.",
+        recipe.description
+        or f"A sentence-embedding model for skills and occupations, trained by the skillops recipe `{recipe.name}`.",
         "",
         "## Use",
         "",
@@ -143,14 +161,19 @@ def model_card(recipe, version: str, counts: dict[str, int], eval_fingerprint: s
         "```",
         "",
         f"Serving: `mlflow models serve -m models:/{recipe.registered_model_name}@champion --env-manager local -h 127.0.0.1 -p 5001`, "
-        + ('then POST `{"inputs": [...], "params": {"prompt_name": "query"}}` to `/invocations` '
-           f"(prompts: query {prompts.query!r}, document {prompts.document!r})." if prompts
-           else 'then POST `{"inputs": [...]}` to `/invocations`.'),
+        + (
+            'then POST `{"inputs": [...], "params": {"prompt_name": "query"}}` to `/invocations` '
+            f"(prompts: query {prompts.query!r}, document {prompts.document!r})."
+            if prompts
+            else 'then POST `{"inputs": [...]}` to `/invocations`.'
+        ),
         "",
         "## Training",
         "",
         f"- Base model: `{recipe.base_model}`",
-        f"- Data: {data_source} ({recipe.data.training_shape}; " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")",
+        f"- Data: {data_source} ({recipe.data.training_shape}; "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + ")",
         f"- Loss: {recipe.loss.name}; max_seq_length {recipe.training.max_seq_length}",
         f"- Tuned parameters: {', '.join(f'{k} = {v}' for k, v in trained.items()) or 'none (no search)'}",
         "",

@@ -72,8 +72,12 @@ class Fingerprints(BaseModel):
         return hashlib.sha256(f"{self.data}|{self.recipe}|{self.code}".encode()).hexdigest()[:16]
 
     def tags(self) -> dict[str, str]:
-        return {"skillops.data_fingerprint": str(self.data), "skillops.recipe_hash": self.recipe, "skillops.code_version": self.code,
-                "skillops.git_commit": self.code.split("+")[0]}
+        return {
+            "skillops.data_fingerprint": str(self.data),
+            "skillops.recipe_hash": self.recipe,
+            "skillops.code_version": self.code,
+            "skillops.git_commit": self.code.split("+")[0],
+        }
 
 
 def fingerprint(recipe: Recipe) -> Fingerprints:
@@ -102,8 +106,10 @@ def unchanged_since(recipe: Recipe, fingerprints: Fingerprints) -> str | None:
     if experiment is None:
         return None
     last = tracking.client().search_runs(
-        [experiment.experiment_id], "attributes.status = 'FINISHED' and tags.`skillops.kind` = 'pipeline'",
-        order_by=["attributes.start_time DESC"], max_results=1,
+        [experiment.experiment_id],
+        "attributes.status = 'FINISHED' and tags.`skillops.kind` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     if last and all(last[0].data.tags.get(key) == value for key, value in fingerprints.tags().items()):
         return last[0].info.run_id
@@ -112,10 +118,19 @@ def unchanged_since(recipe: Recipe, fingerprints: Fingerprints) -> str | None:
 
 def record_skip(recipe: Recipe, fingerprints: Fingerprints, previous_run_id: str) -> str:
     """A short FINISHED run that says why nothing was trained, next to the runs that were."""
-    reason = f"data, recipe and code are those of run {previous_run_id}: nothing to retrain (force=True retrains anyway)"
+    reason = (
+        f"data, recipe and code are those of run {previous_run_id}: nothing to retrain (force=True retrains anyway)"
+    )
     run_id = tracking.start_run(
-        recipe.name, f"{recipe.name} (skipped)", {},
-        {**fingerprints.tags(), "skillops.kind": "skip", "skillops.skip_reason": reason, "skillops.same_as_run": previous_run_id},
+        recipe.name,
+        f"{recipe.name} (skipped)",
+        {},
+        {
+            **fingerprints.tags(),
+            "skillops.kind": "skip",
+            "skillops.skip_reason": reason,
+            "skillops.same_as_run": previous_run_id,
+        },
     )
     tracking.end_run(run_id)
     return run_id
@@ -137,7 +152,12 @@ def start(recipe: Recipe, fingerprints: Fingerprints) -> str:
         **{f"promotion.{k}": v for k, v in recipe.promotion.model_dump().items()},
         "search.n_trials": recipe.search.n_trials,
     }
-    tags = {**fingerprints.tags(), "skillops.kind": "pipeline", "skillops.python": platform.python_version(), **versions}
+    tags = {
+        **fingerprints.tags(),
+        "skillops.kind": "pipeline",
+        "skillops.python": platform.python_version(),
+        **versions,
+    }
     run_id = tracking.start_run(recipe.name, recipe.name, params, tags)
     recipe_file = output_dir(run_id) / "recipe.json"
     recipe_file.parent.mkdir(parents=True, exist_ok=True)
@@ -201,11 +221,14 @@ def prepare(recipe: Recipe, fingerprints: Fingerprints, run_id: str) -> Prepared
         data_fingerprint=fingerprint,
         # What the test scores depend on: the frozen set, the prompts and how it is scored.
         eval_fingerprint=tasks.fingerprint_files(
-            [paths.eval_set("test")], extra=recipe.prompts.model_dump_json() + recipe.evaluation.model_dump_json(exclude={"batch_size"})
+            [paths.eval_set("test")],
+            extra=recipe.prompts.model_dump_json() + recipe.evaluation.model_dump_json(exclude={"batch_size"}),
         ),
         counts=task.counts,
     )
-    tracking.log_params(run_id, {"data_fingerprint": prepared.data_fingerprint, "eval_fingerprint": prepared.eval_fingerprint})
+    tracking.log_params(
+        run_id, {"data_fingerprint": prepared.data_fingerprint, "eval_fingerprint": prepared.eval_fingerprint}
+    )
     tracking.log_metrics(run_id, {f"data_{k}": v for k, v in prepared.counts.items()})
     tracking.log_artifact(run_id, paths.manifest, "data")
     return prepared
@@ -239,20 +262,32 @@ def train(recipe: Recipe, data: PreparedData, params: dict, fingerprints: Finger
     model, steps, round_scores = recipe.base_model, 0, []
     for number in range(1, config.rounds + 1):
         round_dir = attempt_dir(fingerprints) / "train" / (f"round-{number}" if config.rounds > 1 else "")
-        result = train_model(model, data.paths.train, config, recipe.loss, recipe.prompts, round_dir, evaluator=validation)
+        result = train_model(
+            model, data.paths.train, config, recipe.loss, recipe.prompts, round_dir, evaluator=validation
+        )
         if result.resumed_from_step is not None:
             tracking.log_metrics(run_id, {"resumed_from_step": result.resumed_from_step}, step=number)
-            tracking.set_tags(run_id, {"skillops.resumed": f"round {number} from step {result.resumed_from_step} of the interrupted attempt"})
+            tracking.set_tags(
+                run_id,
+                {"skillops.resumed": f"round {number} from step {result.resumed_from_step} of the interrupted attempt"},
+            )
         tracking.log_loss_history(run_id, result.log_history, step_offset=steps)
         chart = loss_curve_chart(result.log_history, round_dir / "loss_curve.png", recipe.loss.name)
         tracking.log_artifact(run_id, chart, "charts" if config.rounds == 1 else f"charts/round-{number}")
         steps += result.steps
         if config.rounds > 1:
-            scores = evaluate(load_model(str(result.model_dir)), data.paths.eval_set("validation"), recipe.evaluation, recipe.prompts)
+            scores = evaluate(
+                load_model(str(result.model_dir)), data.paths.eval_set("validation"), recipe.evaluation, recipe.prompts
+            )
             tracking.log_metrics(run_id, scores, prefix="round_validation_", step=number)
             round_scores.append(scores)
-            logger.info("Round %d/%d: validation %s %.4f", number, config.rounds,
-                        recipe.evaluation.primary_metric, scores[recipe.evaluation.primary_metric])
+            logger.info(
+                "Round %d/%d: validation %s %.4f",
+                number,
+                config.rounds,
+                recipe.evaluation.primary_metric,
+                scores[recipe.evaluation.primary_metric],
+            )
         model = str(result.model_dir)
     if round_scores:
         chart = rounds_chart(round_scores, recipe.evaluation.primary_metric, output_dir(run_id) / "rounds.png")
@@ -271,13 +306,18 @@ def champion_scores(recipe: Recipe, data: PreparedData, version: str) -> tuple[Q
     the cache when that version was already scored on this snapshot, else scored now."""
     cached = _cache_file(recipe.registered_model_name, version, data.eval_fingerprint)
     if cached.is_file():
-        return QueryScores.model_validate_json(cached.read_text("utf-8")), f"cached scores of version {version} on eval snapshot {data.eval_fingerprint}"
+        return QueryScores.model_validate_json(
+            cached.read_text("utf-8")
+        ), f"cached scores of version {version} on eval snapshot {data.eval_fingerprint}"
     tags = tracking.client().get_model_version(recipe.registered_model_name, version).tags
     scored_on = tags.get("skillops.eval_fingerprint", "unknown")
     model = registry.load(registry.model_uri(recipe.registered_model_name, version))
     values = score_queries(model, data.paths.eval_set("test"), recipe.evaluation, recipe.prompts)
     _save_scores(cached, values)
-    return values, f"version {version} re-scored on eval snapshot {data.eval_fingerprint} (it was registered with scores on {scored_on})"
+    return (
+        values,
+        f"version {version} re-scored on eval snapshot {data.eval_fingerprint} (it was registered with scores on {scored_on})",
+    )
 
 
 def _save_scores(path: Path, values: QueryScores) -> None:
@@ -290,11 +330,15 @@ def _save_scores(path: Path, values: QueryScores) -> None:
 def score(recipe: Recipe, data: PreparedData, candidate_dir: Path, run_id: str) -> Scores:
     """Base, candidate and current champion, per query, all on the same frozen test set."""
     test_set = data.paths.eval_set("test")
-    base = score_queries(load_model(recipe.base_model, recipe.training.max_seq_length), test_set, recipe.evaluation, recipe.prompts)
+    base = score_queries(
+        load_model(recipe.base_model, recipe.training.max_seq_length), test_set, recipe.evaluation, recipe.prompts
+    )
     candidate = score_queries(load_model(str(candidate_dir)), test_set, recipe.evaluation, recipe.prompts)
     champion_version = registry.champion_version(recipe.registered_model_name)
     champion, source = champion_scores(recipe, data, champion_version) if champion_version else (None, None)
-    scores = Scores(base=base, candidate=candidate, champion=champion, champion_version=champion_version, champion_source=source)
+    scores = Scores(
+        base=base, candidate=candidate, champion=champion, champion_version=champion_version, champion_source=source
+    )
     metrics = recipe.evaluation.metric_names()
     for name, values in (("base", base), ("test", candidate), ("champion", champion)):
         if values is not None:
@@ -334,14 +378,26 @@ def promote(recipe: Recipe, data: PreparedData, version: str, scores: Scores, ru
             reference, notes["champion_source"] = champion_scores(recipe, data, champion)
             name = "champion"
         return decide(
-            scores.candidate, reference, name, recipe.evaluation.primary_metric,
-            recipe.evaluation.headline_metrics(), recipe.promotion, champion,
+            scores.candidate,
+            reference,
+            name,
+            recipe.evaluation.primary_metric,
+            recipe.evaluation.headline_metrics(),
+            recipe.promotion,
+            champion,
         )
 
     decision = registry.promote_if_better(recipe.registered_model_name, version, judge)
-    tracking.set_tags(run_id, {"skillops.decision": "promoted" if decision.promote else "not promoted",
-                               "skillops.decision_reason": decision.reason, "skillops.model_version": version,
-                               "skillops.judged_against": decision.reference_version or "base model", **notes})
+    tracking.set_tags(
+        run_id,
+        {
+            "skillops.decision": "promoted" if decision.promote else "not promoted",
+            "skillops.decision_reason": decision.reason,
+            "skillops.model_version": version,
+            "skillops.judged_against": decision.reference_version or "base model",
+            **notes,
+        },
+    )
     if decision.p_value is not None:
         tracking.log_metrics(run_id, {"decision_p_value": decision.p_value, "decision_delta": decision.delta})
     return decision
@@ -356,14 +412,34 @@ def report(recipe: Recipe, data: PreparedData, version: str, scores: Scores, dec
     directory = output_dir(run_id)
     files = {
         "evaluation.md": text,
-        "evaluation.json": json.dumps({
-            "model": recipe.registered_model_name, "version": version, "run_id": run_id, "champion_now": champion,
-            "eval_fingerprint": data.eval_fingerprint, "data_fingerprint": data.data_fingerprint,
-            "champion_scores": scores.champion_source, "scores": table, "decision": decision.model_dump(),
-        }, indent=1),
-        "per_query.json": json.dumps({name: values.model_dump() for name, values in
-                                      (("base", scores.base), ("candidate", scores.candidate), ("champion", scores.champion)) if values}),
-        "model_card.md": model_card(recipe, version, data.counts, data.eval_fingerprint, table, decision, tracking.get_params(run_id)),
+        "evaluation.json": json.dumps(
+            {
+                "model": recipe.registered_model_name,
+                "version": version,
+                "run_id": run_id,
+                "champion_now": champion,
+                "eval_fingerprint": data.eval_fingerprint,
+                "data_fingerprint": data.data_fingerprint,
+                "champion_scores": scores.champion_source,
+                "scores": table,
+                "decision": decision.model_dump(),
+            },
+            indent=1,
+        ),
+        "per_query.json": json.dumps(
+            {
+                name: values.model_dump()
+                for name, values in (
+                    ("base", scores.base),
+                    ("candidate", scores.candidate),
+                    ("champion", scores.champion),
+                )
+                if values
+            }
+        ),
+        "model_card.md": model_card(
+            recipe, version, data.counts, data.eval_fingerprint, table, decision, tracking.get_params(run_id)
+        ),
     }
     for name, content in files.items():
         (directory / name).write_text(content, "utf-8")

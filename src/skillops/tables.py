@@ -36,12 +36,16 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise data_error(
-                path, "each line is one JSON object", f"repair line {number}: {line[:80]!r}",
+                path,
+                "each line is one JSON object",
+                f"repair line {number}: {line[:80]!r}",
                 detail=f"line {number} is not JSON: {error.msg}",
             ) from None
         if not isinstance(row, dict):
             raise data_error(
-                path, "each line is one JSON object", f"write line {number} as an object with named fields",
+                path,
+                "each line is one JSON object",
+                f"write line {number} as an object with named fields",
                 detail=f"line {number} is a JSON {type(row).__name__}",
             )
         rows.append(row)
@@ -61,13 +65,19 @@ def read_source(config: DataConfig) -> tuple[pd.DataFrame, str, int | None]:
         if path.is_file() and path.suffix == ".parquet":
             return pd.read_parquet(path), str(path), None
     except UnicodeDecodeError as error:
-        raise data_error(path, "file is UTF-8 text", "re-save it as UTF-8", detail=f"{error.reason} at byte {error.start}") from None
+        raise data_error(
+            path, "file is UTF-8 text", "re-save it as UTF-8", detail=f"{error.reason} at byte {error.start}"
+        ) from None
     except DataError:
         raise
     except (OSError, ValueError) as error:
-        raise data_error(path, f"file is readable {path.suffix[1:]}", "re-save the file", detail=str(error)[:200]) from None
+        raise data_error(
+            path, f"file is readable {path.suffix[1:]}", "re-save the file", detail=str(error)[:200]
+        ) from None
     if path.is_file():
-        raise data_error(path, "known file type", f"save it as one of {', '.join(TABLE_SUFFIXES)}", detail=f"{path.suffix!r}")
+        raise data_error(
+            path, "known file type", f"save it as one of {', '.join(TABLE_SUFFIXES)}", detail=f"{path.suffix!r}"
+        )
     if path.is_dir():
         from datasets import load_from_disk
 
@@ -75,7 +85,8 @@ def read_source(config: DataConfig) -> tuple[pd.DataFrame, str, int | None]:
             dataset = load_from_disk(str(path))
         except FileNotFoundError:
             raise data_error(
-                path, "folder is a saved `datasets` dataset",
+                path,
+                "folder is a saved `datasets` dataset",
                 f"give a file ({', '.join(TABLE_SUFFIXES)}) or a folder written by Dataset.save_to_disk",
             ) from None
         if hasattr(dataset, "keys"):  # a DatasetDict: take the split the recipe names
@@ -102,9 +113,11 @@ def _missing_column(source: str, frame: pd.DataFrame, name: str, column: str) ->
     if len(frame.columns) == 1 and any(sep in frame.columns[0] for sep in ";\t|"):
         hint = " The file seems to use another delimiter than a comma; save it as comma-separated CSV."
     return data_error(
-        source, f"column {column!r} is present",
+        source,
+        f"column {column!r} is present",
         f"rename the column in the file or set data.columns.{name} in the recipe.{hint}",
-        column=column, detail=f"the {name!r} column of this recipe; the file has {list(frame.columns)}",
+        column=column,
+        detail=f"the {name!r} column of this recipe; the file has {list(frame.columns)}",
     )
 
 
@@ -115,9 +128,12 @@ def _negative_columns(config: DataConfig, frame: pd.DataFrame, source: str) -> p
         names = [c for c in frame.columns if str(c).startswith("negative")]
         if not names:
             raise data_error(
-                source, "triplets have negative columns",
+                source,
+                "triplets have negative columns",
                 "set data.columns.negatives to the negative column(s), or use data.shape: pairs with "
-                "data.mine_negatives to mine them", column="negative*", detail=f"the file has {list(frame.columns)}",
+                "data.mine_negatives to mine them",
+                column="negative*",
+                detail=f"the file has {list(frame.columns)}",
             )
     else:
         names = [mapped] if isinstance(mapped, str) else mapped
@@ -129,8 +145,11 @@ def _negative_columns(config: DataConfig, frame: pd.DataFrame, source: str) -> p
         width = lists.map(len)
         if width.nunique() != 1:
             raise data_error(
-                source, "every row has the same number of negatives", "pad or trim the lists",
-                column=names[0], detail=f"lists of {sorted(width.unique())[:5]} negatives",
+                source,
+                "every row has the same number of negatives",
+                "pad or trim the lists",
+                column=names[0],
+                detail=f"lists of {sorted(width.unique())[:5]} negatives",
             )
         return pd.DataFrame(lists.tolist(), columns=[f"negative_{i + 1}" for i in range(width.iloc[0])])
     return frame[names].set_axis([f"negative_{i + 1}" for i in range(len(names))], axis=1)

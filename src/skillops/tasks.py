@@ -76,7 +76,9 @@ def split_groups(keys: list[str], validation: float, test: float, seed: int) -> 
     }
 
 
-def reranking_set(queries: dict[str, list[str]], pool: list[str], negatives: int, rng, slices: dict[str, str]) -> list[dict]:
+def reranking_set(
+    queries: dict[str, list[str]], pool: list[str], negatives: int, rng, slices: dict[str, str]
+) -> list[dict]:
     """RerankingEvaluator samples: each query's positives among `negatives` texts drawn from the pool."""
     samples = []
     for query, positives in queries.items():
@@ -95,7 +97,9 @@ def retrieval_set(queries: dict[str, list[str]], pool: list[str], slices: dict[s
     eval_set = {
         "queries": {query_id: query for query, query_id in query_ids.items()},
         "corpus": {doc_id: text for text, doc_id in doc_ids.items()},
-        "relevant_docs": {query_ids[query]: sorted(doc_ids[text] for text in positives) for query, positives in queries.items()},
+        "relevant_docs": {
+            query_ids[query]: sorted(doc_ids[text] for text in positives) for query, positives in queries.items()
+        },
     }
     if slices:
         eval_set["query_slices"] = {query_ids[query]: slices[query] for query in queries}
@@ -107,7 +111,10 @@ def _ranking_eval_sets(
 ) -> dict[str, Any]:
     rng = np.random.default_rng(recipe.data.split.seed)
     if recipe.evaluation.evaluator == "reranking":
-        return {part: reranking_set(queries_by_part[part], pool, recipe.data.eval_negatives, rng, slices) for part in EVAL_PARTS}
+        return {
+            part: reranking_set(queries_by_part[part], pool, recipe.data.eval_negatives, rng, slices)
+            for part in EVAL_PARTS
+        }
     return {part: retrieval_set(queries_by_part[part], pool, slices) for part in EVAL_PARTS}
 
 

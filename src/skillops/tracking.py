@@ -75,9 +75,7 @@ def experiment_id(name: str) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -102,7 +100,12 @@ def start_run(
 ) -> str:
     mlflow_client = client()
     # Who runs it: lets the next start tell a crashed run (process gone) from a live one.
-    all_tags = {"mlflow.runName": run_name, "skillops.host": socket.gethostname(), "skillops.pid": str(os.getpid()), **(tags or {})}
+    all_tags = {
+        "mlflow.runName": run_name,
+        "skillops.host": socket.gethostname(),
+        "skillops.pid": str(os.getpid()),
+        **(tags or {}),
+    }
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = mlflow_client.create_run(experiment_id(experiment), tags=all_tags)
@@ -111,17 +114,14 @@ def start_run(
 
 
 def log_params(run_id: str, params: dict[str, Any]) -> None:
-    client().log_batch(
-        run_id, params=[mlflow.entities.Param(key, str(value)) for key, value in params.items()]
-    )
+    client().log_batch(run_id, params=[mlflow.entities.Param(key, str(value)) for key, value in params.items()])
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:
     client().log_batch(
         run_id,
         metrics=[
-            mlflow.entities.Metric(metric_name(prefix + key), float(value), 0, step)
-            for key, value in metrics.items()
+            mlflow.entities.Metric(metric_name(prefix + key), float(value), 0, step) for key, value in metrics.items()
         ],
     )
 
@@ -135,8 +135,14 @@ def log_loss_history(run_id: str, log_history: Path, step_offset: int = 0) -> No
         if "loss" in entry:
             metrics.append(mlflow.entities.Metric("train_loss", entry["loss"], 0, step))
         for key, value in entry.items():
-            if key.startswith("eval_") and isinstance(value, int | float) and key not in ("eval_runtime", "eval_steps_per_second", "eval_samples_per_second"):
-                metrics.append(mlflow.entities.Metric(metric_name("validation_" + key.removeprefix("eval_")), value, 0, step))
+            if (
+                key.startswith("eval_")
+                and isinstance(value, int | float)
+                and key not in ("eval_runtime", "eval_steps_per_second", "eval_samples_per_second")
+            ):
+                metrics.append(
+                    mlflow.entities.Metric(metric_name("validation_" + key.removeprefix("eval_")), value, 0, step)
+                )
     client().log_batch(run_id, metrics=metrics)
 
 
@@ -186,7 +192,10 @@ def fail_stale_runs(experiment: str) -> list[str]:
             continue  # another machine's run: only that machine can tell
         pid = int(tags["skillops.pid"])
         if pid != os.getpid() and not _process_alive(pid):
-            end_run(run.info.run_id, failure=f"process {pid} on {host} ended without closing the run (killed or crashed); marked FAILED at the next start")
+            end_run(
+                run.info.run_id,
+                failure=f"process {pid} on {host} ended without closing the run (killed or crashed); marked FAILED at the next start",
+            )
             stale.append(run.info.run_id)
     return stale
 

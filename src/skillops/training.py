@@ -41,7 +41,9 @@ def build_loss(model, config: LossConfig):
     if config.name == "mnrl":
         return losses.MultipleNegativesRankingLoss(model, scale=config.scale)
     if config.name == "cached_mnrl":
-        return losses.CachedMultipleNegativesRankingLoss(model, scale=config.scale, mini_batch_size=config.mini_batch_size)
+        return losses.CachedMultipleNegativesRankingLoss(
+            model, scale=config.scale, mini_batch_size=config.mini_batch_size
+        )
     return losses.CosineSimilarityLoss(model)
 
 

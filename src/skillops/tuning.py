@@ -51,9 +51,7 @@ def _pruning_callback(trial, evaluator, metric: str, run_id: str):
     return PruneOnValidation()
 
 
-def tune(
-    recipe: Recipe, data: PreparedPaths, experiment: str, parent_run_id: str, output_dir: Path
-) -> dict[str, Any]:
+def tune(recipe: Recipe, data: PreparedPaths, experiment: str, parent_run_id: str, output_dir: Path) -> dict[str, Any]:
     """Run the search; returns the best trial's parameters ({} when the search is switched off)."""
     search = recipe.search
     if search.n_trials == 0:
@@ -82,8 +80,14 @@ def tune(
         trial_dir = output_dir / f"trial-{trial.number}"
         try:
             result = train_model(
-                recipe.base_model, data.train, config, recipe.loss, recipe.prompts, trial_dir,
-                evaluator=evaluator, callbacks=[callback],
+                recipe.base_model,
+                data.train,
+                config,
+                recipe.loss,
+                recipe.prompts,
+                trial_dir,
+                evaluator=evaluator,
+                callbacks=[callback],
             )
             log_loss_history(run_id, result.log_history)
         except optuna.TrialPruned as pruned:

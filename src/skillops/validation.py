@@ -55,7 +55,8 @@ class ValidationReport(BaseModel):
     def html(self) -> str:
         """A page to open in a browser (and in MLflow's artifact viewer): the same content as `markdown`."""
         rows = "".join(
-            f"<tr><td>{escape(file)}</td><td>{count}</td><td>{self._verdict(file)}</td></tr>" for file, count in self.checked.items()
+            f"<tr><td>{escape(file)}</td><td>{count}</td><td>{self._verdict(file)}</td></tr>"
+            for file, count in self.checked.items()
         )
         failures = "".join(
             f"<tr><td>{escape(f.file)}</td><td>{escape(f.column)}</td><td>{escape(f.rule)}</td>"
@@ -72,8 +73,12 @@ class ValidationReport(BaseModel):
             ".bad{color:#b00020;font-weight:bold}.ok{color:#1b5e20}</style></head><body>"
             f"<h1>Data validation: <span class='{'ok' if self.success else 'bad'}'>{verdict}</span></h1>"
             f"<table><tr><th>file</th><th>rows</th><th>result</th></tr>{rows}</table>"
-            + (f"<h2>Failures</h2><table><tr><th>file</th><th>column</th><th>rule</th><th>rows failing</th>"
-               f"<th>lines / rows</th><th>examples</th><th>fix</th></tr>{failures}</table>" if failures else "")
+            + (
+                f"<h2>Failures</h2><table><tr><th>file</th><th>column</th><th>rule</th><th>rows failing</th>"
+                f"<th>lines / rows</th><th>examples</th><th>fix</th></tr>{failures}</table>"
+                if failures
+                else ""
+            )
             + (f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else "")
             + "</body></html>\n"
         )
@@ -87,9 +92,7 @@ class DataValidationError(DataError):
     def __init__(self, report: ValidationReport):
         self.report = report
         problems = "\n".join(f"  - {failure.describe()}" for failure in report.failures)
-        super().__init__(
-            f"Data validation failed ({len(report.failures)} rule(s)); nothing was trained.\n{problems}"
-        )
+        super().__init__(f"Data validation failed ({len(report.failures)} rule(s)); nothing was trained.\n{problems}")
 
 
 @functools.cache
@@ -120,8 +123,10 @@ def run_suite(
 ) -> list[Failure]:
     """Failed expectations of one suite; row numbers come from the frame's index, reported as
     file lines (`first_line` is the line of row 0) or, for binary files, as row numbers."""
-    result = _batch_definition().get_batch(batch_parameters={"dataframe": frame}).validate(
-        load_suite(suite_name), expectation_parameters=parameters or {}, result_format="SUMMARY"
+    result = (
+        _batch_definition()
+        .get_batch(batch_parameters={"dataframe": frame})
+        .validate(load_suite(suite_name), expectation_parameters=parameters or {}, result_format="SUMMARY")
     )
     missing_columns = {
         r.expectation_config.kwargs["column"]
@@ -180,9 +185,9 @@ def _shorten(value: Any) -> Any:
 def _long_triplets(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per negative, keeping the source row's index so failures point at the right row."""
     negatives = [c for c in frame.columns if c.startswith("negative_")]
-    return pd.concat(
-        [frame[["anchor", "positive", c]].rename(columns={c: "negative"}) for c in negatives]
-    ).sort_index(kind="stable")
+    return pd.concat([frame[["anchor", "positive", c]].rename(columns={c: "negative"}) for c in negatives]).sort_index(
+        kind="stable"
+    )
 
 
 def check_shape(frame: pd.DataFrame, shape: str, file: str, first_line: int | None = None) -> list[Failure]:
@@ -241,15 +246,19 @@ def _eval_set_failures(eval_set: Any, evaluator: str, file: str) -> list[Failure
     """An evaluation set against the suites of its evaluator."""
     if evaluator == "reranking":
         frame = pd.DataFrame(
-            {"query": [s["query"] for s in eval_set], "positives": [len(s["positive"]) for s in eval_set],
-             "negatives": [len(s["negative"]) for s in eval_set]}
+            {
+                "query": [s["query"] for s in eval_set],
+                "positives": [len(s["positive"]) for s in eval_set],
+                "negatives": [len(s["negative"]) for s in eval_set],
+            }
         )
         return run_suite(frame, "reranking_samples", file, first_line=None)
     if evaluator == "information_retrieval":
         queries = pd.DataFrame({"query_id": list(eval_set["queries"]), "text": list(eval_set["queries"].values())})
         corpus = pd.DataFrame({"doc_id": list(eval_set["corpus"]), "text": list(eval_set["corpus"].values())})
         relevance = pd.DataFrame(
-            [(query, doc) for query, docs in eval_set["relevant_docs"].items() for doc in docs], columns=["query_id", "doc_id"]
+            [(query, doc) for query, docs in eval_set["relevant_docs"].items() for doc in docs],
+            columns=["query_id", "doc_id"],
         )
         ids = {"query_ids": sorted(eval_set["queries"]), "doc_ids": sorted(eval_set["corpus"])}
         return (
@@ -277,14 +286,24 @@ def validate_prepared(task, recipe: Recipe, paths) -> ValidationReport:
             try:
                 tokenizer = load_tokenizer(recipe.base_model)
             except (OSError, ValueError) as error:  # no model here yet: the data can still be judged
-                findings.warnings.append(f"Token lengths not checked: the tokenizer of {recipe.base_model!r} did not load ({str(error)[:160]}).")
+                findings.warnings.append(
+                    f"Token lengths not checked: the tokenizer of {recipe.base_model!r} did not load ({str(error)[:160]})."
+                )
             else:
                 for column in text_columns(task.train):
-                    findings.add("too_long", checks.too_long(task.train[column], tokenizer, recipe.training.max_seq_length, column, train_file))
+                    findings.add(
+                        "too_long",
+                        checks.too_long(
+                            task.train[column], tokenizer, recipe.training.max_seq_length, column, train_file
+                        ),
+                    )
     return ValidationReport(
         checked={
             train_file: len(task.train),
-            **{str(paths.eval_set(p)): len(checks.eval_queries(s, recipe.evaluation.evaluator)) for p, s in task.eval_sets.items()},
+            **{
+                str(paths.eval_set(p)): len(checks.eval_queries(s, recipe.evaluation.evaluator))
+                for p, s in task.eval_sets.items()
+            },
         },
         failures=failures + findings.errors,
         warnings=findings.warnings,
