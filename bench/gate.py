@@ -26,7 +26,7 @@ DEFAULT = ["esco-occupation-skills", "course-skill-retrieval", "resume-job-simil
 
 
 def bench_recipe(name: str, tmp: Path) -> dict:
-    from skillops import registry, stages, tasks, tracking
+    from skillops import preparation, registry, tracking
     from skillops.config import load_recipe
     from skillops.evaluation import score_queries
     from skillops.modeling import load_model
@@ -34,14 +34,13 @@ def bench_recipe(name: str, tmp: Path) -> dict:
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns/mlflow.db"
     recipe = load_recipe(name)
-    paths = tasks.write_task(tasks.build_task(recipe), tmp / "data", {})
+    paths = preparation.write_task(preparation.build_task(recipe), tmp / "data", {})
     test_set = paths.eval_set("test")
-    data = stages.PreparedData(
-        directory=paths.directory,
-        data_fingerprint="bench",
-        eval_fingerprint=tasks.fingerprint_files([test_set]),
-        counts={},
-    )
+    snapshot = preparation.fingerprint_files([test_set])
+
+    def score(model):
+        return score_queries(model, test_set, recipe.evaluation, recipe.prompts)
+
     base = load_model(recipe.base_model, recipe.training.max_seq_length)
     base.save(str(tmp / "base"))
     run_id = tracking.start_run(recipe.name, "bench", {})
@@ -49,11 +48,11 @@ def bench_recipe(name: str, tmp: Path) -> dict:
     tracking.end_run(run_id)
 
     started = time.perf_counter()
-    champion, source = stages.champion_scores(recipe, data, version)
+    champion, source = registry.version_scores(recipe.registered_model_name, version, snapshot, score)
     rescored = time.perf_counter() - started
     assert source.startswith("version"), source
     started = time.perf_counter()
-    cached, source = stages.champion_scores(recipe, data, version)
+    cached, source = registry.version_scores(recipe.registered_model_name, version, snapshot, score)
     from_cache = time.perf_counter() - started
     assert source.startswith("cached") and cached == champion, source
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "esco-ict"
+SAMPLE = REPO / "src" / "skillops" / "data" / "esco-ict"
 
 
 def write_full_size(target: Path, n_occupations: int, n_skills: int, n_relations: int) -> None:
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--relations", type=int, default=130000)
     args = parser.parse_args()
 
-    from skillops import tasks
+    from skillops import preparation
     from skillops.config import Recipe
     from skillops.esco import load_esco
     from skillops.validation import validate_prepared, validate_recipe_data
@@ -91,8 +91,8 @@ def main() -> None:
             "validate raw files (GX suites, relation integrity)", lambda: validate_recipe_data(recipe)
         )
         assert report.success, report.markdown()
-        build, task = timed("build the task (split, pairs, reranking sets)", lambda: tasks.build_task(recipe))
-        paths = tasks.write_task(task, Path(tmp) / "prepared", {})
+        build, task = timed("build the task (split, pairs, reranking sets)", lambda: preparation.build_task(recipe))
+        paths = preparation.write_task(task, Path(tmp) / "prepared", {})
         checks, prepared = timed(
             "validate prepared data (suites, leakage, duplicates, lengths)",
             lambda: validate_prepared(task, recipe, paths),

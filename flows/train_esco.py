@@ -3,7 +3,7 @@
 This file is the one place that knows the order of the stages. Each task is one call into
 `skillops.stages` and passes only paths, run ids, versions and small pydantic models.
 
-    python flows/train_esco.py [recipe-name-or-path] [--force]
+    python flows/train_esco.py [recipe-name-or-path] [--force] [--set training.epochs=1 ...]
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from skillops import stages, tracking
-from skillops.config import Recipe, load_recipe
+from skillops.config import Recipe, load_recipe, parse_overrides
+from skillops.context import Fingerprints, RunContext
+from skillops.errors import RecipeError
+from skillops.evaluation import Scores
+from skillops.preparation import PreparedData
 from skillops.promotion import Decision
 from skillops.validation import ValidationReport, require
 
@@ -35,34 +39,34 @@ io_task = partial(task, retries=2, retry_delay_seconds=[5, 30])
 PROMOTION_WAIT_SECONDS = 1800
 
 
-@task(name="reconcile-stale-runs")
+@task(name="reconcile")
 def reconcile(recipe: Recipe) -> list[str]:
     return stages.reconcile(recipe)
 
 
 @task(name="fingerprint")
-def fingerprint(recipe: Recipe) -> stages.Fingerprints:
+def fingerprint(recipe: Recipe) -> Fingerprints:
     return stages.fingerprint(recipe)
 
 
-@task(name="check-unchanged")
-def unchanged_since(recipe: Recipe, fingerprints: stages.Fingerprints) -> str | None:
+@task(name="unchanged-since")
+def unchanged_since(recipe: Recipe, fingerprints: Fingerprints) -> str | None:
     return stages.unchanged_since(recipe, fingerprints)
 
 
 @io_task(name="record-skip")
-def record_skip(recipe: Recipe, fingerprints: stages.Fingerprints, previous_run_id: str) -> str:
+def record_skip(recipe: Recipe, fingerprints: Fingerprints, previous_run_id: str) -> str:
     return stages.record_skip(recipe, fingerprints, previous_run_id)
 
 
-@task(name="open-mlflow-run")
-def open_run(recipe: Recipe, fingerprints: stages.Fingerprints) -> str:
+@task(name="start")
+def start(recipe: Recipe, fingerprints: Fingerprints) -> RunContext:
     return stages.start(recipe, fingerprints)
 
 
 @task(name="validate-data")
-def validate_data(recipe: Recipe, run_id: str) -> ValidationReport:
-    report = stages.check_inputs(recipe, run_id)
+def validate_data(run: RunContext) -> ValidationReport:
+    report = stages.validate_data(run)
     create_markdown_artifact(report.markdown(), key="data-validation", description="Data validation summary")
     return require(report)
 
@@ -70,30 +74,28 @@ def validate_data(recipe: Recipe, run_id: str) -> ValidationReport:
 # log_prints off: `datasets` disassembles functions with dis (printing to a buffer) when it
 # fingerprints them, and Prefect's print capture would log every line of that bytecode.
 @task(name="prepare-data", log_prints=False)
-def prepare_data(recipe: Recipe, fingerprints: stages.Fingerprints, run_id: str) -> stages.PreparedData:
-    return stages.prepare(recipe, fingerprints, run_id)
+def prepare_data(run: RunContext) -> PreparedData:
+    return stages.prepare_data(run)
 
 
 @task(name="tune")
-def tune(recipe: Recipe, data: stages.PreparedData, fingerprints: stages.Fingerprints, run_id: str) -> dict[str, Any]:
-    return stages.tune(recipe, data, fingerprints, run_id)
+def tune(run: RunContext, data: PreparedData) -> dict[str, Any]:
+    return stages.tune(run, data)
 
 
 @task(name="train")
-def train(
-    recipe: Recipe, data: stages.PreparedData, params: dict[str, Any], fingerprints: stages.Fingerprints, run_id: str
-) -> Path:
-    return stages.train(recipe, data, params, fingerprints, run_id)
+def train(run: RunContext, data: PreparedData, params: dict[str, Any]) -> Path:
+    return stages.train(run, data, params)
 
 
-@task(name="evaluate")
-def evaluate(recipe: Recipe, data: stages.PreparedData, model_dir: Path, run_id: str) -> stages.Scores:
-    return stages.score(recipe, data, model_dir, run_id)
+@task(name="evaluate-models")
+def evaluate_models(run: RunContext, data: PreparedData, model_dir: Path) -> Scores:
+    return stages.evaluate_models(run, data, model_dir)
 
 
 @io_task(name="register")
-def register(recipe: Recipe, data: stages.PreparedData, model_dir: Path, scores: stages.Scores, run_id: str) -> str:
-    return stages.register(recipe, data, model_dir, scores, run_id)
+def register(run: RunContext, data: PreparedData, model_dir: Path, scores: Scores) -> str:
+    return stages.register(run, data, model_dir, scores)
 
 
 def promotion_slot(model_name: str):
@@ -115,16 +117,14 @@ def promotion_slot(model_name: str):
 
 
 @io_task(name="promote")
-def promote(recipe: Recipe, data: stages.PreparedData, version: str, scores: stages.Scores, run_id: str) -> Decision:
-    with promotion_slot(recipe.registered_model_name):
-        return stages.promote(recipe, data, version, scores, run_id)
+def promote(run: RunContext, data: PreparedData, version: str, scores: Scores) -> Decision:
+    with promotion_slot(run.recipe.registered_model_name):
+        return stages.promote(run, data, version, scores)
 
 
 @io_task(name="report")
-def report(
-    recipe: Recipe, data: stages.PreparedData, version: str, scores: stages.Scores, decision: Decision, run_id: str
-) -> str:
-    return stages.report(recipe, data, version, scores, decision, run_id)
+def report(run: RunContext, data: PreparedData, version: str, scores: Scores, decision: Decision) -> str:
+    return stages.report(run, data, version, scores, decision)
 
 
 @flow(name="train-esco", log_prints=True)
@@ -148,27 +148,27 @@ def train_esco(
         create_markdown_artifact(text, key="train-esco-decision", description="Promotion decision")
         print(text)
         return {"run_id": run_id, "skipped": True, "same_as_run": previous}
-    run_id = open_run(config, fingerprints)
-    create_link_artifact(tracking.run_url(run_id), link_text=f"MLflow run {run_id}", key="mlflow-run")
+    run = start(config, fingerprints)
+    create_link_artifact(tracking.run_url(run.run_id), link_text=f"MLflow run {run.run_id}", key="mlflow-run")
     try:
-        validate_data(config, run_id)
-        data = prepare_data(config, fingerprints, run_id)
-        best_params = tune(config, data, fingerprints, run_id)
-        model_dir = train(config, data, best_params, fingerprints, run_id)
-        scores = evaluate(config, data, model_dir, run_id)
-        version = register(config, data, model_dir, scores, run_id)
-        decision = promote(config, data, version, scores, run_id)
-        summary = report(config, data, version, scores, decision, run_id)
+        validate_data(run)
+        data = prepare_data(run)
+        best_params = tune(run, data)
+        model_dir = train(run, data, best_params)
+        scores = evaluate_models(run, data, model_dir)
+        version = register(run, data, model_dir, scores)
+        decision = promote(run, data, version, scores)
+        summary = report(run, data, version, scores, decision)
     except BaseException as error:
         # MLflow would leave this run FINISHED (or RUNNING); say what failed instead.
-        tracking.end_run(run_id, failure=f"{type(error).__name__}: {error}")
+        tracking.end_run(run.run_id, failure=f"{type(error).__name__}: {error}")
         raise
-    tracking.end_run(run_id)
-    stages.finish(fingerprints)
+    tracking.end_run(run.run_id)
+    stages.finish(run)
     create_markdown_artifact(summary, key="train-esco-decision", description="Promotion decision")
     print(summary)
     return {
-        "run_id": run_id,
+        "run_id": run.run_id,
         "skipped": False,
         "version": version,
         "promoted": decision.promote,
@@ -180,5 +180,17 @@ if __name__ == "__main__":
     cli = argparse.ArgumentParser(description="Run the train-esco flow once, here.")
     cli.add_argument("recipe", nargs="?", default="esco-occupation-skills", help="built-in recipe name or recipe file")
     cli.add_argument("--force", action="store_true", help="retrain even if data, recipe and code are unchanged")
+    cli.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a recipe field, e.g. --set training.epochs=1 (repeatable; values are read as YAML)",
+    )
     arguments = cli.parse_args()
-    train_esco(arguments.recipe, force=arguments.force)
+    try:
+        overrides = parse_overrides(arguments.overrides)
+    except RecipeError as error:
+        cli.error(str(error))
+    train_esco(arguments.recipe, overrides=overrides, force=arguments.force)

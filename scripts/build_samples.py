@@ -1,6 +1,6 @@
-"""Build the bundled sample of each table recipe from the ESCO ICT sample (data/esco-ict).
+"""Build the bundled sample of each table recipe from the ESCO ICT sample (src/skillops/data/esco-ict).
 
-    python scripts/build_samples.py [--esco data/esco-ict] [--out data/samples]
+    python scripts/build_samples.py [--esco src/skillops/data/esco-ict] [--out src/skillops/data/samples]
 
 Deterministic (seeded), so re-running it reproduces the committed files byte for byte. Each
 sample has the data shape of its model card, built from real ESCO text:
@@ -109,8 +109,8 @@ def resume_job_similarity(occupations, relations) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--esco", type=Path, default=Path("data/esco-ict"))
-    parser.add_argument("--out", type=Path, default=Path("data/samples"))
+    parser.add_argument("--esco", type=Path, default=Path("src/skillops/data/esco-ict"))
+    parser.add_argument("--out", type=Path, default=Path("src/skillops/data/samples"))
     args = parser.parse_args()
     occupations = _read(args.esco / "occupations_en.csv")
     skills = _read(args.esco / "skills_en.csv")

@@ -24,7 +24,7 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-BUNDLED_ESCO = REPO / "data" / "esco-ict"
+BUNDLED_ESCO = REPO / "src" / "skillops" / "data" / "esco-ict"
 TINY_OCCUPATIONS = 24
 
 

@@ -13,7 +13,7 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 from conftest import BUNDLED_ESCO, REPO, edit_csv, set_cell
-from skillops.esco import DataError
+from skillops.errors import DataError
 
 sys.path.insert(0, str(REPO / "flows"))
 from train_esco import train_esco

@@ -2,7 +2,8 @@
 
 import pytest
 
-from skillops.config import Recipe, RecipeError, builtin_recipes, load_recipe, parse_recipe
+from skillops.config import Recipe, builtin_recipes, load_recipe, parse_recipe
+from skillops.errors import RecipeError
 
 
 def test_builtin_recipe_matches_card_000():

@@ -6,8 +6,10 @@ import pytest
 
 from conftest import BUNDLED_ESCO
 from skillops.config import Recipe
-from skillops.esco import DataError, load_esco, occupation_anchor, read_csv
-from skillops.tasks import build_task, split_groups
+from skillops.errors import DataError
+from skillops.esco import load_esco, occupation_anchor
+from skillops.preparation import build_task, split_groups
+from skillops.tables import read_csv
 
 
 def test_bundled_sample_loads_in_official_layout():

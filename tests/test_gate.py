@@ -12,7 +12,7 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 from conftest import BUNDLED_ESCO, REPO
-from skillops import registry, tasks
+from skillops import preparation, registry
 from skillops.config import BUILTIN_RECIPES_DIR, load_recipe
 
 sys.path.insert(0, str(REPO / "flows"))
@@ -36,7 +36,7 @@ def test_a_candidate_trained_on_shuffled_positives_is_never_promoted(mlflow_stor
     recipe_file.write_text(yaml.safe_dump(recipe), "utf-8")
 
     # Shuffle the skills of the training occupations only: validation and test stay real.
-    split = tasks.build_task(load_recipe(recipe_file)).split
+    split = preparation.build_task(load_recipe(recipe_file)).split
     relations_file = esco / "occupationSkillRelations_en.csv"
     relations = pd.read_csv(relations_file, dtype=str, keep_default_na=False)
     train_rows = relations.occupationUri.isin(split["train"])  # the split is by occupation URI
@@ -44,7 +44,7 @@ def test_a_candidate_trained_on_shuffled_positives_is_never_promoted(mlflow_stor
         relations.loc[train_rows, "skillUri"].to_numpy()
     )
     relations.drop_duplicates(["occupationUri", "skillUri"]).to_csv(relations_file, index=False)
-    assert tasks.build_task(load_recipe(recipe_file)).split == split
+    assert preparation.build_task(load_recipe(recipe_file)).split == split
 
     result = train_esco(recipe=str(recipe_file))
 
@@ -61,7 +61,7 @@ def test_slices_travel_from_a_data_column_to_the_gate(tiny_bert, tmp_path):
     from skillops.modeling import load_model
     from skillops.promotion import decide
 
-    frame = pd.read_csv(REPO / "data" / "samples" / "job-skills.csv")
+    frame = pd.read_csv(REPO / "src" / "skillops" / "data" / "samples" / "job-skills.csv")
     descriptions = sorted(frame.job_description.unique())
     frame["region"] = frame.job_description.map(
         {text: ("north", "south")[i % 2] for i, text in enumerate(descriptions)}
@@ -81,9 +81,9 @@ def test_slices_travel_from_a_data_column_to_the_gate(tiny_bert, tmp_path):
         },
         "test",
     )
-    task = tasks.build_task(recipe)
+    task = preparation.build_task(recipe)
     assert "slice" not in task.train.columns
-    paths = tasks.write_task(task, tmp_path / "prepared", {})
+    paths = preparation.write_task(task, tmp_path / "prepared", {})
     assert set(task.eval_sets["test"]["query_slices"].values()) == {"north", "south"}
 
     scores = score_queries(load_model(str(tiny_bert)), paths.eval_set("test"), recipe.evaluation, recipe.prompts)

@@ -10,8 +10,8 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 from conftest import REPO
-from skillops.config import RecipeError, builtin_recipes, load_recipe, parse_recipe
-from skillops.esco import DataError
+from skillops.config import builtin_recipes, load_recipe, parse_recipe
+from skillops.errors import DataError, RecipeError
 from skillops.tables import read_table, write_table
 from skillops.validation import DataValidationError, validate_recipe_data
 
@@ -180,7 +180,7 @@ def test_prompts_on_a_model_trained_without_them_warn(tiny_bert):
         {
             "name": "x",
             "base_model": str(tiny_bert),
-            "data": {"path": str(REPO / "data/esco-ict")},
+            "data": {"path": str(REPO / "src/skillops/data/esco-ict")},
             "prompts": {"query": "query: ", "document": "passage: "},
         },
         source="test",

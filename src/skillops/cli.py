@@ -66,7 +66,7 @@ def _data_recipe(path: Path, shape: str | None, columns: dict[str, str]):
 
 
 def cmd_validate(args) -> int:
-    from skillops import tasks
+    from skillops import preparation
     from skillops.config import RECIPE_SUFFIXES, load_recipe
     from skillops.validation import validate_prepared, validate_recipe_data
 
@@ -80,8 +80,8 @@ def cmd_validate(args) -> int:
         # lengths. Mining needs the model and is left to the pipeline.
         unmined = recipe.model_copy(update={"data": recipe.data.model_copy(update={"mine_negatives": None})})
         with tempfile.TemporaryDirectory() as tmp:
-            task = tasks.build_task(unmined)
-            reports.append(validate_prepared(task, unmined, tasks.write_task(task, Path(tmp), {})))
+            task = preparation.build_task(unmined)
+            reports.append(validate_prepared(task, unmined, preparation.write_task(task, Path(tmp), {})))
     for report in reports:
         print(report.markdown())
     if args.html:
@@ -91,7 +91,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from skillops import registry, tasks
+    from skillops import preparation, registry
     from skillops.evaluation import evaluate
     from skillops.modeling import load_model
 
@@ -102,7 +102,7 @@ def cmd_evaluate(args) -> int:
         model = load_model(args.model, recipe.training.max_seq_length)
     with tempfile.TemporaryDirectory() as tmp:
         # The same split and frozen sets a pipeline run of this recipe scores on.
-        paths = tasks.write_task(tasks.build_task(recipe), Path(tmp), {})
+        paths = preparation.write_task(preparation.build_task(recipe), Path(tmp), {})
         scores = evaluate(model, paths.eval_set(args.split), recipe.evaluation, recipe.prompts)
     for name, value in scores.items():
         print(f"{args.split}_{name}: {value:.4f}")
@@ -217,8 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from skillops.config import RecipeError
-    from skillops.esco import DataError
+    from skillops.errors import DataError, RecipeError
 
     args = build_parser().parse_args(argv)
     try:

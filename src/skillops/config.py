@@ -12,11 +12,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-BUILTIN_RECIPES_DIR = Path(__file__).parent / "recipes"
+from skillops.errors import RecipeError
 
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message says which field and how to fix it."""
+PACKAGE_DIR = Path(__file__).parent
+BUILTIN_RECIPES_DIR = PACKAGE_DIR / "recipes"
 
 
 class _Strict(BaseModel):
@@ -74,7 +73,11 @@ class DataConfig(_Strict):
         description="esco: the official ESCO CSV layout; table: CSV, JSONL, Parquet, a "
         "saved `datasets` folder or a Hugging Face dataset name.",
     )
-    path: str = Field("data/esco-ict", description="ESCO folder, table file or folder, or hub dataset name.")
+    path: str = Field(
+        "data/esco-ict",
+        description="ESCO folder, table file or folder, or hub dataset name. A relative path is looked up in the "
+        "working directory, then among the samples bundled with skillops (data/esco-ict, data/samples/...).",
+    )
     shape: Literal["pairs", "triplets", "scored_pairs"] = "pairs"
     columns: dict[str, str | list[str]] = Field(
         {},
@@ -95,6 +98,16 @@ class DataConfig(_Strict):
         None, description="Mine hard negatives for pairs data (turns pairs into anchor, positive, negatives)."
     )
     split: SplitConfig = SplitConfig()
+
+    @property
+    def location(self) -> Path:
+        """`path` on this machine. The bundled samples ship inside the package, so the built-in
+        recipes' `data/...` paths work from any folder and from an installed wheel; the recipe
+        keeps the relative spelling, so its fingerprint is the same on every machine."""
+        path = Path(self.path).expanduser()
+        if not path.is_absolute() and not path.exists() and (PACKAGE_DIR / path).exists():
+            return PACKAGE_DIR / path
+        return path
 
     @model_validator(mode="after")
     def _columns_fit_the_shape(self) -> DataConfig:
@@ -369,6 +382,21 @@ class Recipe(_Strict):
                 raise RecipeError(f"Override {dotted!r}: no field {leaf!r} there; known: {sorted(node)}.")
             node[leaf] = value
         return parse_recipe(data, source="overrides")
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """`["training.epochs=1", "search.n_trials=0"]` as {"training.epochs": 1, ...}: each value
+    is read as YAML, so numbers, booleans, null and lists keep their type; the recipe validates them."""
+    overrides = {}
+    for assignment in assignments:
+        field, separator, value = assignment.partition("=")
+        if not separator or not field.strip():
+            raise RecipeError(f"Override {assignment!r}: write it as FIELD=VALUE, e.g. training.epochs=1.")
+        try:
+            overrides[field.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise RecipeError(f"Override {assignment!r}: the value is not valid YAML: {error}") from None
+    return overrides
 
 
 def parse_recipe(data: dict[str, Any], source: str) -> Recipe:

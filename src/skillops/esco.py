@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from skillops.config import DataConfig
+from skillops.tables import read_csv
 
 OCCUPATIONS = "occupations"
 SKILLS = "skills"
@@ -23,16 +24,6 @@ REQUIRED_COLUMNS = {
 }
 
 
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file, the column and the fix."""
-
-
-def data_error(file: object, rule: str, fix: str, column: str | None = None, detail: str = "") -> DataError:
-    """The same shape as a failed suite rule: `<file>: column '<c>': rule '<rule>' failed (...). Fix: ...`"""
-    where = f"{file}: column {column!r}" if column else f"{file}"
-    return DataError(f"{where}: rule '{rule}' failed{f' ({detail})' if detail else ''}. Fix: {fix}.")
-
-
 def esco_files(directory: Path, language: str = "en") -> dict[str, Path]:
     return {
         OCCUPATIONS: directory / f"occupations_{language}.csv",
@@ -41,37 +32,15 @@ def esco_files(directory: Path, language: str = "en") -> dict[str, Path]:
     }
 
 
-def read_csv(path: Path) -> pd.DataFrame:
-    """Every cell as text, empty cells as "" (never NaN), with errors that name the file."""
-    if not path.is_file():
-        raise data_error(
-            path,
-            "file exists",
-            "an ESCO folder needs occupations_<lang>.csv, skills_<lang>.csv and "
-            "occupationSkillRelations_<lang>.csv (the official ESCO CSV download layout)",
-            detail="file not found",
-        )
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise data_error(
-            path, "file is UTF-8 text", "re-export it as UTF-8", detail=f"{error.reason} at byte {error.start}"
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise data_error(
-            path, "file has a header row", "the file is empty: it needs a header row and data rows"
-        ) from None
-    except pd.errors.ParserError as error:
-        raise data_error(
-            path,
-            "file is comma-separated CSV",
-            "check the quoting and the number of fields per line",
-            detail=str(error),
-        ) from None
+# What a missing file's error suggests: the folder is probably not an ESCO download.
+ESCO_LAYOUT_FIX = (
+    "an ESCO folder needs occupations_<lang>.csv, skills_<lang>.csv and occupationSkillRelations_<lang>.csv "
+    "(the official ESCO CSV download layout)"
+)
 
 
 def load_esco(directory: Path, language: str = "en") -> dict[str, pd.DataFrame]:
-    return {table: read_csv(path) for table, path in esco_files(directory, language).items()}
+    return {table: read_csv(path, ESCO_LAYOUT_FIX) for table, path in esco_files(directory, language).items()}
 
 
 def split_labels(cell: str) -> list[str]:

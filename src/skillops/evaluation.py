@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from skillops.config import IR_CUTOFFS, EvaluationConfig, Prompts
-from skillops.tasks import read_eval_set
+from skillops.preparation import read_eval_set
 
 
 class QueryScores(BaseModel):
@@ -48,6 +48,22 @@ class QueryScores(BaseModel):
 
     def aggregate(self, names: tuple[str, ...]) -> dict[str, float]:
         return {name: self.metric(name) for name in names}
+
+
+class Scores(BaseModel):
+    """Per-query scores of base, candidate and champion on the run's frozen test set."""
+
+    base: QueryScores
+    candidate: QueryScores
+    champion: QueryScores | None
+    champion_version: str | None
+    champion_source: str | None = None  # how the champion's scores were obtained (cache or re-scored)
+
+    def table(self, metrics: list[str]) -> dict[str, dict[str, float]]:
+        rows = {"base": self.base, "candidate": self.candidate}
+        if self.champion is not None:
+            rows[f"champion (v{self.champion_version})"] = self.champion
+        return {model: values.aggregate(tuple(metrics)) for model, values in rows.items()}
 
 
 def _correlation(name: str, gold: np.ndarray, predicted: np.ndarray, rows: np.ndarray | None = None) -> float:

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from skillops.evaluation import QueryScores
 from skillops.promotion import Decision
 from skillops.tracking import client, store_dir
 
@@ -81,6 +83,38 @@ def load(uri: str):
     """A registered model as a SentenceTransformer, from a URI like models:/<name>@champion."""
     client()  # resolve models:/ against the skillops store, not MLflow's default
     return mlflow.sentence_transformers.load_model(uri)
+
+
+def _score_cache_file(name: str, version: str, eval_fingerprint: str) -> Path:
+    """Per-query scores of a registered version on one frozen test set, kept next to the store:
+    a version's weights never change, so neither do its scores on the same set."""
+    return store_dir() / "score-cache" / name / f"v{version}" / f"{eval_fingerprint}.json"
+
+
+def save_scores(name: str, version: str, eval_fingerprint: str, values: QueryScores) -> None:
+    path = _score_cache_file(name, version, eval_fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs may write the same entry
+    temporary.write_text(values.model_dump_json(), "utf-8")
+    temporary.replace(path)
+
+
+def version_scores(
+    name: str, version: str, eval_fingerprint: str, score: Callable[[Any], QueryScores]
+) -> tuple[QueryScores, str]:
+    """A registered version's per-query scores on one eval snapshot, and where they came from:
+    the cache when that version was already scored on this snapshot, else `score(model)` now."""
+    cached = _score_cache_file(name, version, eval_fingerprint)
+    if cached.is_file():
+        values = QueryScores.model_validate_json(cached.read_text("utf-8"))
+        return values, f"cached scores of version {version} on eval snapshot {eval_fingerprint}"
+    scored_on = client().get_model_version(name, version).tags.get("skillops.eval_fingerprint", "unknown")
+    values = score(load(model_uri(name, version)))
+    save_scores(name, version, eval_fingerprint, values)
+    return (
+        values,
+        f"version {version} re-scored on eval snapshot {eval_fingerprint} (it was registered with scores on {scored_on})",
+    )
 
 
 @contextlib.contextmanager

@@ -189,3 +189,47 @@ def model_card(
         f"- Texts longer than {recipe.training.max_seq_length} tokens are cut.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def write_evaluation_report(
+    directory: Path,
+    recipe,
+    version: str,
+    run_id: str,
+    data,
+    scores,
+    decision: Decision,
+    champion: str | None,
+    params: dict[str, str],
+    ui_command: str,
+) -> tuple[str, list[Path]]:
+    """The evaluation report (markdown and JSON), per-query scores, the comparison chart and the
+    model card, written under `directory`; returns the report's markdown and the files."""
+    table = scores.table(recipe.evaluation.headline_metrics())
+    text = summary(recipe.registered_model_name, version, table, decision, champion, ui_command)
+    per_query = (("base", scores.base), ("candidate", scores.candidate), ("champion", scores.champion))
+    files = {
+        "evaluation.md": text,
+        "evaluation.json": json.dumps(
+            {
+                "model": recipe.registered_model_name,
+                "version": version,
+                "run_id": run_id,
+                "champion_now": champion,
+                "eval_fingerprint": data.eval_fingerprint,
+                "data_fingerprint": data.data_fingerprint,
+                "champion_scores": scores.champion_source,
+                "scores": table,
+                "decision": decision.model_dump(),
+            },
+            indent=1,
+        ),
+        "per_query.json": json.dumps({name: values.model_dump() for name, values in per_query if values}),
+        "model_card.md": model_card(recipe, version, data.counts, data.eval_fingerprint, table, decision, params),
+    }
+    written = []
+    for name, content in files.items():
+        (directory / name).write_text(content, "utf-8")
+        written.append(directory / name)
+    chart = comparison_chart(table, directory / "comparison.png", f"Held-out test set ({recipe.evaluation.evaluator})")
+    return text, [*written, chart]

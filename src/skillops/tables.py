@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from skillops.config import SHAPE_COLUMNS, SLICE_COLUMN, DataConfig
-from skillops.esco import DataError, data_error, read_csv
+from skillops.errors import DataError, data_error
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
@@ -25,6 +25,29 @@ class Table:
     frame: pd.DataFrame  # skillops' column names, in file order
     source: str  # the file or dataset the rows came from, for messages
     first_line: int | None  # line number of the first row in a text file (CSV 2, JSONL 1); None: row index
+
+
+def read_csv(path: Path, missing_fix: str = "check the path") -> pd.DataFrame:
+    """Every cell as text, empty cells as "" (never NaN), with errors that name the file."""
+    if not path.is_file():
+        raise data_error(path, "file exists", missing_fix, detail="file not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise data_error(
+            path, "file is UTF-8 text", "re-export it as UTF-8", detail=f"{error.reason} at byte {error.start}"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise data_error(
+            path, "file has a header row", "the file is empty: it needs a header row and data rows"
+        ) from None
+    except pd.errors.ParserError as error:
+        raise data_error(
+            path,
+            "file is comma-separated CSV",
+            "check the quoting and the number of fields per line",
+            detail=str(error),
+        ) from None
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -56,7 +79,7 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
 
 def read_source(config: DataConfig) -> tuple[pd.DataFrame, str, int | None]:
     """The file, folder or hub dataset as it is, under its own column names."""
-    path = Path(config.path).expanduser()
+    path = config.location
     try:
         if path.is_file() and path.suffix == ".csv":
             return read_csv(path), str(path), 2

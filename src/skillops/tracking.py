@@ -167,6 +167,38 @@ def run_url(run_id: str) -> str:
     return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
 
+def last_run_with(experiment: str, tags: dict[str, str]) -> str | None:
+    """The last completed pipeline run of `experiment`, if its tags equal `tags` (else None):
+    the same data, recipe and code mean a retrain cannot change anything."""
+    found = client().get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    last = client().search_runs(
+        [found.experiment_id],
+        "attributes.status = 'FINISHED' and tags.`skillops.kind` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if last and all(last[0].data.tags.get(key) == value for key, value in tags.items()):
+        return last[0].info.run_id
+    return None
+
+
+def record_skip(experiment: str, tags: dict[str, str], previous_run_id: str) -> str:
+    """A short FINISHED run that says why nothing was trained, next to the runs that were."""
+    reason = (
+        f"data, recipe and code are those of run {previous_run_id}: nothing to retrain (force=True retrains anyway)"
+    )
+    run_id = start_run(
+        experiment,
+        f"{experiment} (skipped)",
+        {},
+        {**tags, "skillops.kind": "skip", "skillops.skip_reason": reason, "skillops.same_as_run": previous_run_id},
+    )
+    end_run(run_id)
+    return run_id
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

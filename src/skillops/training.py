@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,41 @@ def train_model(
     )
     done.write_text(result.model_dump_json(), "utf-8")
     return result
+
+
+class Round(BaseModel):
+    """One round of continued training, and its validation scores when there are several rounds."""
+
+    number: int
+    result: TrainingResult
+    validation: dict[str, float] | None
+    step_offset: int  # optimizer steps of the rounds before it, so curves line up across rounds
+
+
+def train_rounds(
+    base_model: str,
+    train_path: Path,
+    config: TrainingConfig,
+    loss: LossConfig,
+    prompts: Prompts,
+    output_dir: Path,
+    evaluator: Any = None,
+    score_round: Callable[[Path], dict[str, float]] | None = None,
+    on_round: Callable[[Round], None] | None = None,
+) -> list[Round]:
+    """`config.rounds` trainings, each continuing from the previous round's model (model card
+    000's repeated rounds); with several rounds, `score_round(model_dir)` scores each on the
+    validation set. Finished rounds are not trained again when a crashed run is started again
+    (`train_model` finds their `done.json`); `on_round` is told about each as it ends."""
+    rounds: list[Round] = []
+    model, steps = base_model, 0
+    for number in range(1, config.rounds + 1):
+        round_dir = output_dir / (f"round-{number}" if config.rounds > 1 else "")
+        result = train_model(model, train_path, config, loss, prompts, round_dir, evaluator=evaluator)
+        validation = score_round(result.model_dir) if score_round and config.rounds > 1 else None
+        rounds.append(Round(number=number, result=result, validation=validation, step_offset=steps))
+        if on_round:
+            on_round(rounds[-1])
+        steps += result.steps
+        model = str(result.model_dir)
+    return rounds

@@ -15,8 +15,8 @@ from typing import Any
 
 from skillops.config import Recipe
 from skillops.evaluation import scorer
+from skillops.preparation import PreparedPaths
 from skillops.reports import optuna_history_chart
-from skillops.tasks import PreparedPaths
 from skillops.tracking import end_run, log_artifact, log_loss_history, log_metrics, metric_name, set_tags, start_run
 
 logger = logging.getLogger(__name__)

@@ -19,13 +19,14 @@ from pydantic import BaseModel
 from skillops import checks
 from skillops.checks import MAX_EXAMPLES, Failure
 from skillops.config import Recipe, ValidationPolicy
-from skillops.esco import OCCUPATIONS, RELATIONS, SKILLS, DataError, esco_files, read_csv
+from skillops.errors import DataError
+from skillops.esco import OCCUPATIONS, RELATIONS, SKILLS, esco_files, load_esco
 from skillops.modeling import load_tokenizer, prompt_warnings
 from skillops.tables import read_table, text_columns
 
 logger = logging.getLogger(__name__)
 
-EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
+EXPECTATIONS_DIR = Path(__file__).parent / "expectations"
 
 
 class ValidationReport(BaseModel):
@@ -161,7 +162,7 @@ def run_suite(
 def validate_esco(directory: Path, language: str = "en") -> ValidationReport:
     """The three ESCO files, each against its suite, relations against the two concept files."""
     files = esco_files(directory, language)
-    tables = {table: read_csv(path) for table, path in files.items()}
+    tables = load_esco(directory, language)
     failures = run_suite(tables[OCCUPATIONS], "esco_occupations", str(files[OCCUPATIONS]))
     failures += run_suite(tables[SKILLS], "esco_skills", str(files[SKILLS]))
     failures += run_suite(
@@ -226,7 +227,7 @@ def validate_recipe_data(recipe: Recipe) -> ValidationReport:
     warnings about the base model (prompts it was not trained with)."""
     findings = _Findings(recipe.validation)
     if recipe.data.format == "esco":
-        report = validate_esco(Path(recipe.data.path), recipe.data.language)
+        report = validate_esco(recipe.data.location, recipe.data.language)
     else:
         table = read_table(recipe.data)
         report = ValidationReport(

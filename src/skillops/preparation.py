@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
 from skillops import esco
 from skillops.config import SLICE_COLUMN, DataConfig, Recipe
-from skillops.esco import DataError
+from skillops.errors import DataError
 from skillops.tables import read_table
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,19 @@ class PreparedPaths:
     @property
     def manifest(self) -> Path:
         return self.directory / "manifest.json"
+
+
+class PreparedData(BaseModel):
+    """What `prepare` built, as the later stages need it: the folder and its fingerprints."""
+
+    directory: Path
+    data_fingerprint: str  # the raw input files and the task settings
+    eval_fingerprint: str  # the frozen test samples the promotion gate scores on
+    counts: dict[str, int]
+
+    @property
+    def paths(self) -> PreparedPaths:
+        return PreparedPaths(self.directory)
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,7 @@ def _ranking_eval_sets(
 
 def _esco_task(recipe: Recipe) -> Task:
     data = recipe.data
-    anchors, positives, skill_labels = esco.occupation_skills(esco.load_esco(Path(data.path), data.language), data)
+    anchors, positives, skill_labels = esco.occupation_skills(esco.load_esco(data.location, data.language), data)
     split = split_groups(list(anchors), data.split.validation, data.split.test, data.split.seed)
     train = pd.DataFrame(
         [{"anchor": anchors[uri], "positive": label} for uri in split["train"] for label in positives[uri]]
@@ -171,8 +185,8 @@ def fingerprint_files(paths: list[Path], extra: str = "") -> str:
 def source_files(data: DataConfig) -> list[Path]:
     """The files a recipe's data comes from (for its fingerprint); empty for a hub dataset."""
     if data.format == "esco":
-        return list(esco.esco_files(Path(data.path), data.language).values())
-    path = Path(data.path).expanduser()
+        return list(esco.esco_files(data.location, data.language).values())
+    path = data.location
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file())
     return [path] if path.is_file() else []
