@@ -3,19 +3,15 @@ already has a champion: every one is refused before training, with a message tha
 the column (where there is one) and the rule; no model version is created; the champion stays."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 
-from conftest import BUNDLED_ESCO, REPO, edit_csv, set_cell
+from helpers import BUNDLED_ESCO, edit_csv, set_cell
 from skillops.errors import DataError
-
-sys.path.insert(0, str(REPO / "flows"))
 from train_esco import train_esco
 
 MODEL_NAME = "bad-inputs"
@@ -243,7 +239,7 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def store_with_champion(tmp_path_factory, tiny_bert):
+def store_with_champion(tmp_path_factory, tiny_bert, prefect_harness):
     """A real MLflow store whose model already has a champion (version 1)."""
     root = tmp_path_factory.mktemp("bad-inputs-store")
     patch = pytest.MonkeyPatch()
@@ -255,8 +251,7 @@ def store_with_champion(tmp_path_factory, tiny_bert):
     registry.register(tiny_bert, run_id, MODEL_NAME, {})
     tracking.end_run(run_id)
     tracking.client().set_registered_model_alias(MODEL_NAME, registry.CHAMPION, "1")
-    with prefect_test_harness(server_startup_timeout=120):
-        yield root
+    yield root
     patch.undo()
 
 
@@ -264,6 +259,7 @@ def test_the_corpus_is_large_enough():
     assert len(CASES) >= 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_refused_before_training(case, store_with_champion, small_esco, tiny_bert, tmp_path):
     build, expected = CASES[case]

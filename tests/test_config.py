@@ -2,7 +2,7 @@
 
 import pytest
 
-from skillops.config import Recipe, builtin_recipes, load_recipe, parse_recipe
+from skillops.config import Recipe, builtin_recipes, load_recipe, parse_overrides, parse_recipe
 from skillops.errors import RecipeError
 
 
@@ -14,19 +14,50 @@ def test_builtin_recipe_matches_card_000():
     assert recipe.evaluation.primary_metric == "map"
 
 
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        ({"name": "x", "training": {"learning_rte": 1e-5}}, "training.learning_rte"),
-        (
-            {"name": "x", "evaluation": {"primary_metric": "ndcg@100"}},
-            "choose one of ['map', 'mrr_at_100', 'ndcg_at_100']",
+def _table(**sections) -> dict:
+    """A table recipe with some sections changed."""
+    base = {"name": "x", "data": {"format": "table", "path": "pairs.csv"}}
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return base
+
+
+# Every bad recipe, in one table: each is refused before any data is read, naming the field.
+BAD_RECIPES = [
+    ({"name": "x", "training": {"learning_rte": 1e-5}}, "training.learning_rte"),
+    (
+        {"name": "x", "evaluation": {"primary_metric": "ndcg@100"}},
+        "choose one of ['map', 'mrr_at_100', 'ndcg_at_100']",
+    ),
+    ({"name": "x", "training": {"batch_size": 1}}, "training.batch_size"),
+    ({"name": "x", "search": {"learning_rate": [1e-3, 1e-5]}}, "give it as [low, high]"),
+    ({"name": "x", "data": {"split": {"validation": 0.5, "test": 0.45}}}, "leaves under 10%"),
+    (
+        _table(loss={"name": "triplet_margin"}),
+        "loss.name: Input should be 'mnrl', 'cached_mnrl' or 'cosine_similarity'",
+    ),
+    (
+        _table(
+            data={"shape": "scored_pairs"},
+            evaluation={"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"},
         ),
-        ({"name": "x", "training": {"batch_size": 1}}, "training.batch_size"),
-        ({"name": "x", "search": {"learning_rate": [1e-3, 1e-5]}}, "give it as [low, high]"),
-        ({"name": "x", "data": {"split": {"validation": 0.5, "test": 0.45}}}, "leaves under 10%"),
-    ],
-)
+        "loss.name = 'mnrl' cannot train on scored_pairs data",
+    ),
+    (_table(loss={"name": "cosine_similarity"}), "use one of ['mnrl', 'cached_mnrl'] for this data"),
+    (
+        _table(evaluation={"evaluator": "information_retrieval", "primary_metric": "ndcg@10"}),
+        "choose one of ['cosine_accuracy_at_1'",
+    ),
+    (
+        _table(evaluation={"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"}),
+        "cannot score pairs data",
+    ),
+    (_table(data={"columns": {"query": "q"}}), "map these instead: ['anchor', 'positive']"),
+    (_table(data={"shape": "triplets", "mine_negatives": {}}), "data.mine_negatives needs pairs data"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_RECIPES)
 def test_bad_recipes_say_what_to_fix(data, message):
     with pytest.raises(RecipeError, match="not valid") as error:
         parse_recipe(data, source="test.yaml")
@@ -45,3 +76,12 @@ def test_overrides_are_validated_like_the_file():
         Recipe(name="x").with_overrides({"training.epoch": 2})
     with pytest.raises(RecipeError, match="training.learning_rate"):
         Recipe(name="x").with_overrides({"training.learning_rate": -1})
+
+
+def test_set_overrides_from_a_shell_keep_their_types():
+    overrides = parse_overrides(["training.epochs=1", "search.n_trials=0", "promotion.significance_level=null"])
+    assert overrides == {"training.epochs": 1, "search.n_trials": 0, "promotion.significance_level": None}
+    recipe = load_recipe("esco-occupation-skills").with_overrides(overrides)
+    assert recipe.training.epochs == 1 and recipe.promotion.significance_level is None
+    with pytest.raises(RecipeError, match="FIELD=VALUE"):
+        parse_overrides(["training.epochs"])

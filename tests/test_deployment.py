@@ -4,9 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, tiny_recipe_yaml
+import pytest
+
+from helpers import REPO, tiny_recipe_yaml
 
 BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow  # real servers and flow runs
 
 
 def _prefect(env, *args, timeout=120) -> subprocess.CompletedProcess:

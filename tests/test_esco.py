@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUNDLED_ESCO
+from helpers import BUNDLED_ESCO
 from skillops.config import Recipe
 from skillops.errors import DataError
 from skillops.esco import load_esco, occupation_anchor

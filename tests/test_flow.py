@@ -1,23 +1,15 @@
 """The train-esco flow end to end on tiny data, against a real temporary MLflow store."""
 
 import json
-import sys
 
 import mlflow
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
-from conftest import REPO, set_cell, tiny_recipe_yaml
+from helpers import set_cell, tiny_recipe_yaml
 from skillops.validation import DataValidationError
-
-sys.path.insert(0, str(REPO / "flows"))
 from train_esco import train_esco
 
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
 def _versions(name):

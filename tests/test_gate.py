@@ -2,27 +2,19 @@
 occupation paired with another's skills) is refused, against the real, untouched test set."""
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 
-from conftest import BUNDLED_ESCO, REPO
+from helpers import BUNDLED_ESCO, REPO
 from skillops import preparation, registry
 from skillops.config import BUILTIN_RECIPES_DIR, load_recipe
-
-sys.path.insert(0, str(REPO / "flows"))
 from train_esco import train_esco
 
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
 def test_a_candidate_trained_on_shuffled_positives_is_never_promoted(mlflow_store, tmp_path):

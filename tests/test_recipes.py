@@ -1,21 +1,16 @@
 """Every built-in recipe end to end through the train-esco flow, on a tiny random model of its card's
 architecture, with the recipe's own loss, prompts and evaluator; and bad recipes stopped early."""
 
-import sys
-
 import mlflow
 import pandas as pd
 import pytest
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 
-from conftest import REPO
+from helpers import REPO
 from skillops.config import builtin_recipes, load_recipe, parse_recipe
-from skillops.errors import DataError, RecipeError
+from skillops.errors import DataError
 from skillops.tables import read_table, write_table
 from skillops.validation import DataValidationError, validate_recipe_data
-
-sys.path.insert(0, str(REPO / "flows"))
 from train_esco import train_esco
 
 # recipe -> (architecture of its card's base model, rows of the bundled sample to keep)
@@ -28,12 +23,6 @@ CARDS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def _small_copy(recipe_name: str, tmp_path, small_esco, model_dir, rows) -> dict:
     """The built-in recipe, unchanged except: tiny model, the first rows of its sample, few steps."""
     data = yaml.safe_load(builtin_recipes()[recipe_name].read_text())
@@ -43,7 +32,7 @@ def _small_copy(recipe_name: str, tmp_path, small_esco, model_dir, rows) -> dict
         data["data"]["eval_negatives"] = 20
         data["training"]["rounds"] = 2  # card 000's continued training, each round scored
     else:
-        source = REPO / data["data"]["path"]
+        source = load_recipe(recipe_name).data.location
         frame = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True), ".parquet": pd.read_parquet}[
             source.suffix
         ](source)
@@ -56,6 +45,8 @@ def _small_copy(recipe_name: str, tmp_path, small_esco, model_dir, rows) -> dict
     return data
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize("recipe_name", list(CARDS))
 def test_builtin_recipe_runs_end_to_end(recipe_name, tiny_models, small_esco, mlflow_store, tmp_path):
     architecture, rows = CARDS[recipe_name]
@@ -94,46 +85,6 @@ def test_builtin_recipe_runs_end_to_end(recipe_name, tiny_models, small_esco, ml
 
         served = load(f"models:/{recipe.registered_model_name}/1")
         assert served.prompts["query"] == recipe.prompts.query
-
-
-def _recipe(**sections) -> dict:
-    base = {"name": "x", "data": {"format": "table", "path": "pairs.csv"}}
-    for key, value in sections.items():
-        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
-    return base
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (
-            _recipe(loss={"name": "triplet_margin"}),
-            "loss.name: Input should be 'mnrl', 'cached_mnrl' or 'cosine_similarity'",
-        ),
-        (
-            _recipe(
-                data={"shape": "scored_pairs"},
-                evaluation={"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"},
-            ),
-            "loss.name = 'mnrl' cannot train on scored_pairs data",
-        ),
-        (_recipe(loss={"name": "cosine_similarity"}), "use one of ['mnrl', 'cached_mnrl'] for this data"),
-        (
-            _recipe(evaluation={"evaluator": "information_retrieval", "primary_metric": "ndcg@10"}),
-            "choose one of ['cosine_accuracy_at_1'",
-        ),
-        (
-            _recipe(evaluation={"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"}),
-            "cannot score pairs data",
-        ),
-        (_recipe(data={"columns": {"query": "q"}}), "map these instead: ['anchor', 'positive']"),
-        (_recipe(data={"shape": "triplets", "mine_negatives": {}}), "data.mine_negatives needs pairs data"),
-    ],
-)
-def test_bad_recipes_fail_before_any_data_is_read(data, message):
-    with pytest.raises(RecipeError) as error:
-        parse_recipe(data, source="bad.yaml")
-    assert message in str(error.value)
 
 
 def _table_recipe(path, shape="pairs", **data):
@@ -228,6 +179,8 @@ def test_hub_name_offline_says_what_was_tried(tmp_path):
         read_table(_table_recipe("someone/esco-pairs").data)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
 def test_bad_data_in_a_table_recipe_stops_the_flow_before_training(tiny_bert, mlflow_store, tmp_path):
     path = tmp_path / "scored.csv"
     pd.DataFrame({"sentence1": [f"a{i}" for i in range(20)], "sentence2": ["b"] * 20, "score": [1.7] * 20}).to_csv(

@@ -15,9 +15,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import REPO, free_port, tiny_recipe_yaml
+from helpers import REPO, free_port, tiny_recipe_yaml
 
 BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow  # real servers and flow runs
 
 
 @pytest.fixture

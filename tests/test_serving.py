@@ -7,13 +7,16 @@ import subprocess
 import urllib.request
 
 import numpy as np
+import pytest
 
-from conftest import BIN, free_port, wait_for_http
+from helpers import BIN, free_port, wait_for_http
 from skillops import registry, tracking
 from skillops.modeling import load_model
 
 NAME = "tiny-serving"
 TEXTS = ["data analyst", "manage ICT security", "develop web applications in JavaScript"]
+
+pytestmark = pytest.mark.slow  # real servers and flow runs
 
 
 def _post(url: str, body: dict) -> np.ndarray:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import BUNDLED_ESCO, edit_csv, set_cell
+from helpers import BUNDLED_ESCO, edit_csv, set_cell
 from skillops.validation import DataValidationError, require, validate_esco
 
 

@@ -1,0 +1,231 @@
+"""`skillops`: single-stage commands over the same library functions the flow uses.
+
+The full pipeline runs as the Prefect flow (`python flows/train_esco.py`, or a deployment); this
+CLI never re-sequences it. Heavy libraries are imported inside commands, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_RECIPE = "esco-occupation-skills"
+
+
+def _recipe(args):
+    from skillops.config import load_recipe
+
+    return load_recipe(args.recipe)
+
+
+def cmd_recipes(args) -> int:
+    from skillops.config import builtin_recipes, load_recipe
+
+    for name, path in builtin_recipes().items():
+        recipe = load_recipe(path)
+        print(f"{name:28} {recipe.description}  [{path}]")
+    return 0
+
+
+def _data_recipe(path: Path, shape: str | None, columns: dict[str, str]):
+    """A default recipe around a bare data file or folder, so `validate` takes data directly."""
+    from skillops.config import parse_recipe
+    from skillops.tables import read_source
+
+    if path.is_dir() and any(path.glob("occupations_*.csv")):
+        language = sorted(path.glob("occupations_*.csv"))[0].stem.removeprefix("occupations_")
+        return parse_recipe(
+            {"name": path.name, "data": {"format": "esco", "path": str(path), "language": language}}, str(path)
+        )
+    if shape is None:  # guess from the column names
+        frame, _, _ = read_source(
+            parse_recipe({"name": "x", "data": {"format": "table", "path": str(path)}}, str(path)).data
+        )
+        names = set(frame.columns) | set(columns)
+        shape = (
+            "scored_pairs"
+            if "score" in names
+            else "triplets"
+            if any(n.startswith("negative") for n in names)
+            else "pairs"
+        )
+    scored = shape == "scored_pairs"
+    return parse_recipe(
+        {
+            "name": path.stem,
+            "data": {"format": "table", "path": str(path), "shape": shape, "columns": columns},
+            "loss": {"name": "cosine_similarity" if scored else "mnrl"},
+            "evaluation": {"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"}
+            if scored
+            else {"evaluator": "information_retrieval", "primary_metric": "cosine_ndcg_at_10"},
+        },
+        str(path),
+    )
+
+
+def cmd_validate(args) -> int:
+    from skillops import preparation
+    from skillops.config import RECIPE_SUFFIXES, load_recipe
+    from skillops.validation import validate_prepared, validate_recipe_data
+
+    target = Path(args.recipe)
+    is_data = target.exists() and target.suffix not in RECIPE_SUFFIXES
+    columns = dict(pair.split("=", 1) for pair in args.columns.split(",")) if args.columns else {}
+    recipe = _data_recipe(target, args.shape, columns) if is_data else load_recipe(args.recipe)
+    reports = [validate_recipe_data(recipe)]
+    if reports[0].success:
+        # What the pipeline would build from it: the split, the frozen eval sets, leakage and
+        # lengths. Mining needs the model and is left to the pipeline.
+        unmined = recipe.model_copy(update={"data": recipe.data.model_copy(update={"mine_negatives": None})})
+        with tempfile.TemporaryDirectory() as tmp:
+            task = preparation.build_task(unmined)
+            reports.append(validate_prepared(task, unmined, preparation.write_task(task, Path(tmp), {})))
+    for report in reports:
+        print(report.markdown())
+    if args.html:
+        Path(args.html).write_text("".join(report.html() for report in reports), "utf-8")
+        print(f"HTML report: {args.html}")
+    return 0 if all(report.success for report in reports) else 1
+
+
+def cmd_evaluate(args) -> int:
+    from skillops import preparation, registry
+    from skillops.evaluation import evaluate
+    from skillops.modeling import load_model
+
+    recipe = _recipe(args)
+    if args.model.startswith("models:/"):
+        model = registry.load(args.model)
+    else:
+        model = load_model(args.model, recipe.training.max_seq_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        # The same split and frozen sets a pipeline run of this recipe scores on.
+        paths = preparation.write_task(preparation.build_task(recipe), Path(tmp), {})
+        scores = evaluate(model, paths.eval_set(args.split), recipe.evaluation, recipe.prompts)
+    for name, value in scores.items():
+        print(f"{args.split}_{name}: {value:.4f}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from skillops.tracking import client, tracking_uri
+
+    recipe = _recipe(args)
+    mlflow_client = client()
+    name = recipe.registered_model_name
+    versions = sorted(mlflow_client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    if not versions:
+        print(f"No versions of {name!r} in {tracking_uri()}.")
+        return 0
+    aliases: dict[str, list[str]] = {}
+    for alias, version in mlflow_client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    metric = f"test_{recipe.evaluation.primary_metric}"
+    print(f"{'version':>7}  {'aliases':10} {metric:>10}  decision")
+    for version in versions:
+        tags = version.tags
+        print(
+            f"{version.version:>7}  {','.join(aliases.get(str(version.version), [])) or '-':10} {tags.get(metric, '-'):>10}  "
+            f"{tags.get('skillops.decision', '-')}: {tags.get('skillops.decision_reason', '')}"
+        )
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from skillops.registry import RollbackError, rollback
+
+    recipe = _recipe(args)
+    try:
+        moved_from, moved_to = rollback(recipe.registered_model_name, args.reason)
+    except RollbackError as error:
+        print(f"skillops rollback: {error}", file=sys.stderr)
+        return 1
+    print(f"{recipe.registered_model_name}: champion moved back from version {moved_from} to {moved_to}.")
+    return 0
+
+
+def cmd_history(args) -> int:
+    from skillops.registry import history
+
+    name = _recipe(args).registered_model_name
+    moves = history(name)
+    if not moves:
+        print(f"{name}: the champion alias has never moved.")
+        return 0
+    for move in moves:
+        numbers = move.get("numbers")
+        detail = (
+            f" [{numbers['metric']} {numbers['candidate']:.4f} vs {numbers['reference_name']} {numbers['reference']:.4f}, p={numbers['p_value']}]"
+            if numbers
+            else ""
+        )
+        print(f"{move['when']}  {move['kind']:9} v{move['from'] or '-'} -> v{move['to']}  {move['why']}{detail}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skillops",
+        description="Single stages of the skillops pipeline. The whole pipeline is the Prefect "
+        "flow: python flows/train_esco.py [recipe], or prefect deployment run train-esco/<name>.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler, help_text: str, recipe: bool = True):
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        if recipe:
+            command.add_argument(
+                "recipe",
+                nargs="?",
+                default=DEFAULT_RECIPE,
+                help=f"built-in recipe name or path to a recipe file, YAML or TOML (default: {DEFAULT_RECIPE})",
+            )
+        command.set_defaults(handler=handler)
+        return command
+
+    add("recipes", cmd_recipes, "List the built-in recipes.", recipe=False)
+    validate = add(
+        "validate",
+        cmd_validate,
+        "Check a recipe's data, or a data file or ESCO folder, against its suites and checks; exit 1 if a rule fails.",
+    )
+    validate.add_argument(
+        "--shape",
+        choices=["pairs", "triplets", "scored_pairs"],
+        help="shape of a bare data file (default: guessed from its columns)",
+    )
+    validate.add_argument(
+        "--columns",
+        metavar="NAME=COLUMN,...",
+        help="map a bare file's columns to skillops' names, e.g. anchor=job_description,positive=skill",
+    )
+    validate.add_argument("--html", metavar="FILE", help="also write the report as an HTML page")
+    evaluate = add("evaluate", cmd_evaluate, "Score a model on the recipe's held-out validation or test set.")
+    evaluate.add_argument(
+        "--model",
+        required=True,
+        help="a model folder, a Hugging Face id, or a registry URI such as models:/esco-occupation-skills@champion",
+    )
+    evaluate.add_argument("--split", choices=["validation", "test"], default="test")
+    add("models", cmd_models, "List registered versions, their aliases and promotion decisions.")
+    rollback = add("rollback", cmd_rollback, "Move the champion alias back to the version it replaced.")
+    rollback.add_argument("--reason", default="manual rollback", help="recorded on both versions")
+    add("history", cmd_history, "Every move of the champion alias: from, to, when, why and the decision's numbers.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from skillops.errors import DataError, RecipeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (RecipeError, DataError) as error:
+        print(f"skillops {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

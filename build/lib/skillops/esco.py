@@ -1,0 +1,75 @@
+"""ESCO in its official CSV download layout, and the occupation -> skills pairs of model card 000.
+
+The layout: `occupations_<lang>.csv`, `skills_<lang>.csv` and `occupationSkillRelations_<lang>.csv`,
+with `altLabels` newline-separated inside one cell. ESCO is (c) European Union, CC BY 4.0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from skillops.config import DataConfig
+from skillops.tables import read_csv
+
+OCCUPATIONS = "occupations"
+SKILLS = "skills"
+RELATIONS = "relations"
+
+REQUIRED_COLUMNS = {
+    OCCUPATIONS: ("conceptUri", "preferredLabel", "altLabels"),
+    SKILLS: ("conceptUri", "preferredLabel"),
+    RELATIONS: ("occupationUri", "skillUri"),
+}
+
+
+def esco_files(directory: Path, language: str = "en") -> dict[str, Path]:
+    return {
+        OCCUPATIONS: directory / f"occupations_{language}.csv",
+        SKILLS: directory / f"skills_{language}.csv",
+        RELATIONS: directory / f"occupationSkillRelations_{language}.csv",
+    }
+
+
+# What a missing file's error suggests: the folder is probably not an ESCO download.
+ESCO_LAYOUT_FIX = (
+    "an ESCO folder needs occupations_<lang>.csv, skills_<lang>.csv and occupationSkillRelations_<lang>.csv "
+    "(the official ESCO CSV download layout)"
+)
+
+
+def load_esco(directory: Path, language: str = "en") -> dict[str, pd.DataFrame]:
+    return {table: read_csv(path, ESCO_LAYOUT_FIX) for table, path in esco_files(directory, language).items()}
+
+
+def split_labels(cell: str) -> list[str]:
+    return [label.strip() for label in cell.splitlines() if label.strip()]
+
+
+def occupation_anchor(preferred: str, alt_labels: str, max_alt_labels: int | None) -> str:
+    """Preferred label then alternative labels, space-joined as card 000's anchors join forms."""
+    alternatives = [label for label in split_labels(alt_labels) if label != preferred.strip()]
+    if max_alt_labels is not None:
+        alternatives = alternatives[:max_alt_labels]
+    return " ".join([preferred.strip(), *alternatives])
+
+
+def occupation_skills(
+    tables: dict[str, pd.DataFrame], config: DataConfig
+) -> tuple[dict[str, str], dict[str, list[str]], list[str]]:
+    """Occupation anchors and their skill labels, keyed by occupation URI, and every skill label.
+
+    Only occupations that link to at least one skill are kept: one with none has nothing to train
+    on or to rank.
+    """
+    occupations = tables[OCCUPATIONS].set_index("conceptUri")
+    skill_labels = tables[SKILLS].set_index("conceptUri")["preferredLabel"].str.strip()
+    relations = tables[RELATIONS][["occupationUri", "skillUri"]].drop_duplicates()
+    skills_of = relations.groupby("occupationUri")["skillUri"].apply(sorted).to_dict()
+    anchors = {
+        uri: occupation_anchor(row.preferredLabel, row.altLabels, config.max_alt_labels)
+        for uri, row in occupations.loc[list(skills_of)].iterrows()
+    }
+    positives = {uri: [skill_labels[skill] for skill in skills] for uri, skills in skills_of.items()}
+    return anchors, positives, sorted(set(skill_labels))

@@ -1,0 +1,22 @@
+"""Where a run's work files go: `outputs/` under the working directory (git-ignored), or
+SKILLOPS_OUTPUTS_DIR. What must outlive a run (models, reports, scores) goes to the MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def outputs_root() -> Path:
+    return Path(os.environ.get("SKILLOPS_OUTPUTS_DIR", "outputs")).resolve()
+
+
+def output_dir(run_id: str) -> Path:
+    """The run's work folder (prepared data, validation reports, charts): outputs/<run id>."""
+    return outputs_root() / run_id
+
+
+def attempt_dir(attempt: str) -> Path:
+    """Tuning results and training checkpoints of one (data, recipe, code): a run that crashed
+    and is started again finds them here and resumes instead of starting over."""
+    return outputs_root() / "attempts" / attempt

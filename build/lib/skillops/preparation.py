@@ -1,0 +1,240 @@
+"""A recipe's data turned into what training and evaluation read: a training table and frozen
+validation/test evaluation sets, split so that no query (occupation, anchor) is on two sides.
+
+On disk (what flows pass around instead of DataFrames):
+
+    train.parquet      pairs (anchor, positive), triplets (+ negative_1..n) or scored pairs
+    validation.json    the evaluation set the tuner and the training curves score on
+    test.json          the frozen set the promotion gate scores base, candidate and champion on
+    manifest.json      fingerprints, counts and the split
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from skillops import esco
+from skillops.config import SLICE_COLUMN, DataConfig, Recipe
+from skillops.errors import DataError
+from skillops.tables import read_table
+
+logger = logging.getLogger(__name__)
+
+EVAL_PARTS = ("validation", "test")
+
+
+@dataclass(frozen=True)
+class PreparedPaths:
+    directory: Path
+
+    @property
+    def train(self) -> Path:
+        return self.directory / "train.parquet"
+
+    def eval_set(self, part: str) -> Path:
+        return self.directory / f"{part}.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / "manifest.json"
+
+
+class PreparedData(BaseModel):
+    """What `prepare` built, as the later stages need it: the folder and its fingerprints."""
+
+    directory: Path
+    data_fingerprint: str  # the raw input files and the task settings
+    eval_fingerprint: str  # the frozen test samples the promotion gate scores on
+    counts: dict[str, int]
+
+    @property
+    def paths(self) -> PreparedPaths:
+        return PreparedPaths(self.directory)
+
+
+@dataclass(frozen=True)
+class Task:
+    train: pd.DataFrame
+    eval_sets: dict[str, Any]  # "validation"/"test" -> the evaluator's input, JSON-serialisable
+    split: dict[str, list[str]]  # part -> the groups (occupation URIs, anchors) in it
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"train_rows": len(self.train), **{f"{part}_groups": len(keys) for part, keys in self.split.items()}}
+
+
+def split_groups(keys: list[str], validation: float, test: float, seed: int) -> dict[str, list[str]]:
+    """Seeded split of groups: each group (with all its rows) lands in exactly one part."""
+    order = sorted(set(keys))
+    np.random.default_rng(seed).shuffle(order)
+    n_validation = max(1, round(len(order) * validation))
+    n_test = max(1, round(len(order) * test))
+    if n_validation + n_test >= len(order):
+        raise DataError(
+            f"Only {len(order)} distinct queries (occupations or anchors): too few to split into "
+            "train, validation and test. Use more data."
+        )
+    return {
+        "train": sorted(order[n_test + n_validation :]),
+        "validation": sorted(order[n_test : n_test + n_validation]),
+        "test": sorted(order[:n_test]),
+    }
+
+
+def reranking_set(
+    queries: dict[str, list[str]], pool: list[str], negatives: int, rng, slices: dict[str, str]
+) -> list[dict]:
+    """RerankingEvaluator samples: each query's positives among `negatives` texts drawn from the pool."""
+    samples = []
+    for query, positives in queries.items():
+        relevant = set(positives)
+        candidates = [text for text in pool if text not in relevant]
+        chosen = rng.choice(len(candidates), size=min(negatives, len(candidates)), replace=False)
+        sample = {"query": query, "positive": positives, "negative": [candidates[i] for i in sorted(chosen)]}
+        samples.append({**sample, "slice": slices[query]} if query in slices else sample)
+    return samples
+
+
+def retrieval_set(queries: dict[str, list[str]], pool: list[str], slices: dict[str, str]) -> dict:
+    """InformationRetrievalEvaluator input: every query against the whole pool of documents."""
+    doc_ids = {text: f"d{i}" for i, text in enumerate(pool)}
+    query_ids = {query: f"q{i}" for i, query in enumerate(queries)}
+    eval_set = {
+        "queries": {query_id: query for query, query_id in query_ids.items()},
+        "corpus": {doc_id: text for text, doc_id in doc_ids.items()},
+        "relevant_docs": {
+            query_ids[query]: sorted(doc_ids[text] for text in positives) for query, positives in queries.items()
+        },
+    }
+    if slices:
+        eval_set["query_slices"] = {query_ids[query]: slices[query] for query in queries}
+    return eval_set
+
+
+def _ranking_eval_sets(
+    queries_by_part: dict[str, dict[str, list[str]]], pool: list[str], recipe: Recipe, slices: dict[str, str]
+) -> dict[str, Any]:
+    rng = np.random.default_rng(recipe.data.split.seed)
+    if recipe.evaluation.evaluator == "reranking":
+        return {
+            part: reranking_set(queries_by_part[part], pool, recipe.data.eval_negatives, rng, slices)
+            for part in EVAL_PARTS
+        }
+    return {part: retrieval_set(queries_by_part[part], pool, slices) for part in EVAL_PARTS}
+
+
+def _esco_task(recipe: Recipe) -> Task:
+    data = recipe.data
+    anchors, positives, skill_labels = esco.occupation_skills(esco.load_esco(data.location, data.language), data)
+    split = split_groups(list(anchors), data.split.validation, data.split.test, data.split.seed)
+    train = pd.DataFrame(
+        [{"anchor": anchors[uri], "positive": label} for uri in split["train"] for label in positives[uri]]
+    ).drop_duplicates(ignore_index=True)
+    queries = {part: {anchors[uri]: positives[uri] for uri in split[part]} for part in EVAL_PARTS}
+    return Task(train, _ranking_eval_sets(queries, skill_labels, recipe, {}), split)
+
+
+def _table_task(recipe: Recipe) -> Task:
+    data = recipe.data
+    frame = read_table(data).frame
+    group = "sentence1" if data.shape == "scored_pairs" else "anchor"
+    split = split_groups(frame[group].tolist(), data.split.validation, data.split.test, data.split.seed)
+    part_of = {key: part for part, keys in split.items() for key in keys}
+    parts = {part: frame[frame[group].map(part_of) == part] for part in ("train", *EVAL_PARTS)}
+    # Slice labels judge candidates, they do not train them. A query's slice is its first row's.
+    slices = frame.groupby(group, sort=False)[SLICE_COLUMN].first().to_dict() if SLICE_COLUMN in frame else {}
+    train = parts["train"].drop(columns=SLICE_COLUMN, errors="ignore").reset_index(drop=True)
+    if data.shape == "scored_pairs":
+        kept = ["sentence1", "sentence2", "score", *([SLICE_COLUMN] if slices else [])]
+        eval_sets = {part: parts[part][kept].to_dict(orient="list") for part in EVAL_PARTS}
+        return Task(train, eval_sets, split)
+    # Documents: every positive and negative text of the data set, so held-out queries are ranked
+    # against the same collection whichever part they are in.
+    negative_columns = [c for c in frame.columns if c.startswith("negative_")]
+    pool = sorted(set(frame["positive"]).union(*(set(frame[c]) for c in negative_columns)))
+    queries = {
+        part: {anchor: sorted(set(rows["positive"])) for anchor, rows in parts[part].groupby("anchor", sort=True)}
+        for part in EVAL_PARTS
+    }
+    return Task(train, _ranking_eval_sets(queries, pool, recipe, slices), split)
+
+
+def build_task(recipe: Recipe) -> Task:
+    return _esco_task(recipe) if recipe.data.format == "esco" else _table_task(recipe)
+
+
+def fingerprint_files(paths: list[Path], extra: str = "") -> str:
+    """A short content hash: the same bytes and settings give the same fingerprint anywhere."""
+    digest = hashlib.sha256(extra.encode())
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        # A missing file is for validation to report, with its fix; here it is just a state.
+        digest.update(path.read_bytes() if path.is_file() else b"\0missing")
+    return digest.hexdigest()[:16]
+
+
+def source_files(data: DataConfig) -> list[Path]:
+    """The files a recipe's data comes from (for its fingerprint); empty for a hub dataset."""
+    if data.format == "esco":
+        return list(esco.esco_files(data.location, data.language).values())
+    path = data.location
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path] if path.is_file() else []
+
+
+def mine_negatives(train: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
+    """Hard negatives for (anchor, positive) rows, with sentence-transformers' own miner and the
+    base model: (anchor, positive, negative_1..n). Rows without enough negatives are dropped."""
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    from skillops.modeling import load_model
+
+    mining = recipe.data.mine_negatives
+    mined = mine_hard_negatives(
+        Dataset.from_pandas(train[["anchor", "positive"]], preserve_index=False),
+        load_model(recipe.base_model, recipe.training.max_seq_length),
+        anchor_column_name="anchor",
+        positive_column_name="positive",
+        num_negatives=mining.num_negatives,
+        range_min=mining.range_min,
+        range_max=mining.range_max,
+        relative_margin=mining.relative_margin,
+        sampling_strategy=mining.sampling_strategy,
+        query_prompt=recipe.prompts.query or None,
+        corpus_prompt=recipe.prompts.document or None,
+        output_format="n-tuple",
+        batch_size=recipe.evaluation.batch_size,
+        verbose=False,
+    ).to_pandas()
+    if mined.empty:
+        raise DataError(
+            f"Mining found no hard negatives for any of the {len(train)} training pairs; lower "
+            "data.mine_negatives.num_negatives or relative_margin, or raise range_max."
+        )
+    logger.info("Mined %d negatives each for %d of %d training pairs", mining.num_negatives, len(mined), len(train))
+    return mined
+
+
+def write_task(task: Task, directory: Path, manifest: dict) -> PreparedPaths:
+    paths = PreparedPaths(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    task.train.to_parquet(paths.train, index=False)
+    for part, eval_set in task.eval_sets.items():
+        paths.eval_set(part).write_text(json.dumps(eval_set, ensure_ascii=False, indent=1), "utf-8")
+    paths.manifest.write_text(json.dumps({**manifest, "counts": task.counts, "split": task.split}, indent=1), "utf-8")
+    return paths
+
+
+def read_eval_set(path: Path) -> Any:
+    return json.loads(path.read_text("utf-8"))

@@ -1,0 +1,244 @@
+"""The promotion gate as a pure function: same per-query scores, same decision, testable from a table.
+
+A candidate is compared with a reference (the champion, or the base model when there is no
+champion yet) on the same frozen test set, query by query:
+
+1. the primary metric is strictly higher, by at least `min_delta` and `min_relative_delta`;
+2. a one-sided paired permutation test says the improvement is unlikely to be noise
+   (p < `significance_level`), unless the policy turns that off;
+3. no other headline metric drops by more than `secondary_tolerance`;
+4. no slice with enough queries drops its primary metric by more than `slice_tolerance`.
+
+Every check is computed and kept in the decision, so a report shows all of them, and the reason
+names the first that failed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel
+
+from skillops.config import PromotionPolicy
+from skillops.evaluation import QueryScores
+
+CONFIDENCE = 0.95  # of the bootstrap interval reported for the primary metric's difference
+
+
+class Check(BaseModel):
+    name: str  # "improvement", "min_delta", "significance", "metric <name>", "slice <label>"
+    passed: bool
+    detail: str
+
+
+class Comparison(BaseModel):
+    candidate: float
+    reference: float
+    delta: float
+    queries: int | None = None  # slices only
+
+
+class Decision(BaseModel):
+    promote: bool
+    reason: str
+    metric: str
+    candidate: float
+    reference: float
+    reference_name: str  # "champion" or "base model"
+    reference_version: str | None = None
+    delta: float
+    p_value: float | None = None  # one-sided paired permutation test, candidate > reference
+    interval: tuple[float, float] | None = None  # paired bootstrap interval of the delta
+    checks: list[Check] = []
+    metrics: dict[str, Comparison] = {}
+    slices: dict[str, Comparison] = {}
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation along the last axis (vectorised over resamples)."""
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    return (a * b).sum(axis=-1) / np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
+
+
+def _correlation_difference(metric: str, x: np.ndarray, y: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """Correlation with the gold scores of cosines x minus that of cosines y (vectorised)."""
+    from scipy.stats import rankdata
+
+    if metric.startswith("spearman"):
+        x, y, gold = (rankdata(values, axis=-1) for values in (x, y, gold))
+    return _pearson(gold, x) - _pearson(gold, y)
+
+
+def paired_test(
+    candidate: QueryScores, reference: QueryScores, metric: str, policy: PromotionPolicy
+) -> tuple[float, tuple[float, float]]:
+    """(one-sided p-value that the candidate is better, bootstrap interval of the difference).
+
+    The permutation test swaps candidate and reference scores within each query (exact when
+    there are few queries); the interval resamples queries with replacement. For similarity the
+    queries are pairs and the statistic is the difference of correlations with the gold scores.
+    """
+    from scipy.stats import bootstrap, permutation_test
+
+    x, y = candidate.values(metric), reference.values(metric)
+    if np.array_equal(x, y):
+        return 1.0, (0.0, 0.0)
+    if candidate.evaluator == "embedding_similarity":
+        gold = np.asarray(candidate.gold)
+
+        def permuted(a, b, axis=-1):  # permutations keep the pairs' order: gold stays aligned
+            return _correlation_difference(metric, a, b, gold)
+
+        def resampled(a, b, g, axis=-1):  # resamples take the gold scores along with their pairs
+            return _correlation_difference(metric, a, b, g)
+
+        samples = (x, y, gold)
+    else:
+
+        def permuted(a, b, axis=-1):
+            return np.mean(a, axis=axis) - np.mean(b, axis=axis)
+
+        resampled, samples = permuted, (x, y)
+    rng = np.random.default_rng(policy.seed)
+    p_value = permutation_test(
+        (x, y),
+        permuted,
+        permutation_type="samples",
+        alternative="greater",
+        n_resamples=policy.resamples,
+        vectorized=True,
+        rng=rng,
+    ).pvalue
+    interval = bootstrap(
+        samples,
+        resampled,
+        paired=True,
+        vectorized=True,
+        n_resamples=policy.resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=rng,
+    ).confidence_interval
+    return float(p_value), (float(interval.low), float(interval.high))
+
+
+def _slices(candidate: QueryScores, reference: QueryScores, metric: str) -> dict[str, Comparison]:
+    labels = np.asarray(candidate.slices)
+    comparisons = {}
+    for label in sorted(set(candidate.slices) - {""}):
+        rows = np.flatnonzero(labels == label)
+        score, bar = candidate.metric(metric, rows), reference.metric(metric, rows)
+        comparisons[label] = Comparison(candidate=score, reference=bar, delta=score - bar, queries=len(rows))
+    return comparisons
+
+
+def decide(
+    candidate: QueryScores,
+    reference: QueryScores,
+    reference_name: str,
+    metric: str,
+    headline: list[str],
+    policy: PromotionPolicy,
+    reference_version: str | None = None,
+) -> Decision:
+    """Promote only if every check of the policy passes (see the module docstring)."""
+    if candidate.ids != reference.ids:
+        raise ValueError(
+            f"The candidate and the {reference_name} were scored on different test sets "
+            f"({len(candidate.ids)} and {len(reference.ids)} queries); score both on the same frozen set."
+        )
+    metrics = {}
+    for name in dict.fromkeys([metric, *headline]):
+        score, bar = candidate.metric(name), reference.metric(name)
+        metrics[name] = Comparison(candidate=score, reference=bar, delta=score - bar)
+    score, bar, delta = metrics[metric].candidate, metrics[metric].reference, metrics[metric].delta
+    p_value, interval = paired_test(candidate, reference, metric, policy)
+    versus = f"the {reference_name}'s {bar:.4f}"
+
+    verdict = "beats" if delta > 0 else "is equal to" if delta == 0 else "is worse than"
+    checks = [
+        Check(
+            name="improvement",
+            passed=delta > 0,
+            detail=f"{metric} {score:.4f} {verdict} {versus}" + (f" by {delta:.4f}" if delta > 0 else ""),
+        )
+    ]
+    needed = max(policy.min_delta, policy.min_relative_delta * abs(bar))
+    if needed > 0:
+        checks.append(
+            Check(
+                name="min_delta",
+                passed=delta >= needed,
+                detail=f"{metric} {score:.4f} vs {versus}: {delta:+.4f}, "
+                f"{'at least' if delta >= needed else 'less than'} the +{needed:.4f} required "
+                f"(min_delta {policy.min_delta}, min_relative_delta {policy.min_relative_delta})",
+            )
+        )
+    significant = policy.significance_level is None or p_value < policy.significance_level
+    level = "not required" if policy.significance_level is None else f"level {policy.significance_level}"
+    queries = len(candidate.ids)
+    # With n queries a sign-flip test cannot go below 1/2^n: say so rather than refuse silently.
+    hopeless = policy.significance_level is not None and 0.5**queries >= policy.significance_level
+    checks.append(
+        Check(
+            name="significance",
+            passed=significant,
+            detail=f"paired permutation test over {queries} queries: p = {p_value:.4f} ({level}); "
+            f"{CONFIDENCE:.0%} interval of the difference [{interval[0]:.4f}, {interval[1]:.4f}]"
+            + (
+                f"; {queries} queries can never reach p < {policy.significance_level}: enlarge data.split.test"
+                if hopeless
+                else ""
+            ),
+        )
+    )
+    for name, comparison in metrics.items():
+        if name != metric:
+            checks.append(
+                Check(
+                    name=f"metric {name}",
+                    passed=comparison.delta >= -policy.secondary_tolerance,
+                    detail=f"{name} {comparison.candidate:.4f} vs {comparison.reference:.4f} ({comparison.delta:+.4f}; "
+                    f"tolerance {policy.secondary_tolerance})",
+                )
+            )
+    slices = _slices(candidate, reference, metric)
+    for label, comparison in slices.items():
+        held = comparison.queries >= policy.min_slice_queries
+        checks.append(
+            Check(
+                name=f"slice {label}",
+                passed=not held or comparison.delta >= -policy.slice_tolerance,
+                detail=f"slice {label!r} ({comparison.queries} queries): {metric} {comparison.candidate:.4f} vs "
+                f"{comparison.reference:.4f} ({comparison.delta:+.4f}; "
+                + (
+                    f"tolerance {policy.slice_tolerance})"
+                    if held
+                    else f"fewer than {policy.min_slice_queries} queries, not held to the tolerance)"
+                ),
+            )
+        )
+    failed = [check for check in checks if not check.passed]
+    if failed:
+        reason = (
+            failed[0].detail
+            if failed[0].name != "significance"
+            else (f"{metric} {score:.4f} beats {versus} by {delta:.4f}, but not significantly: {failed[0].detail}")
+        )
+    else:
+        reason = f"{metric} {score:.4f} beats {versus} by {delta:.4f} (p = {p_value:.4f}; {level})"
+    return Decision(
+        promote=not failed,
+        reason=reason,
+        metric=metric,
+        candidate=score,
+        reference=bar,
+        reference_name=reference_name,
+        reference_version=reference_version,
+        delta=delta,
+        p_value=p_value,
+        interval=interval,
+        checks=checks,
+        metrics=metrics,
+        slices=slices,
+    )

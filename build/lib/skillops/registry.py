@@ -1,0 +1,235 @@
+"""MLflow model registry: register candidates, find the champion, move its alias under a lock."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+
+from skillops.evaluation import QueryScores
+from skillops.promotion import Decision
+from skillops.tracking import client, store_dir
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+MOVE_TAG_PREFIX = "skillops.champion_move."  # one tag per alias move, on both versions
+MAX_RECHECKS = 5  # judgements of one candidate while the champion keeps moving, before giving up
+
+# Written explicitly: MLflow's inference of requirements imports and inspects the model (slow)
+# and cannot reach PyPI offline anyway.
+SERVING_REQUIREMENTS = ["sentence-transformers>=6.2,<7", "torch", "transformers>=5,<6"]
+
+
+def register(model_dir: Path, run_id: str, name: str, tags: dict[str, Any], description: str = "") -> str:
+    """Log the model to `run_id` and register it; returns the new version number."""
+    from skillops.modeling import load_model
+
+    model = load_model(str(model_dir))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.sentence_transformers.log_model(
+            model,
+            name="model",
+            registered_model_name=name,
+            pip_requirements=SERVING_REQUIREMENTS,
+            signature=serving_signature(),
+        )
+    mlflow_client = client()
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, version, key, str(value))
+    if description:
+        mlflow_client.update_model_version(name, version, description=description)
+    return version
+
+
+def serving_signature():
+    """Texts in, embeddings out, and `prompt_name` as a request parameter: MLflow's pyfunc passes
+    params to `encode`, so `{"inputs": [...], "params": {"prompt_name": "query"}}` applies the
+    model's saved query prompt at serve time. (The flavor's default signature has no params, and
+    MLflow drops params a signature does not declare.)"""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), [-1, -1])]),
+        params=ParamSchema([ParamSpec("prompt_name", "string", None)]),
+    )
+
+
+def champion_version(name: str) -> str | None:
+    try:
+        return str(client().get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None  # no registered model of that name, or no champion yet
+
+
+def model_uri(name: str, version: str) -> str:
+    return f"models:/{name}/{version}"
+
+
+def load(uri: str):
+    """A registered model as a SentenceTransformer, from a URI like models:/<name>@champion."""
+    client()  # resolve models:/ against the skillops store, not MLflow's default
+    return mlflow.sentence_transformers.load_model(uri)
+
+
+def _score_cache_file(name: str, version: str, eval_fingerprint: str) -> Path:
+    """Per-query scores of a registered version on one frozen test set, kept next to the store:
+    a version's weights never change, so neither do its scores on the same set."""
+    return store_dir() / "score-cache" / name / f"v{version}" / f"{eval_fingerprint}.json"
+
+
+def save_scores(name: str, version: str, eval_fingerprint: str, values: QueryScores) -> None:
+    path = _score_cache_file(name, version, eval_fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs may write the same entry
+    temporary.write_text(values.model_dump_json(), "utf-8")
+    temporary.replace(path)
+
+
+def version_scores(
+    name: str, version: str, eval_fingerprint: str, score: Callable[[Any], QueryScores]
+) -> tuple[QueryScores, str]:
+    """A registered version's per-query scores on one eval snapshot, and where they came from:
+    the cache when that version was already scored on this snapshot, else `score(model)` now."""
+    cached = _score_cache_file(name, version, eval_fingerprint)
+    if cached.is_file():
+        values = QueryScores.model_validate_json(cached.read_text("utf-8"))
+        return values, f"cached scores of version {version} on eval snapshot {eval_fingerprint}"
+    scored_on = client().get_model_version(name, version).tags.get("skillops.eval_fingerprint", "unknown")
+    values = score(load(model_uri(name, version)))
+    save_scores(name, version, eval_fingerprint, values)
+    return (
+        values,
+        f"version {version} re-scored on eval snapshot {eval_fingerprint} (it was registered with scores on {scored_on})",
+    )
+
+
+@contextlib.contextmanager
+def promotion_lock(name: str) -> Iterator[None]:
+    """One promoter at a time per model: MLflow aliases are last-writer-wins, with no compare-and-set."""
+    lock_dir = store_dir() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def promote_if_better(name: str, version: str, judge: Callable[[str | None], Decision]) -> Decision:
+    """Decide and, if the decision says so, move the alias; the decision is recorded on the version.
+
+    `judge(champion_version)` compares the candidate with that champion (None: no champion yet)
+    on the run's frozen test set. Under the lock, the champion is read, judged, and read again
+    just before the alias moves: if it changed meanwhile (a promoter on another machine, a
+    rollback), the candidate is judged again against the new champion. So a run can never move
+    the alias past a champion it did not beat.
+    """
+    mlflow_client = client()
+    with promotion_lock(name):
+        for _ in range(MAX_RECHECKS):
+            current = champion_version(name)
+            decision = judge(current)
+            if champion_version(name) == current:
+                break
+        else:
+            raise RuntimeError(
+                f"The champion of {name!r} moved {MAX_RECHECKS} times while version {version} was being "
+                "judged; something else is moving the alias. Run again once it has stopped."
+            )
+        if decision.promote:
+            mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+            _record_move(name, current, version, "promotion", decision.reason, decision)
+        record = {
+            "skillops.decision": "promoted" if decision.promote else "not promoted",
+            "skillops.decision_reason": decision.reason,
+            "skillops.decision_time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "skillops.previous_champion": current or "none",
+            "skillops.decision_numbers": json.dumps(_numbers(decision)),
+        }
+        for key, value in record.items():
+            mlflow_client.set_model_version_tag(name, version, key, value)
+    logger.info("Version %s of %s: %s", version, name, decision.reason)
+    return decision
+
+
+def _numbers(decision: Decision) -> dict[str, Any]:
+    return {
+        "metric": decision.metric,
+        "candidate": round(decision.candidate, 6),
+        "reference": round(decision.reference, 6),
+        "reference_name": decision.reference_name,
+        "delta": round(decision.delta, 6),
+        "p_value": None if decision.p_value is None else round(decision.p_value, 6),
+    }
+
+
+def _record_move(name: str, old: str | None, new: str, kind: str, why: str, decision: Decision | None = None) -> dict:
+    """One alias move, on both versions it concerns: from, to, when, why and the decision's numbers."""
+    now = datetime.now(UTC)
+    move = {
+        "from": old,
+        "to": new,
+        "when": now.isoformat(timespec="seconds"),
+        "kind": kind,
+        "why": why,
+        **({"numbers": _numbers(decision)} if decision else {}),
+    }
+    value = json.dumps(move)
+    key = MOVE_TAG_PREFIX + now.strftime("%Y%m%dT%H%M%S%fZ")  # sorts by time; no ':' (not allowed in keys)
+    for touched in {new, old} - {None}:
+        client().set_model_version_tag(name, touched, key, value)
+    return move
+
+
+def history(name: str) -> list[dict]:
+    """Every recorded move of the champion alias of `name`, oldest first."""
+    moves = {}
+    for version in client().search_model_versions(f"name = '{name}'"):
+        for key, value in version.tags.items():
+            if key.startswith(MOVE_TAG_PREFIX):
+                moves[key] = json.loads(value)
+    return [moves[key] for key in sorted(moves)]
+
+
+class RollbackError(RuntimeError):
+    """The champion cannot be moved back; the message says why."""
+
+
+def rollback(name: str, reason: str) -> tuple[str, str]:
+    """Move `champion` back to the version it replaced; returns (from_version, to_version)."""
+    mlflow_client = client()
+    with promotion_lock(name):
+        current = champion_version(name)
+        if current is None:
+            raise RollbackError(f"{name!r} has no champion, so there is nothing to roll back.")
+        previous = mlflow_client.get_model_version(name, current).tags.get("skillops.previous_champion", "none")
+        if previous == "none":
+            raise RollbackError(
+                f"Version {current} of {name!r} was its first champion; there is no earlier one to "
+                "roll back to. Promote another version instead."
+            )
+        mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
+        move = _record_move(name, current, previous, "rollback", reason)
+        mlflow_client.set_model_version_tag(
+            name, previous, "skillops.rollback", f"{move['when']}: champion moved back from version {current}: {reason}"
+        )
+        mlflow_client.set_model_version_tag(
+            name, current, "skillops.rolled_back", f"{move['when']}: replaced by version {previous}: {reason}"
+        )
+    logger.info("Champion of %s moved back from version %s to %s", name, current, previous)
+    return current, previous

@@ -1,0 +1,235 @@
+"""What people look at after a run: charts (PNG) and the plain-text / markdown summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from skillops.promotion import Decision
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curve_chart(log_history: Path, path: Path, loss_name: str) -> Path:
+    history = json.loads(log_history.read_text("utf-8"))
+    points = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    if points:
+        axis.plot(*zip(*points, strict=True), marker="o", markersize=3)
+    axis.set(xlabel="optimizer step", ylabel=f"training loss ({loss_name})", title="Training loss")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def rounds_chart(round_scores: list[dict[str, float]], metric: str, path: Path) -> Path:
+    """The primary validation metric after each round of continued training (card 000's curve)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    rounds = range(1, len(round_scores) + 1)
+    axis.plot(rounds, [scores[metric] for scores in round_scores], marker="o")
+    axis.set(xlabel="training round", ylabel=f"validation {metric}", title="Continued training", xticks=list(rounds))
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def comparison_chart(scores: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """Grouped bars: one group per metric, one bar per model (base, candidate, champion)."""
+    plt = _pyplot()
+    metrics = list(next(iter(scores.values())))
+    width = 0.8 / len(scores)
+    figure, axis = plt.subplots(figsize=(max(7, 1.6 * len(metrics)), 3.8))
+    for index, (model, values) in enumerate(scores.items()):
+        positions = [m + index * width for m in range(len(metrics))]
+        bars = axis.bar(positions, [values[m] for m in metrics], width, label=model)
+        axis.bar_label(bars, fmt="%.3f", fontsize=7)
+    axis.set_xticks([m + width * (len(scores) - 1) / 2 for m in range(len(metrics))], metrics)
+    axis.set(ylim=(0, 1.05), ylabel="score", title=title)
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def optuna_history_chart(study, path: Path) -> Path:
+    plt = _pyplot()
+    trials = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot([t.number for t in trials], [t.value for t in trials], "o", label="trial")
+    best, values = [], []
+    for trial in trials:
+        values.append(trial.value)
+        best.append(max(values))
+    axis.step([t.number for t in trials], best, where="post", label="best so far")
+    pruned = [t.number for t in study.trials if t.state.name == "PRUNED"]
+    axis.set(xlabel="trial", ylabel="validation score", title=f"Optuna search ({len(pruned)} pruned)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _score_table(scores: dict[str, dict[str, float]]) -> list[str]:
+    metrics = list(next(iter(scores.values())))
+    lines = ["| model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for model, values in scores.items():
+        lines.append(f"| {model} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")
+    return lines
+
+
+def summary(
+    model_name: str,
+    version: str,
+    scores: dict[str, dict[str, float]],
+    decision: Decision,
+    champion: str | None,
+    ui_command: str,
+) -> str:
+    """The evaluation report: decision, scores and every check of the policy. Markdown that reads
+    well in a terminal, as a Prefect artifact and as an MLflow artifact."""
+    against = decision.reference_name + (
+        f" (version {decision.reference_version})" if decision.reference_version else ""
+    )
+    lines = [
+        f"## {model_name} version {version}: {'PROMOTED to champion' if decision.promote else 'not promoted'}",
+        "",
+        f"Why: {decision.reason}.",
+        "",
+        *_score_table(scores),
+        "",
+        f"Checks against the {against}:",
+        "",
+        *(f"- {'pass' if check.passed else 'FAIL'}: {check.detail}" for check in decision.checks),
+        "",
+        f"Champion now: version {champion or 'none'} (`models:/{model_name}@champion`).",
+        f"Compare runs: `{ui_command}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def model_card(
+    recipe,
+    version: str,
+    counts: dict[str, int],
+    eval_fingerprint: str,
+    scores: dict[str, dict[str, float]],
+    decision: Decision,
+    params: dict[str, str],
+) -> str:
+    """What a user of the registered model needs: what it is, how to call it, what it was trained
+    and tested on, how it scored, and the licence of the data."""
+    prompts = recipe.prompts
+    usage = (
+        'model.encode(texts, prompt_name="query")  # and prompt_name="document" for skill texts'
+        if prompts
+        else "model.encode(texts)"
+    )
+    data_source = (
+        "ESCO (European Skills, Competences, Qualifications and Occupations), CC BY 4.0, (c) European Union"
+        if recipe.data.format == "esco"
+        else recipe.data.path
+    )
+    trained = {k.removeprefix("best."): v for k, v in params.items() if k.startswith("best.")}
+    lines = [
+        f"# {recipe.registered_model_name} version {version}",
+        "",
+        recipe.description
+        or f"A sentence-embedding model for skills and occupations, trained by the skillops recipe `{recipe.name}`.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import mlflow",
+        f'model = mlflow.sentence_transformers.load_model("models:/{recipe.registered_model_name}@champion")',
+        usage,
+        "```",
+        "",
+        f"Serving: `mlflow models serve -m models:/{recipe.registered_model_name}@champion --env-manager local -h 127.0.0.1 -p 5001`, "
+        + (
+            'then POST `{"inputs": [...], "params": {"prompt_name": "query"}}` to `/invocations` '
+            f"(prompts: query {prompts.query!r}, document {prompts.document!r})."
+            if prompts
+            else 'then POST `{"inputs": [...]}` to `/invocations`.'
+        ),
+        "",
+        "## Training",
+        "",
+        f"- Base model: `{recipe.base_model}`",
+        f"- Data: {data_source} ({recipe.data.training_shape}; "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + ")",
+        f"- Loss: {recipe.loss.name}; max_seq_length {recipe.training.max_seq_length}",
+        f"- Tuned parameters: {', '.join(f'{k} = {v}' for k, v in trained.items()) or 'none (no search)'}",
+        "",
+        f"## Evaluation (held-out test set, {recipe.evaluation.evaluator}, snapshot {eval_fingerprint})",
+        "",
+        *_score_table(scores),
+        "",
+        f"Promotion decision: {'promoted' if decision.promote else 'not promoted'}: {decision.reason}.",
+        "",
+        "## Limitations",
+        "",
+        "- Scored on a held-out part of the same data source; other taxonomies, languages or text styles may score lower.",
+        f"- Texts longer than {recipe.training.max_seq_length} tokens are cut.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_evaluation_report(
+    directory: Path,
+    recipe,
+    version: str,
+    run_id: str,
+    data,
+    scores,
+    decision: Decision,
+    champion: str | None,
+    params: dict[str, str],
+    ui_command: str,
+) -> tuple[str, list[Path]]:
+    """The evaluation report (markdown and JSON), per-query scores, the comparison chart and the
+    model card, written under `directory`; returns the report's markdown and the files."""
+    table = scores.table(recipe.evaluation.headline_metrics())
+    text = summary(recipe.registered_model_name, version, table, decision, champion, ui_command)
+    per_query = (("base", scores.base), ("candidate", scores.candidate), ("champion", scores.champion))
+    files = {
+        "evaluation.md": text,
+        "evaluation.json": json.dumps(
+            {
+                "model": recipe.registered_model_name,
+                "version": version,
+                "run_id": run_id,
+                "champion_now": champion,
+                "eval_fingerprint": data.eval_fingerprint,
+                "data_fingerprint": data.data_fingerprint,
+                "champion_scores": scores.champion_source,
+                "scores": table,
+                "decision": decision.model_dump(),
+            },
+            indent=1,
+        ),
+        "per_query.json": json.dumps({name: values.model_dump() for name, values in per_query if values}),
+        "model_card.md": model_card(recipe, version, data.counts, data.eval_fingerprint, table, decision, params),
+    }
+    written = []
+    for name, content in files.items():
+        (directory / name).write_text(content, "utf-8")
+        written.append(directory / name)
+    chart = comparison_chart(table, directory / "comparison.png", f"Held-out test set ({recipe.evaluation.evaluator})")
+    return text, [*written, chart]

@@ -1,0 +1,312 @@
+"""One function per pipeline stage, each taking the run's context and small, serialisable values.
+
+The order of the stages lives in one place only, the Prefect flow (`flows/train_esco.py`); the
+CLI calls single stages. Nothing here knows about Prefect. Each stage is glue: the work is done
+by the library module of its concern (preparation, tuning, training, evaluation, registry,
+promotion, reports), and the stage logs what it did to the run's MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from skillops import preparation, registry, tracking
+from skillops.config import Recipe
+from skillops.context import Fingerprints, RunContext
+from skillops.context import fingerprint as fingerprint  # a stage of its own: the flow calls stages.fingerprint
+from skillops.evaluation import QueryScores, Scores, evaluate, score_queries, scorer
+from skillops.modeling import load_model
+from skillops.preparation import PreparedData
+from skillops.promotion import Decision, decide
+from skillops.reports import loss_curve_chart, rounds_chart, write_evaluation_report
+from skillops.training import Round, train_rounds
+from skillops.tuning import tune as run_search
+from skillops.validation import ValidationReport, require, validate_prepared, validate_recipe_data
+
+logger = logging.getLogger(__name__)
+
+TRACKED_LIBRARIES = ("sentence-transformers", "transformers", "torch", "mlflow", "prefect", "optuna")
+
+
+def reconcile(recipe: Recipe) -> list[str]:
+    """Runs of this recipe left RUNNING by a dead process are marked FAILED, with the reason."""
+    stale = tracking.fail_stale_runs(recipe.name)
+    if stale:
+        logger.warning("Marked %d run(s) left RUNNING by a dead process as FAILED: %s", len(stale), stale)
+    return stale
+
+
+def unchanged_since(recipe: Recipe, fingerprints: Fingerprints) -> str | None:
+    """The last completed pipeline run, if it had the same data, recipe and code (else None)."""
+    if fingerprints.data is None:
+        return None  # a hub dataset: skillops cannot see whether it changed
+    return tracking.last_run_with(recipe.name, fingerprints.tags())
+
+
+def record_skip(recipe: Recipe, fingerprints: Fingerprints, previous_run_id: str) -> str:
+    return tracking.record_skip(recipe.name, fingerprints.tags(), previous_run_id)
+
+
+def start(recipe: Recipe, fingerprints: Fingerprints) -> RunContext:
+    """Open the pipeline's MLflow run with everything needed to reproduce or compare it."""
+    versions = {f"version.{lib}": metadata.version(lib) for lib in TRACKED_LIBRARIES}
+    params = {
+        "recipe": recipe.name,
+        "base_model": recipe.base_model,
+        "data.format": recipe.data.format,
+        "data.path": recipe.data.path,
+        "data.shape": recipe.data.training_shape,
+        **{f"loss.{k}": v for k, v in recipe.loss.model_dump().items()},
+        **{f"prompts.{k}": repr(v) for k, v in recipe.prompts.model_dump().items()},
+        **{f"training.{k}": v for k, v in recipe.training.model_dump().items()},
+        **{f"evaluation.{k}": v for k, v in recipe.evaluation.model_dump().items()},
+        **{f"promotion.{k}": v for k, v in recipe.promotion.model_dump().items()},
+        "search.n_trials": recipe.search.n_trials,
+    }
+    tags = {
+        **fingerprints.tags(),
+        "skillops.kind": "pipeline",
+        "skillops.python": platform.python_version(),
+        **versions,
+    }
+    run = RunContext(
+        recipe=recipe, fingerprints=fingerprints, run_id=tracking.start_run(recipe.name, recipe.name, params, tags)
+    )
+    recipe_file = run.output_dir / "recipe.json"
+    recipe_file.parent.mkdir(parents=True, exist_ok=True)
+    recipe_file.write_text(recipe.model_dump_json(indent=1), "utf-8")
+    tracking.log_artifact(run.run_id, recipe_file)
+    return run
+
+
+def finish(run: RunContext) -> None:
+    """The attempt succeeded: its checkpoints are no longer needed (the model is in the registry)."""
+    shutil.rmtree(run.attempt_dir, ignore_errors=True)
+
+
+def validate_data(run: RunContext) -> ValidationReport:
+    """Check the recipe's raw data against its suites and checks; the report is saved (markdown
+    and HTML) to the run, passed or not. `require(report)` is what stops the pipeline."""
+    report = validate_recipe_data(run.recipe)
+    _log_report(report, run, "inputs")
+    return report
+
+
+def _log_report(report: ValidationReport, run: RunContext, name: str) -> None:
+    directory = run.output_dir / "validation"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.md").write_text(report.markdown(), "utf-8")
+    (directory / f"{name}.html").write_text(report.html(), "utf-8")
+    for suffix in ("md", "html"):
+        tracking.log_artifact(run.run_id, directory / f"{name}.{suffix}", "validation")
+
+
+def prepare_data(run: RunContext) -> PreparedData:
+    """Split the data and freeze the evaluation sets (mining negatives when the recipe asks), then
+    check what was built: leakage, cut texts, and the suites of the training and eval shapes."""
+    recipe = run.recipe
+    fingerprint = run.fingerprints.data or f"unversioned hub dataset {recipe.data.path}"
+    task = preparation.build_task(recipe)
+    if recipe.data.mine_negatives is not None:
+        task = preparation.Task(preparation.mine_negatives(task.train, recipe), task.eval_sets, task.split)
+    paths = preparation.write_task(task, run.output_dir / "data", {"data_fingerprint": fingerprint})
+    report = validate_prepared(task, recipe, paths)
+    _log_report(report, run, "prepared")
+    require(report)
+    prepared = PreparedData(
+        directory=paths.directory,
+        data_fingerprint=fingerprint,
+        # What the test scores depend on: the frozen set, the prompts and how it is scored.
+        eval_fingerprint=preparation.fingerprint_files(
+            [paths.eval_set("test")],
+            extra=recipe.prompts.model_dump_json() + recipe.evaluation.model_dump_json(exclude={"batch_size"}),
+        ),
+        counts=task.counts,
+    )
+    tracking.log_params(
+        run.run_id, {"data_fingerprint": prepared.data_fingerprint, "eval_fingerprint": prepared.eval_fingerprint}
+    )
+    tracking.log_metrics(run.run_id, {f"data_{k}": v for k, v in prepared.counts.items()})
+    tracking.log_artifact(run.run_id, paths.manifest, "data")
+    return prepared
+
+
+def tune(run: RunContext, data: PreparedData) -> dict:
+    """The best trial's parameters; an attempt that crashed after tuning reuses its result."""
+    saved = run.attempt_dir / "best_params.json"
+    if saved.is_file():
+        best = json.loads(saved.read_text("utf-8"))
+        tracking.set_tags(
+            run.run_id, {"skillops.tuning": f"reused from the interrupted attempt {run.fingerprints.attempt}"}
+        )
+        logger.info("Reusing the tuning result of the interrupted attempt: %s", best)
+    else:
+        best = run_search(run.recipe, data.paths, run.recipe.name, run.run_id, run.output_dir / "tuning")
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(best), "utf-8")
+    tracking.log_params(run.run_id, {f"best.{k}": v for k, v in best.items()})
+    return best
+
+
+def train(run: RunContext, data: PreparedData, params: dict) -> Path:
+    """Final training with the best parameters; returns the saved model folder.
+
+    Checkpoints live in the attempt's folder: a run killed mid-training and started again resumes
+    from the last checkpoint (logged as `resumed_from_step`). With `training.rounds` > 1, each
+    round continues from the previous round's model and is scored on the validation set, so the
+    run shows the curve over rounds (model card 000).
+    """
+    recipe = run.recipe
+    config = recipe.training.model_copy(update=params)
+    validation_set = data.paths.eval_set("validation")
+    metric = recipe.evaluation.primary_metric
+
+    def log_round(done: Round) -> None:
+        result = done.result
+        if result.resumed_from_step is not None:
+            tracking.log_metrics(run.run_id, {"resumed_from_step": result.resumed_from_step}, step=done.number)
+            tracking.set_tags(
+                run.run_id,
+                {
+                    "skillops.resumed": f"round {done.number} from step {result.resumed_from_step} of the interrupted attempt"
+                },
+            )
+        tracking.log_loss_history(run.run_id, result.log_history, step_offset=done.step_offset)
+        chart = loss_curve_chart(result.log_history, result.model_dir.parent / "loss_curve.png", recipe.loss.name)
+        tracking.log_artifact(run.run_id, chart, "charts" if config.rounds == 1 else f"charts/round-{done.number}")
+        if done.validation is not None:
+            tracking.log_metrics(run.run_id, done.validation, prefix="round_validation_", step=done.number)
+            logger.info("Round %d/%d: validation %s %.4f", done.number, config.rounds, metric, done.validation[metric])
+
+    rounds = train_rounds(
+        recipe.base_model,
+        data.paths.train,
+        config,
+        recipe.loss,
+        recipe.prompts,
+        run.attempt_dir / "train",
+        evaluator=scorer(validation_set, recipe.evaluation, recipe.prompts),
+        score_round=lambda model_dir: evaluate(
+            load_model(str(model_dir)), validation_set, recipe.evaluation, recipe.prompts
+        ),
+        on_round=log_round,
+    )
+    if config.rounds > 1:
+        chart = rounds_chart([done.validation for done in rounds], metric, run.output_dir / "rounds.png")
+        tracking.log_artifact(run.run_id, chart, "charts")
+    return rounds[-1].result.model_dir
+
+
+def _version_scores(run: RunContext, data: PreparedData, version: str) -> tuple[QueryScores, str]:
+    """A registered version's per-query scores on this run's test set (cached per snapshot)."""
+    recipe = run.recipe
+    return registry.version_scores(
+        recipe.registered_model_name,
+        version,
+        data.eval_fingerprint,
+        lambda model: score_queries(model, data.paths.eval_set("test"), recipe.evaluation, recipe.prompts),
+    )
+
+
+def evaluate_models(run: RunContext, data: PreparedData, candidate_dir: Path) -> Scores:
+    """Base, candidate and current champion, per query, all on the same frozen test set."""
+    recipe = run.recipe
+    test_set = data.paths.eval_set("test")
+    base_model = load_model(recipe.base_model, recipe.training.max_seq_length)
+    base = score_queries(base_model, test_set, recipe.evaluation, recipe.prompts)
+    candidate = score_queries(load_model(str(candidate_dir)), test_set, recipe.evaluation, recipe.prompts)
+    champion_version = registry.champion_version(recipe.registered_model_name)
+    champion, source = _version_scores(run, data, champion_version) if champion_version else (None, None)
+    scores = Scores(
+        base=base, candidate=candidate, champion=champion, champion_version=champion_version, champion_source=source
+    )
+    metrics = recipe.evaluation.metric_names()
+    for name, values in (("base", base), ("test", candidate), ("champion", champion)):
+        if values is not None:
+            tracking.log_metrics(run.run_id, values.aggregate(metrics), prefix=f"{name}_")
+    return scores
+
+
+def register(run: RunContext, data: PreparedData, candidate_dir: Path, scores: Scores) -> str:
+    recipe = run.recipe
+    tags = {
+        "skillops.recipe": recipe.name,
+        "skillops.run_id": run.run_id,
+        "skillops.data_fingerprint": data.data_fingerprint,
+        "skillops.eval_fingerprint": data.eval_fingerprint,
+        "skillops.git_commit": tracking.git_commit(),
+        **{f"test_{k}": f"{v:.6f}" for k, v in scores.candidate.aggregate(recipe.evaluation.metric_names()).items()},
+    }
+    name = recipe.registered_model_name
+    version = registry.register(candidate_dir, run.run_id, name, tags, recipe.description)
+    # A later run that finds this version as its champion, on the same snapshot, reads these
+    # instead of encoding the test set again.
+    registry.save_scores(name, version, data.eval_fingerprint, scores.candidate)
+    return version
+
+
+def promote(run: RunContext, data: PreparedData, version: str, scores: Scores) -> Decision:
+    """Judge the candidate against the champion of the moment, under the registry's lock.
+
+    If another run moved the champion after this run's `evaluate_models`, the new champion is
+    judged against instead (its scores usually come from the cache: that run registered them)."""
+    recipe = run.recipe
+    notes = {}
+
+    def judge(champion: str | None) -> Decision:
+        if champion is None:
+            reference, name = scores.base, "base model"
+        elif champion == scores.champion_version:
+            reference, name = scores.champion, "champion"
+        else:
+            reference, notes["champion_source"] = _version_scores(run, data, champion)
+            name = "champion"
+        return decide(
+            scores.candidate,
+            reference,
+            name,
+            recipe.evaluation.primary_metric,
+            recipe.evaluation.headline_metrics(),
+            recipe.promotion,
+            champion,
+        )
+
+    decision = registry.promote_if_better(recipe.registered_model_name, version, judge)
+    tracking.set_tags(
+        run.run_id,
+        {
+            "skillops.decision": "promoted" if decision.promote else "not promoted",
+            "skillops.decision_reason": decision.reason,
+            "skillops.model_version": version,
+            "skillops.judged_against": decision.reference_version or "base model",
+            **notes,
+        },
+    )
+    if decision.p_value is not None:
+        tracking.log_metrics(run.run_id, {"decision_p_value": decision.p_value, "decision_delta": decision.delta})
+    return decision
+
+
+def report(run: RunContext, data: PreparedData, version: str, scores: Scores, decision: Decision) -> str:
+    """The evaluation report, per-query scores, comparison chart and model card, logged under
+    `report/`; returns the report's markdown."""
+    text, files = write_evaluation_report(
+        run.output_dir,
+        run.recipe,
+        version,
+        run.run_id,
+        data,
+        scores,
+        decision,
+        registry.champion_version(run.recipe.registered_model_name),
+        tracking.get_params(run.run_id),
+        tracking.ui_command(),
+    )
+    for path in files:
+        tracking.log_artifact(run.run_id, path, "report")
+    return text

@@ -1,0 +1,241 @@
+"""MLflow store location, run lifecycle and metric naming, in one place.
+
+The store defaults to `mlruns/` under the working directory (sqlite + an artifacts folder), not
+MLflow 3's own default of `./mlflow.db`, so that every command and the UI agree on one store.
+MLflow's active run is thread-local, so runs are passed around by id and written with a client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+STORE_DIR = Path("mlruns")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def artifact_root() -> Path:
+    """Artifacts next to the sqlite file, unless SKILLOPS_ARTIFACT_ROOT says otherwise."""
+    if os.environ.get("SKILLOPS_ARTIFACT_ROOT"):
+        return Path(os.environ["SKILLOPS_ARTIFACT_ROOT"]).resolve()
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
+    return STORE_DIR.resolve() / "artifacts"
+
+
+def store_dir() -> Path:
+    """A local folder that belongs to this store (for its lock files)."""
+    return artifact_root().parent
+
+
+def client() -> MlflowClient:
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ui_command() -> str:
+    """The command that opens this store in the MLflow UI, with the mlflow of this environment."""
+    mlflow_bin = Path(os.path.relpath(Path(sys.executable).parent / "mlflow"))
+    return f"{mlflow_bin} ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000"
+
+
+def metric_name(name: str) -> str:
+    """MLflow refuses '@' (ndcg@10): one spelling for every run, chart and promotion gate."""
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name.replace("@", "_at_"))
+
+
+def experiment_id(name: str) -> str:
+    mlflow_client = client()
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = artifact_root() / name
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return mlflow_client.create_experiment(name, artifact_location=artifacts.as_uri())
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def code_version() -> str:
+    """The git commit, plus a hash of uncommitted changes to tracked files: edited code is new code."""
+    commit = git_commit()
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD"], capture_output=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return commit
+    return f"{commit}+{hashlib.sha256(diff).hexdigest()[:12]}" if diff else commit
+
+
+def start_run(
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any],
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    mlflow_client = client()
+    # Who runs it: lets the next start tell a crashed run (process gone) from a live one.
+    all_tags = {
+        "mlflow.runName": run_name,
+        "skillops.host": socket.gethostname(),
+        "skillops.pid": str(os.getpid()),
+        **(tags or {}),
+    }
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = mlflow_client.create_run(experiment_id(experiment), tags=all_tags)
+    log_params(run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    client().log_batch(run_id, params=[mlflow.entities.Param(key, str(value)) for key, value in params.items()])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:
+    client().log_batch(
+        run_id,
+        metrics=[
+            mlflow.entities.Metric(metric_name(prefix + key), float(value), 0, step) for key, value in metrics.items()
+        ],
+    )
+
+
+def log_loss_history(run_id: str, log_history: Path, step_offset: int = 0) -> None:
+    """The trainer's log as curves over optimizer steps: `train_loss`, and `validation_<metric>`
+    for each evaluation during training. `step_offset` places later training rounds after earlier ones."""
+    metrics = []
+    for entry in json.loads(log_history.read_text("utf-8")):
+        step = entry["step"] + step_offset
+        if "loss" in entry:
+            metrics.append(mlflow.entities.Metric("train_loss", entry["loss"], 0, step))
+        for key, value in entry.items():
+            if (
+                key.startswith("eval_")
+                and isinstance(value, int | float)
+                and key not in ("eval_runtime", "eval_steps_per_second", "eval_samples_per_second")
+            ):
+                metrics.append(
+                    mlflow.entities.Metric(metric_name("validation_" + key.removeprefix("eval_")), value, 0, step)
+                )
+    client().log_batch(run_id, metrics=metrics)
+
+
+def get_params(run_id: str) -> dict[str, str]:
+    return client().get_run(run_id).data.params
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    mlflow_client = client()
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, str(value))
+
+
+def log_artifact(run_id: str, path: Path, folder: str | None = None) -> None:
+    client().log_artifact(run_id, str(path), folder)
+
+
+def run_url(run_id: str) -> str:
+    """The run's page in the MLflow UI (`make ui`; SKILLOPS_MLFLOW_UI for another address)."""
+    run = client().get_run(run_id)
+    base = os.environ.get("SKILLOPS_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def last_run_with(experiment: str, tags: dict[str, str]) -> str | None:
+    """The last completed pipeline run of `experiment`, if its tags equal `tags` (else None):
+    the same data, recipe and code mean a retrain cannot change anything."""
+    found = client().get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    last = client().search_runs(
+        [found.experiment_id],
+        "attributes.status = 'FINISHED' and tags.`skillops.kind` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if last and all(last[0].data.tags.get(key) == value for key, value in tags.items()):
+        return last[0].info.run_id
+    return None
+
+
+def record_skip(experiment: str, tags: dict[str, str], previous_run_id: str) -> str:
+    """A short FINISHED run that says why nothing was trained, next to the runs that were."""
+    reason = (
+        f"data, recipe and code are those of run {previous_run_id}: nothing to retrain (force=True retrains anyway)"
+    )
+    run_id = start_run(
+        experiment,
+        f"{experiment} (skipped)",
+        {},
+        {**tags, "skillops.kind": "skip", "skillops.skip_reason": reason, "skillops.same_as_run": previous_run_id},
+    )
+    end_run(run_id)
+    return run_id
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
+
+
+def fail_stale_runs(experiment: str) -> list[str]:
+    """Mark FAILED the runs left RUNNING by a process of this machine that no longer exists
+    (killed, out of memory, machine rebooted): MLflow itself would show them RUNNING forever."""
+    mlflow_client = client()
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    host = socket.gethostname()
+    stale = []
+    for run in mlflow_client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get("skillops.host") != host or not tags.get("skillops.pid", "").isdigit():
+            continue  # another machine's run: only that machine can tell
+        pid = int(tags["skillops.pid"])
+        if pid != os.getpid() and not _process_alive(pid):
+            end_run(
+                run.info.run_id,
+                failure=f"process {pid} on {host} ended without closing the run (killed or crashed); marked FAILED at the next start",
+            )
+            stale.append(run.info.run_id)
+    return stale
+
+
+def end_run(run_id: str, failure: str | None = None) -> None:
+    """Close a run explicitly: MLflow would otherwise leave a crashed run FINISHED or RUNNING."""
+    mlflow_client = client()
+    if failure:
+        mlflow_client.set_tag(run_id, "skillops.failure", failure[:5000])
+    status = RunStatus.FAILED if failure else RunStatus.FINISHED
+    mlflow_client.set_terminated(run_id, RunStatus.to_string(status))

@@ -1,0 +1,188 @@
+"""Fine-tuning with sentence-transformers' trainer: the recipe's loss on its data shape.
+
+(Cached)MNRL train on pairs or triplets with in-batch negatives; CosineSimilarityLoss on scored
+pairs. Prompts are given to the trainer per column, so training, evaluation and serving agree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from skillops.config import LossConfig, Prompts, TrainingConfig
+from skillops.modeling import device, load_model, mixed_precision
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingResult(BaseModel):
+    model_dir: Path
+    steps: int
+    final_loss: float | None
+    log_history: Path  # the trainer's log (loss per logging step), for the loss curve
+    resumed_from_step: int | None = None  # set when an interrupted training was continued
+
+
+def _last_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint. The trainer writes trainer_state.json last, so a folder
+    without it is one that a kill interrupted mid-save: resuming from it would fail."""
+    complete = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def build_loss(model, config: LossConfig):
+    from sentence_transformers.sentence_transformer import losses
+
+    if config.name == "mnrl":
+        return losses.MultipleNegativesRankingLoss(model, scale=config.scale)
+    if config.name == "cached_mnrl":
+        return losses.CachedMultipleNegativesRankingLoss(
+            model, scale=config.scale, mini_batch_size=config.mini_batch_size
+        )
+    return losses.CosineSimilarityLoss(model)
+
+
+def column_prompts(columns: list[str], prompts: Prompts) -> dict[str, str] | None:
+    """The trainer's per-column prompts: queries (anchor, sentence1) and documents (the rest)."""
+    if not prompts:
+        return None
+    return {
+        column: prompts.query if column in ("anchor", "sentence1") else prompts.document
+        for column in columns
+        if column != "score"
+    }
+
+
+def train_model(
+    base_model: str,
+    train_path: Path,
+    config: TrainingConfig,
+    loss: LossConfig,
+    prompts: Prompts,
+    output_dir: Path,
+    evaluator: Any = None,
+    callbacks: list | None = None,
+) -> TrainingResult:
+    """Train and save the model under `output_dir/model`.
+
+    For in-batch-negative losses the NO_DUPLICATES batch sampler keeps a text (one ESCO skill is
+    the positive of many occupations) from appearing twice in a batch, where it would count as a
+    negative of the very query it belongs to. With an evaluator and `config.evals_during_training`,
+    the validation set is scored that many times while training (for pruning and curves).
+    """
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    done = output_dir / "done.json"
+    if done.is_file():  # finished by an earlier attempt that crashed later on
+        return TrainingResult.model_validate_json(done.read_text("utf-8"))
+    model = load_model(base_model, config.max_seq_length)
+    dataset = Dataset.from_parquet(str(train_path))
+    steps_per_epoch = max(1, -(-len(dataset) // (config.batch_size * config.gradient_accumulation_steps)))
+    total_steps = config.max_steps if config.max_steps > 0 else max(1, int(steps_per_epoch * config.epochs))
+    eval_settings: dict[str, Any] = {"eval_strategy": "no"}
+    if evaluator is not None and config.evals_during_training > 0:
+        eval_settings = {"eval_strategy": "steps", "eval_steps": max(1, total_steps // config.evals_during_training)}
+    in_batch_negatives = loss.name in ("mnrl", "cached_mnrl")
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a value below 1 is a ratio
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER,
+        prompts=column_prompts(dataset.column_names, prompts),
+        logging_steps=max(1, total_steps // 20),
+        # Checkpoints are what a killed run resumes from; steps when asked, else each epoch.
+        save_strategy="steps" if config.checkpoint_every_steps else "epoch",
+        save_steps=config.checkpoint_every_steps or 500,
+        save_total_limit=1,
+        report_to="none",
+        dataloader_pin_memory=device() == "cuda",
+        **mixed_precision(),
+        **eval_settings,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        loss=build_loss(model, loss),
+        evaluator=evaluator,
+        callbacks=callbacks,
+    )
+    logger.info("Training %s with %s on %d rows for %d steps", base_model, loss.name, len(dataset), total_steps)
+    checkpoint = _last_checkpoint(output_dir / "checkpoints")
+    if checkpoint is not None:
+        logger.info("Resuming %s from %s", base_model, checkpoint)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    model_dir = output_dir / "model"
+    if prompts:  # saved with the model: encode(texts, prompt_name="query") works after loading
+        model.prompts = {**model.prompts, "query": prompts.query, "document": prompts.document}
+    model.save(str(model_dir))
+    # Checkpoints only matter while training can still crash; the saved model replaces them.
+    shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    history_path = output_dir / "log_history.json"
+    history = trainer.state.log_history
+    history_path.write_text(json.dumps(history, indent=1), "utf-8")
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    result = TrainingResult(
+        model_dir=model_dir,
+        steps=trainer.state.global_step,
+        final_loss=losses[-1] if losses else None,
+        log_history=history_path,
+        resumed_from_step=int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None,
+    )
+    done.write_text(result.model_dump_json(), "utf-8")
+    return result
+
+
+class Round(BaseModel):
+    """One round of continued training, and its validation scores when there are several rounds."""
+
+    number: int
+    result: TrainingResult
+    validation: dict[str, float] | None
+    step_offset: int  # optimizer steps of the rounds before it, so curves line up across rounds
+
+
+def train_rounds(
+    base_model: str,
+    train_path: Path,
+    config: TrainingConfig,
+    loss: LossConfig,
+    prompts: Prompts,
+    output_dir: Path,
+    evaluator: Any = None,
+    score_round: Callable[[Path], dict[str, float]] | None = None,
+    on_round: Callable[[Round], None] | None = None,
+) -> list[Round]:
+    """`config.rounds` trainings, each continuing from the previous round's model (model card
+    000's repeated rounds); with several rounds, `score_round(model_dir)` scores each on the
+    validation set. Finished rounds are not trained again when a crashed run is started again
+    (`train_model` finds their `done.json`); `on_round` is told about each as it ends."""
+    rounds: list[Round] = []
+    model, steps = base_model, 0
+    for number in range(1, config.rounds + 1):
+        round_dir = output_dir / (f"round-{number}" if config.rounds > 1 else "")
+        result = train_model(model, train_path, config, loss, prompts, round_dir, evaluator=evaluator)
+        validation = score_round(result.model_dir) if score_round and config.rounds > 1 else None
+        rounds.append(Round(number=number, result=result, validation=validation, step_offset=steps))
+        if on_round:
+            on_round(rounds[-1])
+        steps += result.steps
+        model = str(result.model_dir)
+    return rounds

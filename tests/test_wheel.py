@@ -1,0 +1,64 @@
+"""The package as a user installs it: a wheel built from the repo, in a fresh venv, used from a
+folder outside the checkout. The suites, recipes and bundled samples must travel in the wheel."""
+
+import os
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # builds a wheel and a venv
+
+
+def test_a_wheel_validates_the_bundled_sample_outside_the_checkout(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = dist.glob("skillops-*.whl")
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # The wheel's dependencies are the pinned ones this test runs on: the fresh venv sees them
+    # through a path entry (not as a site dir, so the checkout's editable skillops stays out)
+    # instead of installing torch and the rest a second time.
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (venv / site / "project-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false"}
+    where = subprocess.run(
+        [str(python), "-c", "import skillops; print(skillops.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert where.startswith(str(venv)), f"skillops imported from {where}, not from the installed wheel"
+
+    result = subprocess.run(
+        [str(venv / "bin" / "skillops"), "validate"], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "occupations_en.csv" in result.stdout and "FAIL" not in result.stdout
+    for recipe in ("course-skill-retrieval", "term-retrieval"):  # a JSONL and a Parquet sample
+        assert (
+            subprocess.run(
+                [str(venv / "bin" / "skillops"), "validate", recipe], cwd=elsewhere, env=env, capture_output=True
+            ).returncode
+            == 0
+        ), recipe
