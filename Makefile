@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-train: install  ## the main job: validate -> tune -> train -> evaluate -> register -> promote
-	$(PY) flows/train_esco.py $(RECIPE) $(if $(FORCE),--force)
+train: install  ## the main job: validate -> tune -> train -> evaluate -> register -> promote; SET="training.epochs=1 ..." overrides
+	$(PY) flows/train_esco.py $(RECIPE) $(if $(FORCE),--force) $(foreach field,$(SET),--set $(field))
 
 test: install  ## every test, as CI runs them
 	$(PY) -m pytest

@@ -2,6 +2,7 @@
 folder outside the checkout. The suites, recipes and bundled samples must travel in the wheel."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -14,9 +15,14 @@ pytestmark = pytest.mark.slow  # builds a wheel and a venv
 
 
 def test_a_wheel_validates_the_bundled_sample_outside_the_checkout(tmp_path):
+    # Built from a copy: setuptools writes build/ and egg-info next to the sources it builds.
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
         check=True,
         capture_output=True,
     )
