@@ -11,6 +11,11 @@ sample has the data shape of its model card, built from real ESCO text:
     resume-job-similarity.csv     (002) two occupation descriptions, scored by the       scored pairs
                                         Jaccard overlap of their skill sets, as a rank in (0, 1]
 
+and the golden set of the ESCO recipe (--golden, default src/skillops/data/golden):
+
+    esco-ict-descriptions.csv     (000) the first sentence of an occupation's description -> each
+                                        of its skills; frozen: scored every run, never trained on
+
 ESCO is (c) European Union, CC BY 4.0 (https://esco.ec.europa.eu): keep the attribution.
 """
 
@@ -48,6 +53,26 @@ def job_skills(occupations, skills, relations) -> pd.DataFrame:
         if o in descriptions.index and s in labels.index and descriptions[o].strip()
     ]
     return pd.DataFrame(rows).drop_duplicates(ignore_index=True)
+
+
+def first_sentence(text: str) -> str:
+    text = _text(text)
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
+
+
+def esco_golden(occupations, skills, relations) -> pd.DataFrame:
+    """Occupation -> skills again, asked another way: the query is the first sentence of the
+    occupation's description, which training never sees (it trains on labels). A refresh that
+    pairs occupations with the wrong skills scores worse here, whatever its own test split says."""
+    labels = skills.set_index("conceptUri").preferredLabel
+    descriptions = occupations.set_index("conceptUri").description
+    rows = [
+        {"anchor": first_sentence(descriptions[o]), "positive": _text(labels[s])}
+        for o, s in relations[["occupationUri", "skillUri"]].itertuples(index=False)
+        if o in descriptions.index and s in labels.index and descriptions[o].strip()
+    ]
+    return pd.DataFrame(rows).drop_duplicates(ignore_index=True).sort_values(["anchor", "positive"], ignore_index=True)
 
 
 def course_skill_retrieval(skills) -> pd.DataFrame:
@@ -111,6 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--esco", type=Path, default=Path("src/skillops/data/esco-ict"))
     parser.add_argument("--out", type=Path, default=Path("src/skillops/data/samples"))
+    parser.add_argument("--golden", type=Path, default=Path("src/skillops/data/golden"))
     args = parser.parse_args()
     occupations = _read(args.esco / "occupations_en.csv")
     skills = _read(args.esco / "skills_en.csv")
@@ -123,8 +149,10 @@ def main() -> None:
         "term-retrieval.parquet": term_retrieval(skills),
         "resume-job-similarity.csv": resume_job_similarity(occupations, relations),
     }
-    for name, frame in samples.items():
-        path = write_table(frame, args.out / name)
+    args.golden.mkdir(parents=True, exist_ok=True)
+    golden = {args.golden / "esco-ict-descriptions.csv": esco_golden(occupations, skills, relations)}
+    for path, frame in {**{args.out / name: frame for name, frame in samples.items()}, **golden}.items():
+        write_table(frame, path)
         print(f"{path}: {len(frame)} rows, columns {list(frame.columns)}")
 
 

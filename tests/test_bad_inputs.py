@@ -49,7 +49,26 @@ def _table(path: Path, shape="pairs", **data) -> dict:
     return {"format": "table", "path": str(path), "shape": shape, **data}
 
 
-# name -> (build(tmp, esco_dir) -> data section of the recipe, strings the error must contain)
+def _golden(tmp: Path, esco: Path, frame: pd.DataFrame) -> dict:
+    """The ESCO fixture as training data, and `frame` as its golden set named 'hand-checked'."""
+    return {
+        "data": {"path": str(esco)},
+        "evaluation": {"golden": [{"name": "hand-checked", "path": str(_csv(tmp, frame, "golden.csv"))}]},
+    }
+
+
+def _training_anchors(esco: Path) -> pd.DataFrame:
+    """Golden rows whose queries are the fixture's own occupation anchors, as training writes them."""
+    from skillops.esco import occupation_anchor
+
+    occupations = pd.read_csv(esco / "occupations_en.csv", dtype=str, keep_default_na=False)
+    anchors = [occupation_anchor(row.preferredLabel, row.altLabels, None) for row in occupations.itertuples()]
+    skills = pd.read_csv(esco / "skills_en.csv", dtype=str, keep_default_na=False).preferredLabel
+    return pd.DataFrame({"anchor": anchors, "positive": skills[: len(anchors)].tolist()})
+
+
+# name -> (build(tmp, esco_dir) -> the recipe's data section, or its data and evaluation
+# sections; strings the error must contain)
 CASES = {
     "missing column": (
         lambda tmp, esco: _table(_csv(tmp, good_pairs().drop(columns="positive"))),
@@ -235,6 +254,22 @@ CASES = {
         lambda tmp, esco: _table((tmp / "pairs.xlsx", (tmp / "pairs.xlsx").write_bytes(b"PK\x03\x04"))[0]),
         ["pairs.xlsx", "rule 'known file type'"],
     ),
+    "golden file missing a column": (
+        lambda tmp, esco: _golden(tmp, esco, good_pairs().drop(columns="positive")),
+        ["golden.csv", "column 'positive'", "rule 'column 'positive' is present'"],
+    ),
+    "golden query with no relevant document": (
+        lambda tmp, esco: _golden(tmp, esco, _with_row(good_pairs(), 2, "positive", " ")),
+        ["golden.csv", "column 'positive'", "rule 'text is not empty or whitespace only'", "lines [4]"],
+    ),
+    "golden query also in training": (
+        lambda tmp, esco: _golden(tmp, esco, _training_anchors(esco)),
+        [
+            "golden.csv (golden set 'hand-checked')",
+            "column 'anchor'",
+            "rule 'no golden-hand-checked query is also a training anchor'",
+        ],
+    ),
 }
 
 
@@ -264,14 +299,16 @@ def test_the_corpus_is_large_enough():
 def test_bad_input_is_refused_before_training(case, store_with_champion, small_esco, tiny_bert, tmp_path):
     build, expected = CASES[case]
     esco = Path(shutil.copytree(small_esco, tmp_path / "esco"))
-    data = build(tmp_path, esco)
+    sections = build(tmp_path, esco)
+    sections = sections if "data" in sections else {"data": sections}
+    data = sections["data"]
     recipe = {
         "name": MODEL_NAME,
         "base_model": str(tiny_bert),
         "registered_model_name": MODEL_NAME,
-        "data": data,
         "training": {"max_seq_length": 64},
         "search": {"n_trials": 0},
+        **sections,
     }
     if data.get("shape") == "scored_pairs":
         recipe |= {

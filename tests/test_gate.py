@@ -1,6 +1,7 @@
 """The gate with a real model: a candidate fine-tuned on shuffled positives (every training
 occupation paired with another's skills) is refused, against the real, untouched test set."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,44 @@ def test_slices_travel_from_a_data_column_to_the_gate(tiny_bert, tmp_path):
     assert set(decision.slices) == {"north", "south"}
     assert sum(s.queries for s in decision.slices.values()) == len(scores.ids)
     assert any(check.name == "slice north" for check in decision.checks)
+
+
+def test_a_refresh_with_permuted_relations_is_refused_by_the_golden_set(mlflow_store, tmp_path):
+    """A refresh whose relations give every occupation another's skills makes its own test split
+    wrong in the same way; the frozen golden set of the built-in recipe still holds the truth."""
+    esco = Path(shutil.copytree(BUNDLED_ESCO, tmp_path / "esco"))
+    recipe = yaml.safe_load((BUILTIN_RECIPES_DIR / "esco-occupation-skills.yaml").read_text("utf-8"))
+    recipe.update(name="golden", registered_model_name="golden")
+    recipe["data"]["path"] = str(esco)
+    recipe["search"]["n_trials"] = 0
+    recipe["training"]["epochs"] = 1
+    recipe_file = tmp_path / "golden.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe), "utf-8")
+    assert [golden["name"] for golden in recipe["evaluation"]["golden"]] == ["descriptions"]
+
+    def golden_check(result) -> dict:
+        report = json.loads((tmp_path / "outputs" / result["run_id"] / "evaluation.json").read_text("utf-8"))
+        (check,) = [c for c in report["decision"]["checks"] if c["name"] == "golden descriptions"]
+        return {**check, **report["decision"]["golden"]["descriptions"], "scores": report["golden"]["descriptions"]}
+
+    first = train_esco(recipe=str(recipe_file))
+    assert first["promoted"], first["reason"]
+    passed = golden_check(first)
+    assert passed["passed"] and passed["delta"] > 0.02, passed  # fine-tuning helps on descriptions too
+
+    relations_file = esco / "occupationSkillRelations_en.csv"
+    relations = pd.read_csv(relations_file, dtype=str, keep_default_na=False)
+    occupations = sorted(relations.occupationUri.unique())
+    another = {uri: occupations[(i + 1) % len(occupations)] for i, uri in enumerate(occupations)}
+    relations["occupationUri"] = relations.occupationUri.map(another)
+    relations.to_csv(relations_file, index=False)
+
+    second = train_esco(recipe=str(recipe_file))
+
+    assert not second["promoted"]
+    assert registry.champion_version("golden") == "1"
+    failed = golden_check(second)
+    assert not failed["passed"] and failed["delta"] < -0.01, failed
+    assert failed["reference"] == pytest.approx(passed["candidate"])  # the champion, on the same frozen set
+    report = (tmp_path / "outputs" / second["run_id"] / "evaluation.md").read_text("utf-8")
+    assert f"FAIL: golden set 'descriptions' (91 queries): map {failed['candidate']:.4f}" in report

@@ -130,3 +130,62 @@ def test_scores_from_different_test_sets_are_not_compared():
     other.ids = [f"other{i}" for i in range(N)]
     with pytest.raises(ValueError, match="different test sets"):
         decide(ranking(REFERENCE + 0.1), other, "champion", "map", ["map"], PromotionPolicy())
+
+
+# Golden sets: (candidate, reference) per set, next to a test set on which the candidate is clearly better.
+STEADY = (ranking(REFERENCE), ranking(REFERENCE))
+IMPROVED = (ranking(REFERENCE + 0.05), ranking(REFERENCE))
+DROPPED = (ranking(REFERENCE - 0.1), ranking(REFERENCE))
+SLIGHTLY_WORSE = (ranking(REFERENCE - 0.005), ranking(REFERENCE))  # within a 0.01 tolerance, every query lower
+
+
+@pytest.mark.parametrize(
+    ("golden", "policy", "promote", "reason_part"),
+    [
+        pytest.param({"esco": IMPROVED, "courses": STEADY}, {}, True, "beats", id="better-on-golden"),
+        pytest.param(
+            {"esco": IMPROVED, "courses": DROPPED},
+            {},
+            False,
+            "golden set 'courses' (24 queries): map 0.4000 vs the champion's 0.5000 (-0.1000; tolerance 0.01",
+            id="one-golden-set-regresses",
+        ),
+        pytest.param({"esco": DROPPED}, {"golden_tolerance": 0.2}, True, "beats", id="drop-within-tolerance-untested"),
+        pytest.param(
+            {"esco": SLIGHTLY_WORSE},
+            {},
+            False,
+            "(-0.0050; tolerance 0.01; paired test that it is worse: p = 0.0001, level 0.05)",
+            id="small-but-significant-drop",
+        ),
+        pytest.param(
+            {"esco": SLIGHTLY_WORSE}, {"significance_level": None}, True, "beats", id="small-drop-no-significance"
+        ),
+        pytest.param(
+            {"esco": STEADY},
+            {"require_golden_improvement": ["esco"]},
+            False,
+            "golden set 'esco' (24 queries): map 0.5000 vs the champion's 0.5000 (+0.0000; must improve)",
+            id="required-improvement-missing",
+        ),
+    ],
+)
+def test_golden_sets_in_the_gate(golden, policy, promote, reason_part):
+    if "golden_tolerance" in policy:
+        policy = {**policy, "significance_level": None}  # a 0.1 drop on 24 queries is significant
+    decision = decide(
+        ranking(REFERENCE + 0.1),
+        ranking(REFERENCE),
+        "champion",
+        "map",
+        ["map"],
+        PromotionPolicy(**policy),
+        "3",
+        golden,
+    )
+    assert decision.promote is promote, decision.reason
+    assert reason_part in decision.reason
+    assert set(decision.golden) == set(golden)
+    assert [check.name for check in decision.checks if check.name.startswith("golden")] == [
+        f"golden {n}" for n in golden
+    ]

@@ -52,3 +52,25 @@ def test_duplicate_ids_and_duplicate_relations(esco_copy):
     message = _rejected(esco_copy)
     assert "skills_en.csv: column 'conceptUri': rule 'identifier is unique'" in message
     assert "column 'occupationUri, skillUri': rule 'each (occupation, skill) relation appears once'" in message
+
+
+def test_near_duplicates_across_the_split_of_the_bundled_sample(tmp_path):
+    """Two ESCO occupations that share an alternative label ("DLT specialist") land on two sides of
+    the split: no exact check sees it, the base model's embeddings do. A warning by default, an
+    error when the recipe says so."""
+    from skillops import preparation
+    from skillops.config import load_recipe
+    from skillops.validation import validate_prepared
+
+    recipe = load_recipe("esco-occupation-skills")
+    task = preparation.build_task(recipe)
+    paths = preparation.write_task(task, tmp_path, {})
+    report = validate_prepared(task, recipe, paths)
+    assert report.success, report.markdown()
+    (warning,) = [w for w in report.warnings if "near duplicate" in w]
+    assert "rule 'no test query is a near duplicate of a training anchor (cosine >= 0.9)'" in warning
+    assert "for 1 of 14 queries" in warning and "'blockchain developer DLT specialist" in warning
+    assert "~ 'blockchain architect DLT specialist" in warning
+
+    strict = recipe.with_overrides({"validation.near_duplicates": "error"})
+    assert not validate_prepared(task, strict, paths).success

@@ -2,7 +2,8 @@
 
 They compare rows with each other or with the evaluation sets: leakage between training and
 evaluation, duplicates that differ only in case, spacing or Unicode form, an anchor that is its own
-positive, a positive listed as a negative, and texts longer than the model reads. Each returns `Failure`s; the recipe's `validation` policy decides which of
+positive, a positive listed as a negative, texts longer than the model reads, and held-out queries
+that the base model sees as near duplicates of training queries. Each returns `Failure`s; the recipe's `validation` policy decides which of
 them stop the run (error), are reported (warn) or are skipped (off).
 """
 
@@ -180,25 +181,74 @@ def eval_queries(eval_set: Any, evaluator: str) -> list[str]:
     return list(eval_set["sentence1"])
 
 
-def leakage(train: pd.DataFrame, eval_sets: dict[str, Any], evaluator: str, file: str) -> list[Failure]:
-    """A held-out query that training also sees (after normalising): every metric would be inflated."""
+def leakage(train: pd.DataFrame, eval_sets: dict[str, Any], evaluator: str, files: dict[str, str]) -> list[Failure]:
+    """A held-out query that training also sees (after normalising): every metric would be inflated.
+    `files` names each eval set's file (a golden set's is the user's own)."""
     query_column = "sentence1" if "sentence1" in train.columns else "anchor"
     trained = set(train[query_column].map(normalise))
     failures = []
     for part, eval_set in eval_sets.items():
         leaked = [query for query in eval_queries(eval_set, evaluator) if normalise(query) in trained]
         if leaked:
+            golden = part.startswith("golden-")
             failures.append(
                 Failure(
-                    file=file,
+                    file=files[part],
                     column=query_column,
                     rule=f"no {part} query is also a training {query_column}",
                     expectation="skillops check: leakage",
-                    fix=f"write each {query_column} the same way everywhere (case, spacing) so the split keeps its rows together, or remove the repeats",
+                    fix="remove these queries from the golden set, or the rows that hold them from the training data"
+                    if golden
+                    else f"write each {query_column} the same way everywhere (case, spacing) so the split keeps its rows together, or remove the repeats",
                     unexpected=len(leaked),
                     total=len(eval_queries(eval_set, evaluator)),
                     unit="queries",
                     examples=leaked[:MAX_EXAMPLES],
+                )
+            )
+    return failures
+
+
+def near_duplicates(
+    model, trained: list[str], held_out: dict[str, list[str]], threshold: float, files: dict[str, str], column: str
+) -> list[Failure]:
+    """Held-out queries whose base-model embedding is nearly a training query's (cosine >=
+    `threshold`) without being the same text: variants an exact check misses ("ICT" vs
+    "information technology", gendered forms). Exact matches are the leakage check's."""
+    import numpy as np
+
+    training = sorted(set(trained))
+    if not training:
+        return []
+    train_vectors = model.encode(training, normalize_embeddings=True, convert_to_numpy=True)
+    failures = []
+    for part, queries in held_out.items():
+        distinct = sorted(set(queries))
+        similarity = model.encode(distinct, normalize_embeddings=True, convert_to_numpy=True) @ train_vectors.T
+        nearest, best = similarity.argmax(axis=1), similarity.max(axis=1)
+        found = sorted(
+            (
+                (float(best[i]), distinct[i], training[nearest[i]])
+                for i in np.flatnonzero(best >= threshold)
+                if normalise(distinct[i]) != normalise(training[nearest[i]])
+            ),
+            reverse=True,
+        )
+        if found:
+            failures.append(
+                Failure(
+                    file=files[part],
+                    column=column,
+                    rule=f"no {part} query is a near duplicate of a training {column} (cosine >= {threshold})",
+                    expectation="skillops check: near-duplicate leakage",
+                    fix="move each pair to the same side of the split (one group), drop one of them, or raise "
+                    "validation.near_duplicate_threshold if they are different questions",
+                    unexpected=len(found),
+                    total=len(distinct),
+                    unit="queries",
+                    examples=[
+                        f"{query!r} ~ {neighbour!r} ({score:.3f})" for score, query, neighbour in found[:MAX_EXAMPLES]
+                    ],
                 )
             )
     return failures

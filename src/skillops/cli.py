@@ -96,13 +96,18 @@ def cmd_evaluate(args) -> int:
     from skillops.modeling import load_model
 
     recipe = _recipe(args)
+    task = preparation.build_task(recipe)  # the same split and frozen sets a pipeline run scores on
+    if args.split not in task.eval_sets:
+        print(
+            f"skillops evaluate: no eval set {args.split!r}; this recipe has {sorted(task.eval_sets)}.", file=sys.stderr
+        )
+        return 2
     if args.model.startswith("models:/"):
         model = registry.load(args.model)
     else:
         model = load_model(args.model, recipe.training.max_seq_length)
     with tempfile.TemporaryDirectory() as tmp:
-        # The same split and frozen sets a pipeline run of this recipe scores on.
-        paths = preparation.write_task(preparation.build_task(recipe), Path(tmp), {})
+        paths = preparation.write_task(task, Path(tmp), {})
         scores = evaluate(model, paths.eval_set(args.split), recipe.evaluation, recipe.prompts)
     for name, value in scores.items():
         print(f"{args.split}_{name}: {value:.4f}")
@@ -208,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="a model folder, a Hugging Face id, or a registry URI such as models:/esco-occupation-skills@champion",
     )
-    evaluate.add_argument("--split", choices=["validation", "test"], default="test")
+    evaluate.add_argument(
+        "--split",
+        default="test",
+        help="validation, test, or golden-<name> for a golden set of the recipe (default: test)",
+    )
     add("models", cmd_models, "List registered versions, their aliases and promotion decisions.")
     rollback = add("rollback", cmd_rollback, "Move the champion alias back to the version it replaced.")
     rollback.add_argument("--reason", default="manual rollback", help="recorded on both versions")

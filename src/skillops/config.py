@@ -67,6 +67,17 @@ class MiningConfig(_Strict):
     sampling_strategy: Literal["top", "random"] = "top"
 
 
+def resolve_path(path: str) -> Path:
+    """A recipe's file path on this machine: as written, or among the samples bundled with
+    skillops. They ship inside the package, so the built-in recipes' `data/...` paths work from
+    any folder and from an installed wheel; the recipe keeps the relative spelling, so its
+    fingerprint is the same on every machine."""
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute() and not candidate.exists() and (PACKAGE_DIR / candidate).exists():
+        return PACKAGE_DIR / candidate
+    return candidate
+
+
 class DataConfig(_Strict):
     format: Literal["esco", "table"] = Field(
         "esco",
@@ -101,13 +112,7 @@ class DataConfig(_Strict):
 
     @property
     def location(self) -> Path:
-        """`path` on this machine. The bundled samples ship inside the package, so the built-in
-        recipes' `data/...` paths work from any folder and from an installed wheel; the recipe
-        keeps the relative spelling, so its fingerprint is the same on every machine."""
-        path = Path(self.path).expanduser()
-        if not path.is_absolute() and not path.exists() and (PACKAGE_DIR / path).exists():
-            return PACKAGE_DIR / path
-        return path
+        return resolve_path(self.path)
 
     @model_validator(mode="after")
     def _columns_fit_the_shape(self) -> DataConfig:
@@ -233,11 +238,31 @@ IR_CUTOFFS = {
 }
 
 
+class GoldenSet(_Strict):
+    """A frozen benchmark: scored for base, candidate and champion every run, never trained on."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="How reports and the gate name it.")
+    path: str = Field(
+        description="CSV, JSONL or Parquet in the recipe's data shape (pairs: one row per query and "
+        "relevant document; scored pairs for similarity), looked up like data.path."
+    )
+    columns: dict[str, str | list[str]] | None = Field(
+        None, description="skillops name -> column in this file (default: data.columns of a table recipe)."
+    )
+
+    @property
+    def location(self) -> Path:
+        return resolve_path(self.path)
+
+
 class EvaluationConfig(_Strict):
     evaluator: Literal["reranking", "information_retrieval", "embedding_similarity"] = "reranking"
     at_k: int = Field(100, ge=1, description="Reranking: cut-off for MRR and NDCG (card 000: 100).")
     primary_metric: str = "map"
     batch_size: int = Field(64, ge=1)
+    golden: list[GoldenSet] = Field(
+        [], description="Frozen benchmarks every candidate must not regress on (promotion.golden_tolerance)."
+    )
 
     def metric_names(self) -> tuple[str, ...]:
         """Every metric the evaluator reports, as skillops names them (sanitised for MLflow)."""
@@ -261,6 +286,14 @@ class EvaluationConfig(_Strict):
         return [self.primary_metric, *(name for name in headline if name != self.primary_metric)]
 
     @model_validator(mode="after")
+    def _golden_names_are_unique(self) -> EvaluationConfig:
+        names = [golden.name for golden in self.golden]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"evaluation.golden names {repeated} more than once; give each set its own name.")
+        return self
+
+    @model_validator(mode="after")
     def _primary_metric_is_reported(self) -> EvaluationConfig:
         if self.primary_metric not in self.metric_names():
             raise ValueError(
@@ -282,6 +315,14 @@ class ValidationPolicy(_Strict):
     positive_in_negatives: Level = "error"
     leakage: Level = Field("error", description="A validation/test query that training also sees.")
     too_long: Level = Field("warn", description="Texts longer than training.max_seq_length tokens (cut, not lost).")
+    near_duplicates: Level = Field(
+        "warn",
+        description="A held-out or golden query whose base-model embedding is nearly that of a training "
+        "query (gendered forms, 'ICT' vs 'information technology'): exact leakage checks miss them.",
+    )
+    near_duplicate_threshold: float = Field(
+        0.9, gt=0, le=1, description="Cosine similarity (base model) from which two queries count as near duplicates."
+    )
 
 
 class PromotionPolicy(_Strict):
@@ -330,6 +371,16 @@ class PromotionPolicy(_Strict):
         ge=1,
         description="Slices with fewer test queries are reported but not held to slice_tolerance.",
     )
+    golden_tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="On every golden set (evaluation.golden) the candidate's primary metric may be "
+        "lower than the reference's by at most this; where the set has enough queries for the paired "
+        "test, it must also not be significantly lower (significance_level).",
+    )
+    require_golden_improvement: list[str] = Field(
+        [], description="Golden sets, by name, on which the candidate must be strictly better."
+    )
     resamples: int = Field(10000, ge=100, description="Permutations and bootstrap resamples.")
     seed: int = 0
 
@@ -366,7 +417,24 @@ class Recipe(_Strict):
                 f"evaluation.evaluator = {self.evaluation.evaluator!r} cannot score {self.data.shape} "
                 f"data; use one of {fitting}."
             )
+        unknown = sorted(set(self.promotion.require_golden_improvement) - {g.name for g in self.evaluation.golden})
+        if unknown:
+            raise ValueError(
+                f"promotion.require_golden_improvement names {unknown}, which evaluation.golden does not "
+                f"list (it has {[g.name for g in self.evaluation.golden]}); add the set or remove the name."
+            )
         return self
+
+    def golden_data(self, golden: GoldenSet) -> DataConfig:
+        """How to read a golden file: a table in the recipe's data shape, with its own column
+        mapping, or the recipe's (an ESCO recipe's golden sets are anchor/positive pairs)."""
+        columns = (
+            golden.columns if golden.columns is not None else self.data.columns if self.data.format == "table" else {}
+        )
+        try:
+            return DataConfig(format="table", path=golden.path, shape=self.data.shape, columns=columns)
+        except ValidationError as error:
+            raise RecipeError(f"evaluation.golden {golden.name!r}: {error.errors()[0]['msg']}") from None
 
     def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
         """A copy with dotted keys replaced, e.g. {"training.epochs": 2}; validated again."""

@@ -36,9 +36,10 @@ class Fingerprints(BaseModel):
 
 def fingerprint(recipe: Recipe) -> Fingerprints:
     files = preparation.source_files(recipe.data)
+    golden = [g.location for g in recipe.evaluation.golden]
     return Fingerprints(
-        # The source files and every data setting: a change to either is a new data set.
-        data=preparation.fingerprint_files(files, extra=recipe.data.model_dump_json()) if files else None,
+        # The source files, the golden sets and every data setting: a change to any is new data.
+        data=preparation.fingerprint_files(files + golden, extra=recipe.data.model_dump_json()) if files else None,
         recipe=hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16],
         code=tracking.code_version(),
     )

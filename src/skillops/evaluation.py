@@ -50,20 +50,40 @@ class QueryScores(BaseModel):
         return {name: self.metric(name) for name in names}
 
 
+class GoldenScores(BaseModel):
+    """Base, candidate and champion on one golden set."""
+
+    base: QueryScores
+    candidate: QueryScores
+    champion: QueryScores | None
+
+
 class Scores(BaseModel):
-    """Per-query scores of base, candidate and champion on the run's frozen test set."""
+    """Per-query scores of base, candidate and champion on the run's frozen test set, and on each
+    golden set of the recipe (by name)."""
 
     base: QueryScores
     candidate: QueryScores
     champion: QueryScores | None
     champion_version: str | None
     champion_source: str | None = None  # how the champion's scores were obtained (cache or re-scored)
+    golden: dict[str, GoldenScores] = {}
 
     def table(self, metrics: list[str]) -> dict[str, dict[str, float]]:
         rows = {"base": self.base, "candidate": self.candidate}
         if self.champion is not None:
             rows[f"champion (v{self.champion_version})"] = self.champion
         return {model: values.aggregate(tuple(metrics)) for model, values in rows.items()}
+
+    def golden_table(self, metrics: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+        """Golden set -> model -> metric, as `table` gives them for the test set."""
+        tables = {}
+        for name, sets in self.golden.items():
+            rows = {"base": sets.base, "candidate": sets.candidate}
+            if sets.champion is not None:
+                rows[f"champion (v{self.champion_version})"] = sets.champion
+            tables[name] = {model: values.aggregate(tuple(metrics)) for model, values in rows.items()}
+        return tables
 
 
 def _correlation(name: str, gold: np.ndarray, predicted: np.ndarray, rows: np.ndarray | None = None) -> float:

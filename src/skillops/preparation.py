@@ -23,7 +23,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from skillops import esco
-from skillops.config import SLICE_COLUMN, DataConfig, Recipe
+from skillops.config import SLICE_COLUMN, DataConfig, GoldenSet, Recipe
 from skillops.errors import DataError
 from skillops.tables import read_table
 
@@ -120,16 +120,50 @@ def retrieval_set(queries: dict[str, list[str]], pool: list[str], slices: dict[s
     return eval_set
 
 
+def _ranking_eval_set(
+    queries: dict[str, list[str]], pool: list[str], recipe: Recipe, slices: dict[str, str], rng
+) -> Any:
+    if recipe.evaluation.evaluator == "reranking":
+        return reranking_set(queries, pool, recipe.data.eval_negatives, rng, slices)
+    return retrieval_set(queries, pool, slices)
+
+
 def _ranking_eval_sets(
     queries_by_part: dict[str, dict[str, list[str]]], pool: list[str], recipe: Recipe, slices: dict[str, str]
 ) -> dict[str, Any]:
     rng = np.random.default_rng(recipe.data.split.seed)
-    if recipe.evaluation.evaluator == "reranking":
-        return {
-            part: reranking_set(queries_by_part[part], pool, recipe.data.eval_negatives, rng, slices)
-            for part in EVAL_PARTS
-        }
-    return {part: retrieval_set(queries_by_part[part], pool, slices) for part in EVAL_PARTS}
+    return {part: _ranking_eval_set(queries_by_part[part], pool, recipe, slices, rng) for part in EVAL_PARTS}
+
+
+def golden_part(name: str) -> str:
+    """The eval set name (and file stem) of a golden set, next to validation and test."""
+    return f"golden-{name}"
+
+
+def golden_sources(recipe: Recipe) -> dict[str, str]:
+    """Eval set name -> the user's golden file, for messages that point at what to fix."""
+    return {golden_part(g.name): f"{g.location} (golden set {g.name!r})" for g in recipe.evaluation.golden}
+
+
+def _golden_eval_set(recipe: Recipe, golden: GoldenSet) -> Any:
+    """A golden file as an eval set of the recipe's evaluator, built from that file alone (its own
+    documents, its own negatives), so it stays the same whatever the data refresh holds."""
+    frame = read_table(recipe.golden_data(golden)).frame
+    slices = (
+        frame.groupby(_query_column(recipe), sort=False)[SLICE_COLUMN].first().to_dict()
+        if SLICE_COLUMN in frame
+        else {}
+    )
+    if recipe.data.shape == "scored_pairs":
+        return frame[["sentence1", "sentence2", "score", *([SLICE_COLUMN] if slices else [])]].to_dict(orient="list")
+    negative_columns = [c for c in frame.columns if c.startswith("negative_")]
+    pool = sorted(set(frame["positive"]).union(*(set(frame[c]) for c in negative_columns)))
+    queries = {anchor: sorted(set(rows["positive"])) for anchor, rows in frame.groupby("anchor", sort=True)}
+    return _ranking_eval_set(queries, pool, recipe, slices, np.random.default_rng(recipe.data.split.seed))
+
+
+def _query_column(recipe: Recipe) -> str:
+    return "sentence1" if recipe.data.shape == "scored_pairs" else "anchor"
 
 
 def _esco_task(recipe: Recipe) -> Task:
@@ -146,7 +180,7 @@ def _esco_task(recipe: Recipe) -> Task:
 def _table_task(recipe: Recipe) -> Task:
     data = recipe.data
     frame = read_table(data).frame
-    group = "sentence1" if data.shape == "scored_pairs" else "anchor"
+    group = _query_column(recipe)
     split = split_groups(frame[group].tolist(), data.split.validation, data.split.test, data.split.seed)
     part_of = {key: part for part, keys in split.items() for key in keys}
     parts = {part: frame[frame[group].map(part_of) == part] for part in ("train", *EVAL_PARTS)}
@@ -169,7 +203,10 @@ def _table_task(recipe: Recipe) -> Task:
 
 
 def build_task(recipe: Recipe) -> Task:
-    return _esco_task(recipe) if recipe.data.format == "esco" else _table_task(recipe)
+    """The split and its eval sets, plus one eval set per golden set of the recipe."""
+    task = _esco_task(recipe) if recipe.data.format == "esco" else _table_task(recipe)
+    golden = {golden_part(g.name): _golden_eval_set(recipe, g) for g in recipe.evaluation.golden}
+    return Task(task.train, {**task.eval_sets, **golden}, task.split)
 
 
 def fingerprint_files(paths: list[Path], extra: str = "") -> str:

@@ -7,7 +7,10 @@ champion yet) on the same frozen test set, query by query:
 2. a one-sided paired permutation test says the improvement is unlikely to be noise
    (p < `significance_level`), unless the policy turns that off;
 3. no other headline metric drops by more than `secondary_tolerance`;
-4. no slice with enough queries drops its primary metric by more than `slice_tolerance`.
+4. no slice with enough queries drops its primary metric by more than `slice_tolerance`;
+5. on every golden set (a frozen benchmark that never changes with the data) the primary metric
+   drops by at most `golden_tolerance` and, where the set is large enough for the paired test,
+   not significantly; sets named in `require_golden_improvement` must rise.
 
 Every check is computed and kept in the decision, so a report shows all of them, and the reason
 names the first that failed.
@@ -34,7 +37,7 @@ class Comparison(BaseModel):
     candidate: float
     reference: float
     delta: float
-    queries: int | None = None  # slices only
+    queries: int | None = None  # slices and golden sets
 
 
 class Decision(BaseModel):
@@ -51,6 +54,7 @@ class Decision(BaseModel):
     checks: list[Check] = []
     metrics: dict[str, Comparison] = {}
     slices: dict[str, Comparison] = {}
+    golden: dict[str, Comparison] = {}
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -132,6 +136,36 @@ def _slices(candidate: QueryScores, reference: QueryScores, metric: str) -> dict
     return comparisons
 
 
+def _golden_check(
+    name: str, candidate: QueryScores, reference: QueryScores, reference_name: str, metric: str, policy: PromotionPolicy
+) -> tuple[Check, Comparison]:
+    """One golden set: no drop beyond the tolerance, no significant drop, a rise where required."""
+    _same_queries(candidate, reference, reference_name, f"versions of golden set {name!r}")
+    score, bar = candidate.metric(metric), reference.metric(metric)
+    comparison = Comparison(candidate=score, reference=bar, delta=score - bar, queries=len(candidate.ids))
+    required = name in policy.require_golden_improvement
+    passed = comparison.delta > 0 if required else comparison.delta >= -policy.golden_tolerance
+    detail = (
+        f"golden set {name!r} ({comparison.queries} queries): {metric} {score:.4f} vs the {reference_name}'s "
+        f"{bar:.4f} ({comparison.delta:+.4f}; "
+        + ("must improve" if required else f"tolerance {policy.golden_tolerance}")
+    )
+    level = policy.significance_level
+    if level is not None and 0.5**comparison.queries < level and comparison.delta < 0:
+        p_worse, _ = paired_test(reference, candidate, metric, policy)  # one-sided: the reference is better
+        passed = passed and p_worse >= level
+        detail += f"; paired test that it is worse: p = {p_worse:.4f}, level {level}"
+    return Check(name=f"golden {name}", passed=passed, detail=detail + ")"), comparison
+
+
+def _same_queries(candidate: QueryScores, reference: QueryScores, reference_name: str, sets: str) -> None:
+    if candidate.ids != reference.ids:
+        raise ValueError(
+            f"The candidate and the {reference_name} were scored on different {sets} ({len(candidate.ids)} and "
+            f"{len(reference.ids)} queries); score both on the same frozen set."
+        )
+
+
 def decide(
     candidate: QueryScores,
     reference: QueryScores,
@@ -140,13 +174,11 @@ def decide(
     headline: list[str],
     policy: PromotionPolicy,
     reference_version: str | None = None,
+    golden: dict[str, tuple[QueryScores, QueryScores]] | None = None,
 ) -> Decision:
-    """Promote only if every check of the policy passes (see the module docstring)."""
-    if candidate.ids != reference.ids:
-        raise ValueError(
-            f"The candidate and the {reference_name} were scored on different test sets "
-            f"({len(candidate.ids)} and {len(reference.ids)} queries); score both on the same frozen set."
-        )
+    """Promote only if every check of the policy passes (see the module docstring). `golden`:
+    golden set name -> (candidate's, reference's) per-query scores on it."""
+    _same_queries(candidate, reference, reference_name, "test sets")
     metrics = {}
     for name in dict.fromkeys([metric, *headline]):
         score, bar = candidate.metric(name), reference.metric(name)
@@ -218,6 +250,10 @@ def decide(
                 ),
             )
         )
+    golden_comparisons = {}
+    for name, (on_set, reference_on_set) in (golden or {}).items():
+        check, golden_comparisons[name] = _golden_check(name, on_set, reference_on_set, reference_name, metric, policy)
+        checks.append(check)
     failed = [check for check in checks if not check.passed]
     if failed:
         reason = (
@@ -241,4 +277,5 @@ def decide(
         checks=checks,
         metrics=metrics,
         slices=slices,
+        golden=golden_comparisons,
     )

@@ -85,35 +85,45 @@ def load(uri: str):
     return mlflow.sentence_transformers.load_model(uri)
 
 
-def _score_cache_file(name: str, version: str, eval_fingerprint: str) -> Path:
-    """Per-query scores of a registered version on one frozen test set, kept next to the store:
-    a version's weights never change, so neither do its scores on the same set."""
-    return store_dir() / "score-cache" / name / f"v{version}" / f"{eval_fingerprint}.json"
+def _score_cache_file(name: str, version: str, eval_fingerprint: str, eval_set: str) -> Path:
+    """Per-query scores of a registered version on one frozen eval set, kept next to the store:
+    a version's weights never change, so neither do its scores on the same snapshot."""
+    stem = eval_fingerprint if eval_set == "test" else f"{eval_fingerprint}.{eval_set}"
+    return store_dir() / "score-cache" / name / f"v{version}" / f"{stem}.json"
 
 
-def save_scores(name: str, version: str, eval_fingerprint: str, values: QueryScores) -> None:
-    path = _score_cache_file(name, version, eval_fingerprint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs may write the same entry
-    temporary.write_text(values.model_dump_json(), "utf-8")
-    temporary.replace(path)
+def save_scores(name: str, version: str, eval_fingerprint: str, scores: dict[str, QueryScores]) -> None:
+    """`scores`: eval set ("test", "golden-<name>") -> the version's per-query scores on it."""
+    for eval_set, values in scores.items():
+        path = _score_cache_file(name, version, eval_fingerprint, eval_set)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs may write the same entry
+        temporary.write_text(values.model_dump_json(), "utf-8")
+        temporary.replace(path)
 
 
 def version_scores(
-    name: str, version: str, eval_fingerprint: str, score: Callable[[Any], QueryScores]
-) -> tuple[QueryScores, str]:
-    """A registered version's per-query scores on one eval snapshot, and where they came from:
-    the cache when that version was already scored on this snapshot, else `score(model)` now."""
-    cached = _score_cache_file(name, version, eval_fingerprint)
-    if cached.is_file():
-        values = QueryScores.model_validate_json(cached.read_text("utf-8"))
-        return values, f"cached scores of version {version} on eval snapshot {eval_fingerprint}"
+    name: str,
+    version: str,
+    eval_fingerprint: str,
+    eval_sets: list[str],
+    score: Callable[[Any, list[str]], dict[str, QueryScores]],
+) -> tuple[dict[str, QueryScores], str]:
+    """A registered version's per-query scores on the eval sets of one snapshot, and where they
+    came from: the cache for the sets that version was already scored on, `score(model, sets)`
+    (the model loaded once) for the others."""
+    files = {eval_set: _score_cache_file(name, version, eval_fingerprint, eval_set) for eval_set in eval_sets}
+    scores = {s: QueryScores.model_validate_json(f.read_text("utf-8")) for s, f in files.items() if f.is_file()}
+    missing = [eval_set for eval_set in eval_sets if eval_set not in scores]
+    if not missing:
+        return scores, f"cached scores of version {version} on eval snapshot {eval_fingerprint}"
     scored_on = client().get_model_version(name, version).tags.get("skillops.eval_fingerprint", "unknown")
-    values = score(load(model_uri(name, version)))
-    save_scores(name, version, eval_fingerprint, values)
+    fresh = score(load(model_uri(name, version)), missing)
+    save_scores(name, version, eval_fingerprint, fresh)
     return (
-        values,
-        f"version {version} re-scored on eval snapshot {eval_fingerprint} (it was registered with scores on {scored_on})",
+        scores | fresh,
+        f"version {version} re-scored on eval snapshot {eval_fingerprint} ({', '.join(missing)}; "
+        f"it was registered with scores on {scored_on})",
     )
 
 

@@ -100,9 +100,10 @@ def summary(
     decision: Decision,
     champion: str | None,
     ui_command: str,
+    golden: dict[str, dict[str, dict[str, float]]] | None = None,
 ) -> str:
-    """The evaluation report: decision, scores and every check of the policy. Markdown that reads
-    well in a terminal, as a Prefect artifact and as an MLflow artifact."""
+    """The evaluation report: decision, scores (test set, then each golden set) and every check of
+    the policy. Markdown that reads well in a terminal, as a Prefect artifact and as an MLflow artifact."""
     against = decision.reference_name + (
         f" (version {decision.reference_version})" if decision.reference_version else ""
     )
@@ -113,6 +114,11 @@ def summary(
         "",
         *_score_table(scores),
         "",
+        *(
+            line
+            for name, table in (golden or {}).items()
+            for line in (f"Golden set `{name}` (frozen):", "", *_score_table(table), "")
+        ),
         f"Checks against the {against}:",
         "",
         *(f"- {'pass' if check.passed else 'FAIL'}: {check.detail}" for check in decision.checks),
@@ -206,8 +212,13 @@ def write_evaluation_report(
     """The evaluation report (markdown and JSON), per-query scores, the comparison chart and the
     model card, written under `directory`; returns the report's markdown and the files."""
     table = scores.table(recipe.evaluation.headline_metrics())
-    text = summary(recipe.registered_model_name, version, table, decision, champion, ui_command)
-    per_query = (("base", scores.base), ("candidate", scores.candidate), ("champion", scores.champion))
+    golden = scores.golden_table(recipe.evaluation.headline_metrics())
+    text = summary(recipe.registered_model_name, version, table, decision, champion, ui_command, golden)
+    per_query = [("base", scores.base), ("candidate", scores.candidate), ("champion", scores.champion)]
+    for name, sets in scores.golden.items():
+        per_query += [
+            (f"{model} on golden set {name}", getattr(sets, model)) for model in ("base", "candidate", "champion")
+        ]
     files = {
         "evaluation.md": text,
         "evaluation.json": json.dumps(
@@ -220,6 +231,7 @@ def write_evaluation_report(
                 "data_fingerprint": data.data_fingerprint,
                 "champion_scores": scores.champion_source,
                 "scores": table,
+                "golden": golden,
                 "decision": decision.model_dump(),
             },
             indent=1,

@@ -19,7 +19,7 @@ from skillops import preparation, registry, tracking
 from skillops.config import Recipe
 from skillops.context import Fingerprints, RunContext
 from skillops.context import fingerprint as fingerprint  # a stage of its own: the flow calls stages.fingerprint
-from skillops.evaluation import QueryScores, Scores, evaluate, score_queries, scorer
+from skillops.evaluation import GoldenScores, QueryScores, Scores, evaluate, score_queries, scorer
 from skillops.modeling import load_model
 from skillops.preparation import PreparedData
 from skillops.promotion import Decision, decide
@@ -121,9 +121,10 @@ def prepare_data(run: RunContext) -> PreparedData:
     prepared = PreparedData(
         directory=paths.directory,
         data_fingerprint=fingerprint,
-        # What the test scores depend on: the frozen set, the prompts and how it is scored.
+        # What the gate's scores depend on: the frozen test and golden sets, the prompts and how
+        # they are scored.
         eval_fingerprint=preparation.fingerprint_files(
-            [paths.eval_set("test")],
+            [paths.eval_set(part) for part in _gate_sets(recipe)],
             extra=recipe.prompts.model_dump_json() + recipe.evaluation.model_dump_json(exclude={"batch_size"}),
         ),
         counts=task.counts,
@@ -202,33 +203,62 @@ def train(run: RunContext, data: PreparedData, params: dict) -> Path:
     return rounds[-1].result.model_dir
 
 
-def _version_scores(run: RunContext, data: PreparedData, version: str) -> tuple[QueryScores, str]:
-    """A registered version's per-query scores on this run's test set (cached per snapshot)."""
+def _gate_sets(recipe: Recipe) -> list[str]:
+    """The eval sets the gate judges on: the test split, then each golden set."""
+    return ["test", *(preparation.golden_part(golden.name) for golden in recipe.evaluation.golden)]
+
+
+def _score_sets(run: RunContext, data: PreparedData, model, eval_sets: list[str]) -> dict[str, QueryScores]:
     recipe = run.recipe
+    return {
+        eval_set: score_queries(model, data.paths.eval_set(eval_set), recipe.evaluation, recipe.prompts)
+        for eval_set in eval_sets
+    }
+
+
+def _version_scores(run: RunContext, data: PreparedData, version: str) -> tuple[dict[str, QueryScores], str]:
+    """A registered version's per-query scores on this run's gate sets (cached per snapshot)."""
     return registry.version_scores(
-        recipe.registered_model_name,
+        run.recipe.registered_model_name,
         version,
         data.eval_fingerprint,
-        lambda model: score_queries(model, data.paths.eval_set("test"), recipe.evaluation, recipe.prompts),
+        _gate_sets(run.recipe),
+        lambda model, eval_sets: _score_sets(run, data, model, eval_sets),
     )
+
+
+def _golden(scores: dict[str, QueryScores]) -> dict[str, QueryScores]:
+    """Golden set name -> scores, from eval set name -> scores."""
+    prefix = preparation.golden_part("")
+    return {name.removeprefix(prefix): values for name, values in scores.items() if name.startswith(prefix)}
 
 
 def evaluate_models(run: RunContext, data: PreparedData, candidate_dir: Path) -> Scores:
-    """Base, candidate and current champion, per query, all on the same frozen test set."""
+    """Base, candidate and current champion, per query, all on the same frozen test set and on
+    every golden set."""
     recipe = run.recipe
-    test_set = data.paths.eval_set("test")
-    base_model = load_model(recipe.base_model, recipe.training.max_seq_length)
-    base = score_queries(base_model, test_set, recipe.evaluation, recipe.prompts)
-    candidate = score_queries(load_model(str(candidate_dir)), test_set, recipe.evaluation, recipe.prompts)
+    eval_sets = _gate_sets(recipe)
+    base = _score_sets(run, data, load_model(recipe.base_model, recipe.training.max_seq_length), eval_sets)
+    candidate = _score_sets(run, data, load_model(str(candidate_dir)), eval_sets)
     champion_version = registry.champion_version(recipe.registered_model_name)
-    champion, source = _version_scores(run, data, champion_version) if champion_version else (None, None)
+    champion, source = _version_scores(run, data, champion_version) if champion_version else ({}, None)
+    golden_champion = _golden(champion)
     scores = Scores(
-        base=base, candidate=candidate, champion=champion, champion_version=champion_version, champion_source=source
+        base=base["test"],
+        candidate=candidate["test"],
+        champion=champion.get("test"),
+        champion_version=champion_version,
+        champion_source=source,
+        golden={
+            name: GoldenScores(base=values, candidate=_golden(candidate)[name], champion=golden_champion.get(name))
+            for name, values in _golden(base).items()
+        },
     )
     metrics = recipe.evaluation.metric_names()
     for name, values in (("base", base), ("test", candidate), ("champion", champion)):
-        if values is not None:
-            tracking.log_metrics(run.run_id, values.aggregate(metrics), prefix=f"{name}_")
+        for eval_set, per_query in values.items():
+            prefix = f"{name}_" if eval_set == "test" else f"{name}_golden_{eval_set.removeprefix('golden-')}_"
+            tracking.log_metrics(run.run_id, per_query.aggregate(metrics), prefix=prefix)
     return scores
 
 
@@ -245,8 +275,11 @@ def register(run: RunContext, data: PreparedData, candidate_dir: Path, scores: S
     name = recipe.registered_model_name
     version = registry.register(candidate_dir, run.run_id, name, tags, recipe.description)
     # A later run that finds this version as its champion, on the same snapshot, reads these
-    # instead of encoding the test set again.
-    registry.save_scores(name, version, data.eval_fingerprint, scores.candidate)
+    # instead of encoding the test and golden sets again.
+    candidate = {"test": scores.candidate} | {
+        preparation.golden_part(golden): values.candidate for golden, values in scores.golden.items()
+    }
+    registry.save_scores(name, version, data.eval_fingerprint, candidate)
     return version
 
 
@@ -261,11 +294,13 @@ def promote(run: RunContext, data: PreparedData, version: str, scores: Scores) -
     def judge(champion: str | None) -> Decision:
         if champion is None:
             reference, name = scores.base, "base model"
+            golden = {golden_set: values.base for golden_set, values in scores.golden.items()}
         elif champion == scores.champion_version:
             reference, name = scores.champion, "champion"
+            golden = {golden_set: values.champion for golden_set, values in scores.golden.items()}
         else:
-            reference, notes["champion_source"] = _version_scores(run, data, champion)
-            name = "champion"
+            champion_scores, notes["champion_source"] = _version_scores(run, data, champion)
+            reference, name, golden = champion_scores["test"], "champion", _golden(champion_scores)
         return decide(
             scores.candidate,
             reference,
@@ -274,6 +309,7 @@ def promote(run: RunContext, data: PreparedData, version: str, scores: Scores) -
             recipe.evaluation.headline_metrics(),
             recipe.promotion,
             champion,
+            {golden_set: (values.candidate, golden[golden_set]) for golden_set, values in scores.golden.items()},
         )
 
     decision = registry.promote_if_better(recipe.registered_model_name, version, judge)

@@ -21,7 +21,8 @@ from skillops.checks import MAX_EXAMPLES, Failure
 from skillops.config import Recipe, ValidationPolicy
 from skillops.errors import DataError
 from skillops.esco import OCCUPATIONS, RELATIONS, SKILLS, esco_files, load_esco
-from skillops.modeling import load_tokenizer, prompt_warnings
+from skillops.modeling import load_model, load_tokenizer, prompt_warnings
+from skillops.preparation import golden_sources
 from skillops.tables import read_table, text_columns
 
 logger = logging.getLogger(__name__)
@@ -236,11 +237,22 @@ def validate_recipe_data(recipe: Recipe) -> ValidationReport:
         )
         if report.success:  # row checks compare texts the suites have vouched for
             _row_checks(findings, table.frame, table.source, table.first_line)
+    golden = _golden_files_report(recipe)
     return ValidationReport(
-        checked=report.checked,
-        failures=report.failures + findings.errors,
+        checked={**report.checked, **golden.checked},
+        failures=report.failures + golden.failures + findings.errors,
         warnings=report.warnings + findings.warnings + prompt_warnings(recipe.base_model, recipe.prompts),
     )
+
+
+def _golden_files_report(recipe: Recipe) -> ValidationReport:
+    """Each golden file against the suite of the recipe's data shape, named as the user wrote it."""
+    checked, failures = {}, []
+    for golden in recipe.evaluation.golden:
+        table = read_table(recipe.golden_data(golden))
+        checked[table.source] = len(table.frame)
+        failures += check_shape(table.frame, recipe.data.shape, table.source, table.first_line)
+    return ValidationReport(checked=checked, failures=failures)
 
 
 def _eval_set_failures(eval_set: Any, evaluator: str, file: str) -> list[Failure]:
@@ -275,14 +287,18 @@ def validate_prepared(task, recipe: Recipe, paths) -> ValidationReport:
     frozen evaluation sets, against their suites, and checked for leakage and cut texts."""
     findings = _Findings(recipe.validation)
     train_file = str(paths.train)
+    # A golden set's problems are the user's file's: name it, not skillops' copy of it.
+    sources = {part: str(paths.eval_set(part)) for part in task.eval_sets} | golden_sources(recipe)
     failures = check_shape(task.train, recipe.data.training_shape, train_file)
     for part, eval_set in task.eval_sets.items():
-        failures += _eval_set_failures(eval_set, recipe.evaluation.evaluator, str(paths.eval_set(part)))
+        failures += _eval_set_failures(eval_set, recipe.evaluation.evaluator, sources[part])
     if not failures:
         derived = recipe.data.format == "esco" or recipe.data.mine_negatives is not None
         if derived:  # table data had its row checks on the user's own file already
             _row_checks(findings, task.train, train_file, None)
-        findings.add("leakage", checks.leakage(task.train, task.eval_sets, recipe.evaluation.evaluator, train_file))
+        findings.add("leakage", checks.leakage(task.train, task.eval_sets, recipe.evaluation.evaluator, sources))
+        if recipe.validation.near_duplicates != "off":
+            _near_duplicate_check(findings, task, recipe, sources)
         if recipe.validation.too_long != "off":
             try:
                 tokenizer = load_tokenizer(recipe.base_model)
@@ -308,6 +324,31 @@ def validate_prepared(task, recipe: Recipe, paths) -> ValidationReport:
         },
         failures=failures + findings.errors,
         warnings=findings.warnings,
+    )
+
+
+def _near_duplicate_check(findings: _Findings, task, recipe: Recipe, sources: dict[str, str]) -> None:
+    try:
+        model = load_model(recipe.base_model, recipe.training.max_seq_length)
+    except (OSError, ValueError) as error:  # no model here yet: the exact checks still ran
+        findings.warnings.append(
+            f"Near duplicates not checked: {recipe.base_model!r} did not load ({str(error)[:160]})."
+        )
+        return
+    query_column = "sentence1" if "sentence1" in task.train.columns else "anchor"
+    held_out = {
+        part: checks.eval_queries(eval_set, recipe.evaluation.evaluator) for part, eval_set in task.eval_sets.items()
+    }
+    findings.add(
+        "near_duplicates",
+        checks.near_duplicates(
+            model,
+            task.train[query_column].tolist(),
+            held_out,
+            recipe.validation.near_duplicate_threshold,
+            sources,
+            query_column,
+        ),
     )
 
 
