@@ -9,13 +9,19 @@ This file is the one place that knows the order of the stages. Each task is one 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+# skillops' own log lines (stage progress, warnings) go to the flow run's log next to Prefect's;
+# Prefect reads this when it sets up logging, so it is set before Prefect is imported.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "skillops")
+
 from prefect import flow
 from prefect import task as prefect_task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -29,7 +35,11 @@ from skillops.errors import RecipeError
 from skillops.evaluation import Scores
 from skillops.preparation import PreparedData
 from skillops.promotion import Decision
+from skillops.reports import score_rows
 from skillops.validation import ValidationReport, require
+
+# At INFO: the stage progress lines (training at a quarter, half, ...) are what a log reader wants.
+logging.getLogger("skillops").setLevel(logging.INFO)
 
 # Never cache a stage: a retrain must re-read data and re-score the champion every time.
 task = partial(prefect_task, cache_policy=NO_CACHE)
@@ -39,61 +49,63 @@ io_task = partial(task, retries=2, retry_delay_seconds=[5, 30])
 PROMOTION_WAIT_SECONDS = 1800
 
 
-@task(name="reconcile")
+@task(name="reconcile", task_run_name="reconcile {recipe.name}")
 def reconcile(recipe: Recipe) -> list[str]:
     return stages.reconcile(recipe)
 
 
-@task(name="fingerprint")
+@task(name="fingerprint", task_run_name="fingerprint {recipe.name}")
 def fingerprint(recipe: Recipe) -> Fingerprints:
     return stages.fingerprint(recipe)
 
 
-@task(name="unchanged-since")
+@task(name="unchanged-since", task_run_name="unchanged-since {recipe.name}")
 def unchanged_since(recipe: Recipe, fingerprints: Fingerprints) -> str | None:
     return stages.unchanged_since(recipe, fingerprints)
 
 
-@io_task(name="record-skip")
+@io_task(name="record-skip", task_run_name="record-skip {recipe.name}")
 def record_skip(recipe: Recipe, fingerprints: Fingerprints, previous_run_id: str) -> str:
     return stages.record_skip(recipe, fingerprints, previous_run_id)
 
 
-@task(name="start")
+@task(name="start", task_run_name="start {recipe.name}")
 def start(recipe: Recipe, fingerprints: Fingerprints) -> RunContext:
     return stages.start(recipe, fingerprints)
 
 
-@task(name="validate-data")
+@task(name="validate-data", task_run_name="validate-data {run.recipe.name}")
 def validate_data(run: RunContext) -> ValidationReport:
     report = stages.validate_data(run)
-    create_markdown_artifact(report.markdown(), key="data-validation", description="Data validation summary")
+    docs = tracking.run_url(run.run_id, f"{stages.data_docs_path('inputs')}/index.html")
+    text = f"{report.markdown()}\nGreat Expectations Data Docs of this pass: [{docs}]({docs})\n"
+    create_markdown_artifact(text, key="data-validation", description="Data validation summary")
     return require(report)
 
 
 # log_prints off: `datasets` disassembles functions with dis (printing to a buffer) when it
 # fingerprints them, and Prefect's print capture would log every line of that bytecode.
-@task(name="prepare-data", log_prints=False)
+@task(name="prepare-data", task_run_name="prepare-data {run.recipe.name}", log_prints=False)
 def prepare_data(run: RunContext) -> PreparedData:
     return stages.prepare_data(run)
 
 
-@task(name="tune")
+@task(name="tune", task_run_name="tune {run.recipe.name}")
 def tune(run: RunContext, data: PreparedData) -> dict[str, Any]:
     return stages.tune(run, data)
 
 
-@task(name="train")
+@task(name="train", task_run_name="train {run.recipe.name}")
 def train(run: RunContext, data: PreparedData, params: dict[str, Any]) -> Path:
     return stages.train(run, data, params)
 
 
-@task(name="evaluate-models")
+@task(name="evaluate-models", task_run_name="evaluate-models {run.recipe.name}")
 def evaluate_models(run: RunContext, data: PreparedData, model_dir: Path) -> Scores:
     return stages.evaluate_models(run, data, model_dir)
 
 
-@io_task(name="register")
+@io_task(name="register", task_run_name="register {run.recipe.name}")
 def register(run: RunContext, data: PreparedData, model_dir: Path, scores: Scores) -> str:
     return stages.register(run, data, model_dir, scores)
 
@@ -116,18 +128,18 @@ def promotion_slot(model_name: str):
     return concurrency(name, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS)
 
 
-@io_task(name="promote")
+@io_task(name="promote", task_run_name="promote {run.recipe.name} v{version}")
 def promote(run: RunContext, data: PreparedData, version: str, scores: Scores) -> Decision:
     with promotion_slot(run.recipe.registered_model_name):
         return stages.promote(run, data, version, scores)
 
 
-@io_task(name="report")
+@io_task(name="report", task_run_name="report {run.recipe.name} v{version}")
 def report(run: RunContext, data: PreparedData, version: str, scores: Scores, decision: Decision) -> str:
     return stages.report(run, data, version, scores, decision)
 
 
-@flow(name="train-esco", log_prints=True)
+@flow(name="train-esco", flow_run_name="train-esco {recipe}", log_prints=True)
 def train_esco(
     recipe: str = "esco-occupation-skills", overrides: dict[str, Any] | None = None, force: bool = False
 ) -> dict[str, Any]:
@@ -166,6 +178,11 @@ def train_esco(
     tracking.end_run(run.run_id)
     stages.finish(run)
     create_markdown_artifact(summary, key="train-esco-decision", description="Promotion decision")
+    create_table_artifact(
+        score_rows(scores, config.evaluation.headline_metrics()),
+        key="train-esco-scores",
+        description=f"Base, candidate and champion of {config.registered_model_name} on the test and golden sets",
+    )
     print(summary)
     return {
         "run_id": run.run_id,

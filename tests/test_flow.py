@@ -82,6 +82,24 @@ def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_b
     card = mlflow.artifacts.load_text(f"runs:/{first['run_id']}/report/model_card.md")
     assert "# tiny-esco version 1" in card and "CC BY 4.0" in card
 
+    # What the MLflow UI shows: a model-training experiment, the data sets each run used (the
+    # Dataset column), GX's Data Docs, Optuna's views and a version description from the card.
+    client = mlflow.MlflowClient()
+    assert client.get_experiment_by_name("tiny-esco").tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = client.get_run(first["run_id"]).inputs.dataset_inputs
+    contexts = {i.tags[0].value: i.dataset for i in inputs if i.tags and i.tags[0].key == "mlflow.data.context"}
+    assert set(contexts) == {"training", "validation", "test"}
+    assert all(dataset.digest for dataset in contexts.values())
+    assert contexts["test"].digest == versions[1]["skillops.eval_fingerprint"]
+    assert json.loads(contexts["training"].source)["uri"] == str(small_esco)
+    for name in ("inputs", "prepared"):
+        docs = {a.path for a in client.list_artifacts(first["run_id"], f"validation/data_docs/{name}")}
+        assert f"validation/data_docs/{name}/index.html" in docs, docs
+    tuning = {a.path for a in client.list_artifacts(first["run_id"], "tuning")}
+    assert {f"tuning/optuna_{view}.png" for view in ("history", "importances", "parallel_coordinate")} <= tuning
+    description = client.get_model_version("tiny-esco", "1").description
+    assert "Promoted: map" in description and first["run_id"] in description
+
 
 def test_broken_data_stops_before_training_and_registers_nothing(esco_copy, tiny_bert, mlflow_store, tmp_path):
     set_cell(esco_copy / "skills_en.csv", 0, "preferredLabel", "")

@@ -45,7 +45,9 @@ def test_a_wheel_validates_the_bundled_sample_outside_the_checkout(tmp_path):
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false"}
+    # No PYTHONPATH: a checkout on it would shadow the installed package.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env |= {"HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false"}
     where = subprocess.run(
         [str(python), "-c", "import skillops; print(skillops.__file__)"],
         cwd=elsewhere,

@@ -273,5 +273,21 @@ def write_task(task: Task, directory: Path, manifest: dict) -> PreparedPaths:
     return paths
 
 
+def eval_set_frame(eval_set: Any, evaluator: str) -> pd.DataFrame:
+    """An eval set as one row per query (or pair), for tables and MLflow's dataset view."""
+    if evaluator == "reranking":
+        return pd.DataFrame(
+            [{"query": s["query"], "positives": len(s["positive"]), "negatives": len(s["negative"])} for s in eval_set]
+        )
+    if evaluator == "information_retrieval":
+        return pd.DataFrame(
+            [
+                {"query_id": query_id, "query": text, "relevant": len(eval_set["relevant_docs"].get(query_id, []))}
+                for query_id, text in eval_set["queries"].items()
+            ]
+        )
+    return pd.DataFrame(eval_set)
+
+
 def read_eval_set(path: Path) -> Any:
     return json.loads(path.read_text("utf-8"))

@@ -53,6 +53,11 @@ def register(model_dir: Path, run_id: str, name: str, tags: dict[str, Any], desc
     return version
 
 
+def describe(name: str, version: str, description: str) -> None:
+    """The version's description in the MLflow UI (markdown)."""
+    client().update_model_version(name, version, description=description)
+
+
 def serving_signature():
     """Texts in, embeddings out, and `prompt_name` as a request parameter: MLflow's pyfunc passes
     params to `encode`, so `{"inputs": [...], "params": {"prompt_name": "query"}}` applies the

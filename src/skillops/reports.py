@@ -66,23 +66,34 @@ def comparison_chart(scores: dict[str, dict[str, float]], path: Path, title: str
     return path
 
 
-def optuna_history_chart(study, path: Path) -> Path:
+def optuna_charts(study, directory: Path) -> list[Path]:
+    """Optuna's own matplotlib views of the search: the history, the parameters' importances and
+    the parallel coordinates of every trial. Views that need more finished trials than the search
+    has (importances need two) are left out."""
+    import warnings
+
+    import optuna.visualization.matplotlib as views
+
     plt = _pyplot()
-    trials = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot([t.number for t in trials], [t.value for t in trials], "o", label="trial")
-    best, values = [], []
-    for trial in trials:
-        values.append(trial.value)
-        best.append(max(values))
-    axis.step([t.number for t in trials], best, where="post", label="best so far")
-    pruned = [t.number for t in study.trials if t.state.name == "PRUNED"]
-    axis.set(xlabel="trial", ylabel="validation score", title=f"Optuna search ({len(pruned)} pruned)")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    charts = {
+        "optuna_history.png": views.plot_optimization_history,
+        "optuna_importances.png": views.plot_param_importances,
+        "optuna_parallel_coordinate.png": views.plot_parallel_coordinate,
+    }
+    finished = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
+    written = []
+    for name, view in charts.items():
+        if view is views.plot_param_importances and len(finished) < 2:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib views experimental
+            axis = view(study)
+        axis.figure.set_size_inches(7, 4)
+        axis.figure.tight_layout()
+        axis.figure.savefig(directory / name, dpi=110)
+        plt.close(axis.figure)
+        written.append(directory / name)
+    return written
 
 
 def _score_table(scores: dict[str, dict[str, float]]) -> list[str]:
@@ -125,6 +136,33 @@ def summary(
         "",
         f"Champion now: version {champion or 'none'} (`models:/{model_name}@champion`).",
         f"Compare runs: `{ui_command}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def score_rows(scores, metrics: list[str]) -> list[dict]:
+    """One row per model and eval set (test, then golden sets) with its headline metrics rounded:
+    the table a Prefect artifact shows next to the decision."""
+    tables = {"test": scores.table(metrics), **{f"golden {n}": g for n, g in scores.golden_table(metrics).items()}}
+    return [
+        {"set": eval_set, "model": model, **{name: round(value, 4) for name, value in values.items()}}
+        for eval_set, table in tables.items()
+        for model, values in table.items()
+    ]
+
+
+def card_summary(recipe, table: dict[str, dict[str, float]], decision: Decision, run_id: str) -> str:
+    """The model card in short, for the registered version's description in the MLflow UI."""
+    lines = [
+        recipe.description or f"Trained by the skillops recipe `{recipe.name}` from `{recipe.base_model}`.",
+        "",
+        f"Held-out test set ({recipe.evaluation.evaluator}):",
+        "",
+        *_score_table(table),
+        "",
+        f"{'Promoted' if decision.promote else 'Not promoted'}: {decision.reason}.",
+        "",
+        f"Model card, evaluation report and per-query scores: `report/` of MLflow run {run_id}.",
     ]
     return "\n".join(lines) + "\n"
 

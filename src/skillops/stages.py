@@ -23,10 +23,17 @@ from skillops.evaluation import GoldenScores, QueryScores, Scores, evaluate, sco
 from skillops.modeling import load_model
 from skillops.preparation import PreparedData
 from skillops.promotion import Decision, decide
-from skillops.reports import loss_curve_chart, rounds_chart, write_evaluation_report
+from skillops.reports import card_summary, loss_curve_chart, rounds_chart, write_evaluation_report
 from skillops.training import Round, train_rounds
 from skillops.tuning import tune as run_search
-from skillops.validation import ValidationReport, require, validate_prepared, validate_recipe_data
+from skillops.validation import (
+    DataDocs,
+    ValidationReport,
+    data_docs,
+    require,
+    validate_prepared,
+    validate_recipe_data,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +99,26 @@ def finish(run: RunContext) -> None:
 def validate_data(run: RunContext) -> ValidationReport:
     """Check the recipe's raw data against its suites and checks; the report is saved (markdown
     and HTML) to the run, passed or not. `require(report)` is what stops the pipeline."""
-    report = validate_recipe_data(run.recipe)
-    _log_report(report, run, "inputs")
+    with data_docs(run.output_dir / "validation" / "gx-inputs") as docs:
+        report = validate_recipe_data(run.recipe)
+    _log_report(report, run, "inputs", docs)
     return report
 
 
-def _log_report(report: ValidationReport, run: RunContext, name: str) -> None:
+def data_docs_path(name: str) -> str:
+    """Where a validation pass's Great Expectations Data Docs are in the run's artifacts."""
+    return f"validation/data_docs/{name}"
+
+
+def _log_report(report: ValidationReport, run: RunContext, name: str, docs: DataDocs) -> None:
+    """The plain report (markdown for terminals, HTML) and GX's own Data Docs site, to the run."""
     directory = run.output_dir / "validation"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.md").write_text(report.markdown(), "utf-8")
     (directory / f"{name}.html").write_text(report.html(), "utf-8")
     for suffix in ("md", "html"):
         tracking.log_artifact(run.run_id, directory / f"{name}.{suffix}", "validation")
+    tracking.log_artifacts(run.run_id, docs.build(), data_docs_path(name))
 
 
 def prepare_data(run: RunContext) -> PreparedData:
@@ -115,8 +130,9 @@ def prepare_data(run: RunContext) -> PreparedData:
     if recipe.data.mine_negatives is not None:
         task = preparation.Task(preparation.mine_negatives(task.train, recipe), task.eval_sets, task.split)
     paths = preparation.write_task(task, run.output_dir / "data", {"data_fingerprint": fingerprint})
-    report = validate_prepared(task, recipe, paths)
-    _log_report(report, run, "prepared")
+    with data_docs(run.output_dir / "validation" / "gx-prepared") as docs:
+        report = validate_prepared(task, recipe, paths)
+    _log_report(report, run, "prepared", docs)
     require(report)
     prepared = PreparedData(
         directory=paths.directory,
@@ -134,7 +150,24 @@ def prepare_data(run: RunContext) -> PreparedData:
     )
     tracking.log_metrics(run.run_id, {f"data_{k}": v for k, v in prepared.counts.items()})
     tracking.log_artifact(run.run_id, paths.manifest, "data")
+    _log_datasets(run, task, prepared)
     return prepared
+
+
+def _log_datasets(run: RunContext, task: preparation.Task, prepared: PreparedData) -> None:
+    """The training table and every eval set as MLflow datasets: name, source, digest, context."""
+    recipe = run.recipe
+    golden = {preparation.golden_part(g.name): g for g in recipe.evaluation.golden}
+    datasets = [("training", f"{recipe.name}-train", task.train, recipe.data.path, prepared.data_fingerprint[:16])]
+    for part, eval_set in task.eval_sets.items():
+        frame = preparation.eval_set_frame(eval_set, recipe.evaluation.evaluator)
+        if part in golden:
+            datasets.append(("golden", f"{recipe.name}-{part}", frame, golden[part].path, None))
+        else:
+            source = f"{recipe.data.path} ({part} split)"
+            digest = prepared.eval_fingerprint if part == "test" else None
+            datasets.append((part, f"{recipe.name}-{part}", frame, source, digest))
+    tracking.log_datasets(run.run_id, datasets)
 
 
 def tune(run: RunContext, data: PreparedData) -> dict:
@@ -345,4 +378,6 @@ def report(run: RunContext, data: PreparedData, version: str, scores: Scores, de
     )
     for path in files:
         tracking.log_artifact(run.run_id, path, "report")
+    table = scores.table(run.recipe.evaluation.headline_metrics())
+    registry.describe(run.recipe.registered_model_name, version, card_summary(run.recipe, table, decision, run.run_id))
     return text

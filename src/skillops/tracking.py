@@ -15,11 +15,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STORE_DIR = Path("mlruns")
 
@@ -63,14 +66,22 @@ def metric_name(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name.replace("@", "_at_"))
 
 
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, token usage) unless the
+# experiment says it is model training; this tag is what the UI reads.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(name: str) -> str:
     mlflow_client = client()
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
+        for key, value in EXPERIMENT_KIND.items():  # experiments made by earlier versions
+            if experiment.tags.get(key) != value:
+                mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     artifacts = artifact_root() / name
     artifacts.mkdir(parents=True, exist_ok=True)
-    return mlflow_client.create_experiment(name, artifact_location=artifacts.as_uri())
+    return mlflow_client.create_experiment(name, artifact_location=artifacts.as_uri(), tags=EXPERIMENT_KIND)
 
 
 def git_commit() -> str:
@@ -146,6 +157,27 @@ def log_loss_history(run_id: str, log_history: Path, step_offset: int = 0) -> No
     client().log_batch(run_id, metrics=metrics)
 
 
+def log_datasets(run_id: str, datasets: list[tuple[str, str, pd.DataFrame, str, str | None]]) -> None:
+    """(context, name, rows, source, digest) per data set the run used: the Dataset column and the
+    inputs of the run page in the MLflow UI. A digest of None lets MLflow hash the rows."""
+    import warnings
+
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for context, name, frame, source, digest in datasets:
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice and warns that a path "can be
+            # interpreted in multiple ways", naming the same class twice; nothing to act on.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            # Counts are whole numbers without missing values; MLflow's hint about integer
+            # columns concerns model signatures, not these tables.
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+            dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+    client().log_inputs(run_id, datasets=inputs)
+
+
 def get_params(run_id: str) -> dict[str, str]:
     return client().get_run(run_id).data.params
 
@@ -160,11 +192,17 @@ def log_artifact(run_id: str, path: Path, folder: str | None = None) -> None:
     client().log_artifact(run_id, str(path), folder)
 
 
-def run_url(run_id: str) -> str:
-    """The run's page in the MLflow UI (`make ui`; SKILLOPS_MLFLOW_UI for another address)."""
+def log_artifacts(run_id: str, directory: Path, folder: str) -> None:
+    client().log_artifacts(run_id, str(directory), folder)
+
+
+def run_url(run_id: str, artifact: str | None = None) -> str:
+    """The run's page in the MLflow UI (`make ui`; SKILLOPS_MLFLOW_UI for another address), or
+    one of its artifacts there."""
     run = client().get_run(run_id)
     base = os.environ.get("SKILLOPS_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
-    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    url = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return f"{url}/artifacts/{artifact}" if artifact else url
 
 
 def last_run_with(experiment: str, tags: dict[str, str]) -> str | None:

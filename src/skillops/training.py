@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from skillops import progress
 from skillops.config import LossConfig, Prompts, TrainingConfig
 from skillops.modeling import device, load_model, mixed_precision
 
@@ -68,6 +69,7 @@ def train_model(
     output_dir: Path,
     evaluator: Any = None,
     callbacks: list | None = None,
+    label: str = "training",
 ) -> TrainingResult:
     """Train and save the model under `output_dir/model`.
 
@@ -79,12 +81,19 @@ def train_model(
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
+    from transformers import PrinterCallback
 
     done = output_dir / "done.json"
     if done.is_file():  # finished by an earlier attempt that crashed later on
         return TrainingResult.model_validate_json(done.read_text("utf-8"))
     model = load_model(base_model, config.max_seq_length)
     dataset = Dataset.from_parquet(str(train_path))
+    # The saved model's README shows one example; given here, the trainer does not sample a
+    # thousand rows (behind a progress bar) to pick one at every training and trial.
+    first = dataset[0]
+    model.model_card_data.widget = [
+        {"source_sentence": first[dataset.column_names[0]], "sentences": [first[dataset.column_names[1]]]}
+    ]
     steps_per_epoch = max(1, -(-len(dataset) // (config.batch_size * config.gradient_accumulation_steps)))
     total_steps = config.max_steps if config.max_steps > 0 else max(1, int(steps_per_epoch * config.epochs))
     eval_settings: dict[str, Any] = {"eval_strategy": "no"}
@@ -112,6 +121,7 @@ def train_model(
         save_total_limit=1,
         report_to="none",
         dataloader_pin_memory=device() == "cuda",
+        disable_tqdm=not progress.interactive(),
         **mixed_precision(),
         **eval_settings,
     )
@@ -121,8 +131,11 @@ def train_model(
         train_dataset=dataset,
         loss=build_loss(model, loss),
         evaluator=evaluator,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), progress.training_progress(label)],
     )
+    if not progress.interactive():
+        # Without bars the trainer prints every logged loss as a dict; the curve is in MLflow.
+        trainer.remove_callback(PrinterCallback)
     logger.info("Training %s with %s on %d rows for %d steps", base_model, loss.name, len(dataset), total_steps)
     checkpoint = _last_checkpoint(output_dir / "checkpoints")
     if checkpoint is not None:
@@ -178,7 +191,8 @@ def train_rounds(
     model, steps = base_model, 0
     for number in range(1, config.rounds + 1):
         round_dir = output_dir / (f"round-{number}" if config.rounds > 1 else "")
-        result = train_model(model, train_path, config, loss, prompts, round_dir, evaluator=evaluator)
+        label = f"training, round {number} of {config.rounds}" if config.rounds > 1 else "training"
+        result = train_model(model, train_path, config, loss, prompts, round_dir, evaluator=evaluator, label=label)
         validation = score_round(result.model_dir) if score_round and config.rounds > 1 else None
         rounds.append(Round(number=number, result=result, validation=validation, step_offset=steps))
         if on_round:

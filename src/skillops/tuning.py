@@ -16,7 +16,7 @@ from typing import Any
 from skillops.config import Recipe
 from skillops.evaluation import scorer
 from skillops.preparation import PreparedPaths
-from skillops.reports import optuna_history_chart
+from skillops.reports import optuna_charts
 from skillops.tracking import end_run, log_artifact, log_loss_history, log_metrics, metric_name, set_tags, start_run
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def tune(recipe: Recipe, data: PreparedPaths, experiment: str, parent_run_id: st
                 trial_dir,
                 evaluator=evaluator,
                 callbacks=[callback],
+                label=f"tuning trial {trial.number + 1} of {search.n_trials}",
             )
             log_loss_history(run_id, result.log_history)
         except optuna.TrialPruned as pruned:
@@ -123,5 +124,6 @@ def tune(recipe: Recipe, data: PreparedPaths, experiment: str, parent_run_id: st
             f"No tuning trial completed (states: {[t.state.name for t in study.trials]}); see the "
             "trial runs in MLflow. Widen search.learning_rate or set search.n_trials: 0 to skip tuning."
         )
-    log_artifact(parent_run_id, optuna_history_chart(study, output_dir / "optuna_history.png"), "tuning")
+    for chart in optuna_charts(study, output_dir):
+        log_artifact(parent_run_id, chart, "tuning")
     return dict(study.best_params)

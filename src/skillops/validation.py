@@ -6,9 +6,12 @@ place that stops the pipeline, with the file, column, rule, offending rows and t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,56 @@ def _batch_definition():
     return asset.add_batch_definition_whole_dataframe("whole")
 
 
+class DataDocs:
+    """A file-backed Great Expectations context that keeps every validation result of one pass,
+    so that GX renders its own Data Docs for it (what GX users know how to read)."""
+
+    def __init__(self, root: Path):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.root = root
+        self.context = gx.get_context(mode="file", project_root_dir=str(root))
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self.source = self.context.data_sources.add_or_update_pandas("skillops")
+        self.names: set[str] = set()
+
+    def validate(self, frame: pd.DataFrame, suite_name: str, file: str, parameters: dict[str, Any]):
+        import great_expectations as gx
+
+        name = f"{Path(file).name} ({suite_name})"
+        while name in self.names:  # the same file and suite twice in one pass (ESCO per table)
+            name += "'"
+        self.names.add(name)
+        suite = self.context.suites.add_or_update(load_suite(suite_name))
+        batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("whole")
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        )
+        return definition.run(
+            batch_parameters={"dataframe": frame}, expectation_parameters=parameters, result_format="SUMMARY"
+        )
+
+    def build(self) -> Path:
+        """Render the Data Docs site; returns its folder (index.html inside)."""
+        self.context.build_data_docs()
+        return self.root / "gx" / "uncommitted" / "data_docs" / "local_site"
+
+
+_data_docs: ContextVar[DataDocs | None] = ContextVar("skillops_data_docs", default=None)
+
+
+@contextlib.contextmanager
+def data_docs(root: Path) -> Iterator[DataDocs]:
+    """Within the block, every suite run is also kept for GX's Data Docs under `root`."""
+    docs = DataDocs(root)
+    token = _data_docs.set(docs)
+    try:
+        yield docs
+    finally:
+        _data_docs.reset(token)
+
+
 def load_suite(name: str):
     from great_expectations.core import ExpectationSuite
 
@@ -125,11 +178,15 @@ def run_suite(
 ) -> list[Failure]:
     """Failed expectations of one suite; row numbers come from the frame's index, reported as
     file lines (`first_line` is the line of row 0) or, for binary files, as row numbers."""
-    result = (
-        _batch_definition()
-        .get_batch(batch_parameters={"dataframe": frame})
-        .validate(load_suite(suite_name), expectation_parameters=parameters or {}, result_format="SUMMARY")
-    )
+    docs = _data_docs.get()
+    if docs is not None:
+        result = docs.validate(frame, suite_name, file, parameters or {})
+    else:
+        result = (
+            _batch_definition()
+            .get_batch(batch_parameters={"dataframe": frame})
+            .validate(load_suite(suite_name), expectation_parameters=parameters or {}, result_format="SUMMARY")
+        )
     missing_columns = {
         r.expectation_config.kwargs["column"]
         for r in result.results
@@ -296,7 +353,9 @@ def validate_prepared(task, recipe: Recipe, paths) -> ValidationReport:
         derived = recipe.data.format == "esco" or recipe.data.mine_negatives is not None
         if derived:  # table data had its row checks on the user's own file already
             _row_checks(findings, task.train, train_file, None)
-        findings.add("leakage", checks.leakage(task.train, task.eval_sets, recipe.evaluation.evaluator, sources))
+        # Leakage into a split is fixed in the data (train.parquet's rows); into a golden set, in that file.
+        leak_files = {part: train_file for part in task.eval_sets} | golden_sources(recipe)
+        findings.add("leakage", checks.leakage(task.train, task.eval_sets, recipe.evaluation.evaluator, leak_files))
         if recipe.validation.near_duplicates != "off":
             _near_duplicate_check(findings, task, recipe, sources)
         if recipe.validation.too_long != "off":
