@@ -44,15 +44,20 @@ def _text(value: str) -> str:
     return " ".join(value.split())
 
 
-def job_skills(occupations, skills, relations) -> pd.DataFrame:
+def _description_skills(occupations, skills, relations, describe) -> list[tuple[str, str]]:
+    """(describe(occupation description), skill label) for every relation of a described occupation."""
     labels = skills.set_index("conceptUri").preferredLabel
     descriptions = occupations.set_index("conceptUri").description
-    rows = [
-        {"job_description": _text(descriptions[o]), "skill": _text(labels[s])}
+    return [
+        (describe(descriptions[o]), _text(labels[s]))
         for o, s in relations[["occupationUri", "skillUri"]].itertuples(index=False)
         if o in descriptions.index and s in labels.index and descriptions[o].strip()
     ]
-    return pd.DataFrame(rows).drop_duplicates(ignore_index=True)
+
+
+def job_skills(occupations, skills, relations) -> pd.DataFrame:
+    pairs = _description_skills(occupations, skills, relations, _text)
+    return pd.DataFrame(pairs, columns=["job_description", "skill"]).drop_duplicates(ignore_index=True)
 
 
 def first_sentence(text: str) -> str:
@@ -65,14 +70,9 @@ def esco_golden(occupations, skills, relations) -> pd.DataFrame:
     """Occupation -> skills again, asked another way: the query is the first sentence of the
     occupation's description, which training never sees (it trains on labels). A refresh that
     pairs occupations with the wrong skills scores worse here, whatever its own test split says."""
-    labels = skills.set_index("conceptUri").preferredLabel
-    descriptions = occupations.set_index("conceptUri").description
-    rows = [
-        {"anchor": first_sentence(descriptions[o]), "positive": _text(labels[s])}
-        for o, s in relations[["occupationUri", "skillUri"]].itertuples(index=False)
-        if o in descriptions.index and s in labels.index and descriptions[o].strip()
-    ]
-    return pd.DataFrame(rows).drop_duplicates(ignore_index=True).sort_values(["anchor", "positive"], ignore_index=True)
+    pairs = _description_skills(occupations, skills, relations, first_sentence)
+    frame = pd.DataFrame(pairs, columns=["anchor", "positive"]).drop_duplicates(ignore_index=True)
+    return frame.sort_values(["anchor", "positive"], ignore_index=True)
 
 
 def course_skill_retrieval(skills) -> pd.DataFrame:

@@ -18,15 +18,21 @@ from train_esco import train_esco
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
-def test_a_candidate_trained_on_shuffled_positives_is_never_promoted(mlflow_store, tmp_path):
-    esco = Path(shutil.copytree(BUNDLED_ESCO, tmp_path / "esco-shuffled"))
+def _builtin_recipe_on_a_copy(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """The built-in ESCO recipe, untuned, one epoch, on a copy of the bundled sample to break."""
+    esco = Path(shutil.copytree(BUNDLED_ESCO, tmp_path / f"esco-{name}"))
     recipe = yaml.safe_load((BUILTIN_RECIPES_DIR / "esco-occupation-skills.yaml").read_text("utf-8"))
-    recipe.update(name="shuffled", registered_model_name="shuffled")
+    recipe.update(name=name, registered_model_name=name)
     recipe["data"]["path"] = str(esco)
     recipe["search"]["n_trials"] = 0
     recipe["training"]["epochs"] = 1
-    recipe_file = tmp_path / "shuffled.yaml"
+    recipe_file = tmp_path / f"{name}.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe), "utf-8")
+    return esco, recipe_file
+
+
+def test_a_candidate_trained_on_shuffled_positives_is_never_promoted(mlflow_store, tmp_path):
+    esco, recipe_file = _builtin_recipe_on_a_copy(tmp_path, "shuffled")
 
     # Shuffle the skills of the training occupations only: validation and test stay real.
     split = preparation.build_task(load_recipe(recipe_file)).split
@@ -96,15 +102,8 @@ def test_slices_travel_from_a_data_column_to_the_gate(tiny_bert, tmp_path):
 def test_a_refresh_with_permuted_relations_is_refused_by_the_golden_set(mlflow_store, tmp_path):
     """A refresh whose relations give every occupation another's skills makes its own test split
     wrong in the same way; the frozen golden set of the built-in recipe still holds the truth."""
-    esco = Path(shutil.copytree(BUNDLED_ESCO, tmp_path / "esco"))
-    recipe = yaml.safe_load((BUILTIN_RECIPES_DIR / "esco-occupation-skills.yaml").read_text("utf-8"))
-    recipe.update(name="golden", registered_model_name="golden")
-    recipe["data"]["path"] = str(esco)
-    recipe["search"]["n_trials"] = 0
-    recipe["training"]["epochs"] = 1
-    recipe_file = tmp_path / "golden.yaml"
-    recipe_file.write_text(yaml.safe_dump(recipe), "utf-8")
-    assert [golden["name"] for golden in recipe["evaluation"]["golden"]] == ["descriptions"]
+    esco, recipe_file = _builtin_recipe_on_a_copy(tmp_path, "golden")
+    assert [golden.name for golden in load_recipe(recipe_file).evaluation.golden] == ["descriptions"]
 
     def golden_check(result) -> dict:
         report = json.loads((tmp_path / "outputs" / result["run_id"] / "evaluation.json").read_text("utf-8"))

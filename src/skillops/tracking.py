@@ -173,8 +173,8 @@ def log_datasets(run_id: str, datasets: list[tuple[str, str, pd.DataFrame, str, 
             # Counts are whole numbers without missing values; MLflow's hint about integer
             # columns concerns model signatures, not these tables.
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-            dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+            dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)._to_mlflow_entity()
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
     client().log_inputs(run_id, datasets=inputs)
 
 
