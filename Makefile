@@ -36,6 +36,7 @@ format: install  ## apply the format and the safe lint fixes
 	$(VENV)/bin/ruff check --fix $(LINTED)
 
 ui: install  ## MLflow UI on the skillops store
+	@echo "Open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the model-training layout)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 MODEL ?= esco-occupation-skills

@@ -135,7 +135,7 @@ def summary(
         *(f"- {'pass' if check.passed else 'FAIL'}: {check.detail}" for check in decision.checks),
         "",
         f"Champion now: version {champion or 'none'} (`models:/{model_name}@champion`).",
-        f"Compare runs: `{ui_command}`",
+        f"Compare runs: {ui_command}",
     ]
     return "\n".join(lines) + "\n"
 

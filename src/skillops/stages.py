@@ -374,7 +374,7 @@ def report(run: RunContext, data: PreparedData, version: str, scores: Scores, de
         decision,
         registry.champion_version(run.recipe.registered_model_name),
         tracking.get_params(run.run_id),
-        tracking.ui_command(),
+        tracking.ui_command(run.recipe.name),
     )
     for path in files:
         tracking.log_artifact(run.run_id, path, "report")

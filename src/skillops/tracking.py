@@ -55,10 +55,16 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def ui_command() -> str:
-    """The command that opens this store in the MLflow UI, with the mlflow of this environment."""
+def ui_command(experiment: str) -> str:
+    """How to open this store's runs of `experiment` in the MLflow UI: the command (with the mlflow
+    of this environment) and the page to open."""
     mlflow_bin = Path(os.path.relpath(Path(sys.executable).parent / "mlflow"))
-    return f"{mlflow_bin} ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000"
+    command = f"{mlflow_bin} ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000"
+    return f"`{command}`, then open {_ui_base()}/#/experiments/{experiment_id(experiment)}?{UI_LAYOUT}"
+
+
+def _ui_base() -> str:
+    return os.environ.get("SKILLOPS_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
 
 
 def metric_name(name: str) -> str:
@@ -66,9 +72,11 @@ def metric_name(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name.replace("@", "_at_"))
 
 
-# MLflow 3's UI opens an experiment on its GenAI overview (traces, token usage) unless the
-# experiment says it is model training; this tag is what the UI reads.
+# MLflow's kind of experiment: model training, not a GenAI application. (The UI's layout follows
+# UI_LAYOUT in the links skillops prints, or the browser's last choice: the tag alone does not
+# keep the UI from opening on its GenAI overview.)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_LAYOUT = "workflowType=machine_learning"
 
 
 def experiment_id(name: str) -> str:
@@ -200,9 +208,10 @@ def run_url(run_id: str, artifact: str | None = None) -> str:
     """The run's page in the MLflow UI (`make ui`; SKILLOPS_MLFLOW_UI for another address), or
     one of its artifacts there."""
     run = client().get_run(run_id)
-    base = os.environ.get("SKILLOPS_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
-    url = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-    return f"{url}/artifacts/{artifact}" if artifact else url
+    url = f"{_ui_base()}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    # MLflow 3's UI picks its GenAI or model-training layout from this parameter (or the
+    # browser's last choice), not from the experiment's kind.
+    return f"{url}/artifacts/{artifact}?{UI_LAYOUT}" if artifact else f"{url}?{UI_LAYOUT}"
 
 
 def last_run_with(experiment: str, tags: dict[str, str]) -> str | None:
