@@ -18,6 +18,9 @@ from typing import Any
 # skillops' own log lines (stage progress, warnings) go to the flow run's log next to Prefect's;
 # Prefect reads this when it sets up logging, so it is set before Prefect is imported.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "skillops")
+# Without PREFECT_API_URL the run starts Prefect's temporary server, which on a fresh HOME first
+# creates its database: 20 s (Prefect's default wait) was not enough on a busy machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow
 from prefect import task as prefect_task

@@ -115,14 +115,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from skillops.tracking import client, tracking_uri
+    from skillops.tracking import client, safe_uri, tracking_uri
 
     recipe = _recipe(args)
     mlflow_client = client()
     name = recipe.registered_model_name
     versions = sorted(mlflow_client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
     if not versions:
-        print(f"No versions of {name!r} in {tracking_uri()}.")
+        print(f"No versions of {name!r} in {safe_uri(tracking_uri())}.")
         return 0
     aliases: dict[str, list[str]] = {}
     for alias, version in mlflow_client.get_registered_model(name).aliases.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -25,25 +26,49 @@ if TYPE_CHECKING:
     import pandas as pd
 
 STORE_DIR = Path("mlruns")
+logger = logging.getLogger(__name__)
+_warned_local_artifacts: set[str] = set()  # one warning per experiment and process
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(STORE_DIR / 'mlflow.db').resolve()}"
 
 
-def artifact_root() -> Path:
-    """Artifacts next to the sqlite file, unless SKILLOPS_ARTIFACT_ROOT says otherwise."""
-    if os.environ.get("SKILLOPS_ARTIFACT_ROOT"):
-        return Path(os.environ["SKILLOPS_ARTIFACT_ROOT"]).resolve()
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
-    return STORE_DIR.resolve() / "artifacts"
+def uses_server(uri: str | None = None) -> bool:
+    """Whether the store is an MLflow tracking server (shared), not a database or folder here."""
+    return (uri or tracking_uri()).startswith(("http://", "https://"))
+
+
+def safe_uri(uri: str) -> str:
+    """The URI with any password removed (`postgresql://user:secret@host/db` -> `postgresql://user@host/db`):
+    the only form skillops prints, logs, tags or writes into an artifact."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*):[^/]*@", r"\1@", uri)
 
 
 def store_dir() -> Path:
-    """A local folder that belongs to this store (for its lock files)."""
-    return artifact_root().parent
+    """A local folder that belongs to this store: its lock files and the local score cache (next
+    to the sqlite file; mlruns/ for any other store)."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    return STORE_DIR.resolve()
+
+
+def artifact_location(experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts. SKILLOPS_ARTIFACT_ROOT: a URI as given
+    (mlflow-artifacts:/, s3://, file://) or a local folder, plus the experiment's name. Else,
+    with a tracking server, None: the server's default (mlflow-artifacts:/, proxied), which every
+    machine can read; a file:// location would pin the artifacts to this machine's disk. Else
+    next to the store (mlruns/artifacts/<experiment>)."""
+    root = os.environ.get("SKILLOPS_ARTIFACT_ROOT")
+    if root:
+        base = root if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", root) else Path(root).resolve().as_uri()
+        return f"{base.rstrip('/')}/{experiment}"
+    if uses_server():
+        return None
+    folder = store_dir() / "artifacts" / experiment
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder.as_uri()
 
 
 def client() -> MlflowClient:
@@ -58,13 +83,18 @@ def client() -> MlflowClient:
 def ui_command(experiment: str) -> str:
     """How to open this store's runs of `experiment` in the MLflow UI: the command (with the mlflow
     of this environment) and the page to open."""
+    page = f"{_ui_base()}/#/experiments/{experiment_id(experiment)}?{UI_LAYOUT}"
+    if uses_server():
+        return f"open {page}"  # a tracking server is its own UI (`mlflow ui` refuses its URI)
     mlflow_bin = Path(os.path.relpath(Path(sys.executable).parent / "mlflow"))
-    command = f"{mlflow_bin} ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000"
-    return f"`{command}`, then open {_ui_base()}/#/experiments/{experiment_id(experiment)}?{UI_LAYOUT}"
+    command = f"{mlflow_bin} ui --backend-store-uri {safe_uri(tracking_uri())} --host 127.0.0.1 --port 5000"
+    return f"`{command}`, then open {page}"
 
 
 def _ui_base() -> str:
-    return os.environ.get("SKILLOPS_MLFLOW_UI", "http://127.0.0.1:5000").rstrip("/")
+    """The MLflow UI: SKILLOPS_MLFLOW_UI, else the tracking server itself, else `make ui`'s address."""
+    default = safe_uri(tracking_uri()) if uses_server() else "http://127.0.0.1:5000"
+    return os.environ.get("SKILLOPS_MLFLOW_UI", default).rstrip("/")
 
 
 def metric_name(name: str) -> str:
@@ -82,14 +112,24 @@ UI_LAYOUT = "workflowType=machine_learning"
 def experiment_id(name: str) -> str:
     mlflow_client = client()
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        for key, value in EXPERIMENT_KIND.items():  # experiments made by earlier versions
-            if experiment.tags.get(key) != value:
-                mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
-        return experiment.experiment_id
-    artifacts = artifact_root() / name
-    artifacts.mkdir(parents=True, exist_ok=True)
-    return mlflow_client.create_experiment(name, artifact_location=artifacts.as_uri(), tags=EXPERIMENT_KIND)
+    if experiment is None:
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location(name), tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():  # experiments made by earlier versions
+        if experiment.tags.get(key) != value:
+            mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
+    location = experiment.artifact_location
+    if uses_server() and location.startswith(("file:", "/")) and name not in _warned_local_artifacts:
+        _warned_local_artifacts.add(name)
+        logger.warning(
+            "Experiment %r keeps its artifacts at %s, on the disk of the machine that created it, while the "
+            "store is the tracking server %s: other machines cannot read its models, reports or score cache. "
+            "Fix: rename that experiment in the MLflow UI (skillops then creates a new one on the server's "
+            "artifact store), or set SKILLOPS_ARTIFACT_ROOT to a location every machine reads.",
+            name,
+            location,
+            safe_uri(tracking_uri()),
+        )
+    return experiment.experiment_id
 
 
 def git_commit() -> str:
