@@ -150,3 +150,30 @@ def test_runs_left_running_by_a_dead_process_are_marked_failed(mlflow_store):
     assert f"process {dead.pid}" in runs[crashed].data.tags["skillops.failure"]
     assert runs[alive].info.status == "RUNNING"
     assert tracking.fail_stale_runs("no-such-experiment") == []
+
+
+def test_a_versions_scores_are_found_in_the_shared_store_from_another_folder(tiny_bert, mlflow_store):
+    """Scores saved with a version live in its run's artifacts; a machine without the local copy
+    (here: the local cache deleted) reads them from there instead of encoding the test set again,
+    and only a snapshot nobody scored is scored."""
+    import shutil
+
+    version = _register(tiny_bert, "scored")
+    scored = {"test": _scores(0.6), "golden-descriptions": _scores(0.5)}
+    registry.save_scores(NAME, version, "snap1", scored)
+    shutil.rmtree(mlflow_store / registry.SCORE_CACHE)
+    calls = []
+
+    def score(model, eval_sets):
+        calls.append(eval_sets)
+        return {eval_set: _scores(0.4) for eval_set in eval_sets}
+
+    found, source = registry.version_scores(NAME, version, "snap1", list(scored), score)
+    assert found == scored and calls == []
+    assert source == f"cached scores of version {version} on eval snapshot snap1 (from the shared store)"
+    again, source = registry.version_scores(NAME, version, "snap1", list(scored), score)
+    assert again == scored and source.endswith("snap1") and calls == []  # the local copy now
+
+    fresh, source = registry.version_scores(NAME, version, "snap2", ["test"], score)
+    assert calls == [["test"]] and source.startswith(f"version {version} re-scored on eval snapshot snap2")
+    assert fresh["test"] == _scores(0.4)

@@ -7,6 +7,7 @@ import fcntl
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,21 +91,47 @@ def load(uri: str):
     return mlflow.sentence_transformers.load_model(uri)
 
 
+SCORE_CACHE = "score-cache"  # in the run that registered a version, and the local folder that mirrors it
+
+
 def _score_cache_file(name: str, version: str, eval_fingerprint: str, eval_set: str) -> Path:
-    """Per-query scores of a registered version on one frozen eval set, kept next to the store:
-    a version's weights never change, so neither do its scores on the same snapshot."""
+    """The local copy of a version's per-query scores on one frozen eval set: a version's weights
+    never change, so neither do its scores on the same snapshot."""
     stem = eval_fingerprint if eval_set == "test" else f"{eval_fingerprint}.{eval_set}"
-    return store_dir() / "score-cache" / name / f"v{version}" / f"{stem}.json"
+    return store_dir() / SCORE_CACHE / name / f"v{version}" / f"{stem}.json"
 
 
 def save_scores(name: str, version: str, eval_fingerprint: str, scores: dict[str, QueryScores]) -> None:
-    """`scores`: eval set ("test", "golden-<name>") -> the version's per-query scores on it."""
+    """`scores`: eval set ("test", "golden-<name>") -> the version's per-query scores on it. Kept
+    as artifacts of the run that registered the version, where a run on any machine finds them,
+    and locally as a read-through copy."""
+    run_id = client().get_model_version(name, version).run_id
     for eval_set, values in scores.items():
         path = _score_cache_file(name, version, eval_fingerprint, eval_set)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs may write the same entry
         temporary.write_text(values.model_dump_json(), "utf-8")
         temporary.replace(path)
+        client().log_artifact(run_id, str(path), SCORE_CACHE)
+
+
+def _cached_scores(name: str, version: str, eval_fingerprint: str, eval_set: str) -> tuple[QueryScores | None, bool]:
+    """(scores, fetched from the shared store) of a version on one eval set, or (None, False)."""
+    path = _score_cache_file(name, version, eval_fingerprint, eval_set)
+    fetched = False
+    if not path.is_file():
+        run_id = client().get_model_version(name, version).run_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as download:
+            try:
+                downloaded = mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=f"{SCORE_CACHE}/{path.name}", dst_path=download
+                )
+            except (MlflowException, OSError):
+                return None, False  # never scored on this snapshot
+            Path(downloaded).replace(path)
+        fetched = True
+    return QueryScores.model_validate_json(path.read_text("utf-8")), fetched
 
 
 def version_scores(
@@ -115,13 +142,17 @@ def version_scores(
     score: Callable[[Any, list[str]], dict[str, QueryScores]],
 ) -> tuple[dict[str, QueryScores], str]:
     """A registered version's per-query scores on the eval sets of one snapshot, and where they
-    came from: the cache for the sets that version was already scored on, `score(model, sets)`
-    (the model loaded once) for the others."""
-    files = {eval_set: _score_cache_file(name, version, eval_fingerprint, eval_set) for eval_set in eval_sets}
-    scores = {s: QueryScores.model_validate_json(f.read_text("utf-8")) for s, f in files.items() if f.is_file()}
+    came from: the cache (local, else the shared store) for the sets that version was already
+    scored on, `score(model, sets)` (the model loaded once) for the others."""
+    scores, shared = {}, False
+    for eval_set in eval_sets:
+        values, fetched = _cached_scores(name, version, eval_fingerprint, eval_set)
+        if values is not None:
+            scores[eval_set], shared = values, shared or fetched
     missing = [eval_set for eval_set in eval_sets if eval_set not in scores]
     if not missing:
-        return scores, f"cached scores of version {version} on eval snapshot {eval_fingerprint}"
+        where = " (from the shared store)" if shared else ""
+        return scores, f"cached scores of version {version} on eval snapshot {eval_fingerprint}{where}"
     scored_on = client().get_model_version(name, version).tags.get("skillops.eval_fingerprint", "unknown")
     fresh = score(load(model_uri(name, version)), missing)
     save_scores(name, version, eval_fingerprint, fresh)
