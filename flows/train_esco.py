@@ -14,6 +14,7 @@ import os
 from functools import partial
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 # skillops' own log lines (stage progress, warnings) go to the flow run's log next to Prefect's;
 # Prefect reads this when it sets up logging, so it is set before Prefect is imported.
@@ -30,6 +31,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.runtime import flow_run as prefect_flow_run
+from prefect.settings import get_current_settings
 
 from skillops import stages, tracking
 from skillops.config import Recipe, load_recipe, parse_overrides
@@ -54,7 +57,28 @@ PROMOTION_WAIT_SECONDS = 1800
 
 @task(name="reconcile", task_run_name="reconcile {recipe.name}")
 def reconcile(recipe: Recipe) -> list[str]:
-    return stages.reconcile(recipe)
+    return stages.reconcile(recipe, shared_prefect_api(), flow_run_states)
+
+
+def shared_prefect_api() -> str | None:
+    """The Prefect server this run reports to, when it is one that outlives the run (not the
+    temporary server of a plain `python flows/train_esco.py`)."""
+    api = get_current_settings().api.url
+    return tracking.safe_uri(api) if api else None
+
+
+def flow_run_states(flow_run_ids: list[str]) -> dict[str, str]:
+    """Flow run id -> its state type (CRASHED, FAILED, RUNNING, ...) on this Prefect server."""
+    states = {}
+    with get_client(sync_client=True) as client:
+        for flow_run_id in flow_run_ids:
+            try:
+                state = client.read_flow_run(UUID(flow_run_id)).state
+            except ObjectNotFound:
+                continue
+            if state is not None:
+                states[flow_run_id] = state.type.value
+    return states
 
 
 @task(name="fingerprint", task_run_name="fingerprint {recipe.name}")
@@ -74,7 +98,9 @@ def record_skip(recipe: Recipe, fingerprints: Fingerprints, previous_run_id: str
 
 @task(name="start", task_run_name="start {recipe.name}")
 def start(recipe: Recipe, fingerprints: Fingerprints) -> RunContext:
-    return stages.start(recipe, fingerprints)
+    api = shared_prefect_api()
+    orchestration = {tracking.FLOW_RUN_TAG: str(prefect_flow_run.id), tracking.PREFECT_API_TAG: api} if api else {}
+    return stages.start(recipe, fingerprints, orchestration)
 
 
 @task(name="validate-data", task_run_name="validate-data {run.recipe.name}")

@@ -12,6 +12,7 @@ import json
 import logging
 import platform
 import shutil
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -40,9 +41,14 @@ logger = logging.getLogger(__name__)
 TRACKED_LIBRARIES = ("sentence-transformers", "transformers", "torch", "mlflow", "prefect", "optuna")
 
 
-def reconcile(recipe: Recipe) -> list[str]:
-    """Runs of this recipe left RUNNING by a dead process are marked FAILED, with the reason."""
-    stale = tracking.fail_stale_runs(recipe.name)
+def reconcile(
+    recipe: Recipe,
+    prefect_api: str | None = None,
+    flow_run_states: Callable[[list[str]], dict[str, str]] | None = None,
+) -> list[str]:
+    """Runs of this recipe left RUNNING by a run that died are marked FAILED, with the reason
+    (`tracking.fail_stale_runs`: by their Prefect flow run's state, else by their process)."""
+    stale = tracking.fail_stale_runs(recipe.name, prefect_api, flow_run_states)
     if stale:
         logger.warning("Marked %d run(s) left RUNNING by a dead process as FAILED: %s", len(stale), stale)
     return stale
@@ -59,8 +65,9 @@ def record_skip(recipe: Recipe, fingerprints: Fingerprints, previous_run_id: str
     return tracking.record_skip(recipe.name, fingerprints.tags(), previous_run_id)
 
 
-def start(recipe: Recipe, fingerprints: Fingerprints) -> RunContext:
-    """Open the pipeline's MLflow run with everything needed to reproduce or compare it."""
+def start(recipe: Recipe, fingerprints: Fingerprints, orchestration: dict[str, str] | None = None) -> RunContext:
+    """Open the pipeline's MLflow run with everything needed to reproduce or compare it;
+    `orchestration` tags say which Prefect flow run and server it belongs to."""
     versions = {f"version.{lib}": metadata.version(lib) for lib in TRACKED_LIBRARIES}
     params = {
         "recipe": recipe.name,
@@ -80,6 +87,7 @@ def start(recipe: Recipe, fingerprints: Fingerprints) -> RunContext:
         "skillops.kind": "pipeline",
         "skillops.python": platform.python_version(),
         **versions,
+        **(orchestration or {}),
     }
     run = RunContext(
         recipe=recipe, fingerprints=fingerprints, run_id=tracking.start_run(recipe.name, recipe.name, params, tags)

@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -296,27 +297,45 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def fail_stale_runs(experiment: str) -> list[str]:
-    """Mark FAILED the runs left RUNNING by a process of this machine that no longer exists
-    (killed, out of memory, machine rebooted): MLflow itself would show them RUNNING forever."""
+# Which Prefect flow run a pipeline run belongs to, and on which Prefect server: any machine that
+# shares that server can ask it whether the flow run died, where a pid only means something on
+# the machine that started it.
+FLOW_RUN_TAG = "skillops.prefect_flow_run_id"
+PREFECT_API_TAG = "skillops.prefect_api"
+DEAD_FLOW_RUN_STATES = ("CRASHED", "FAILED", "CANCELLED")
+
+
+def fail_stale_runs(
+    experiment: str,
+    prefect_api: str | None = None,
+    flow_run_states: Callable[[list[str]], dict[str, str]] | None = None,
+) -> list[str]:
+    """Mark FAILED, with the reason, the runs left RUNNING by a run that died (killed, out of
+    memory, machine rebooted): MLflow itself would show them RUNNING forever. A run tagged with a
+    flow run of the Prefect server at `prefect_api` is judged by `flow_run_states` (flow run id ->
+    state type, from that server), from any machine; other runs by whether their process still
+    exists, which only the machine that started them can tell."""
     mlflow_client = client()
     found = mlflow_client.get_experiment_by_name(experiment)
     if found is None:
         return []
     host = socket.gethostname()
-    stale = []
+    reasons: dict[str, str] = {}
+    asked: dict[str, str] = {}  # flow run id -> MLflow run id
     for run in mlflow_client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
-        tags = run.data.tags
-        if tags.get("skillops.host") != host or not tags.get("skillops.pid", "").isdigit():
-            continue  # another machine's run: only that machine can tell
-        pid = int(tags["skillops.pid"])
-        if pid != os.getpid() and not _process_alive(pid):
-            end_run(
-                run.info.run_id,
-                failure=f"process {pid} on {host} ended without closing the run (killed or crashed); marked FAILED at the next start",
-            )
-            stale.append(run.info.run_id)
-    return stale
+        tags, run_id = run.data.tags, run.info.run_id
+        if flow_run_states and prefect_api and tags.get(PREFECT_API_TAG) == prefect_api and FLOW_RUN_TAG in tags:
+            asked[tags[FLOW_RUN_TAG]] = run_id
+        elif tags.get("skillops.host") == host and tags.get("skillops.pid", "").isdigit():
+            pid = int(tags["skillops.pid"])
+            if pid != os.getpid() and not _process_alive(pid):
+                reasons[run_id] = f"process {pid} on {host} ended without closing the run (killed or crashed)"
+    for flow_run_id, state in (flow_run_states(list(asked)) if asked else {}).items():
+        if state in DEAD_FLOW_RUN_STATES:
+            reasons[asked[flow_run_id]] = f"its Prefect flow run {flow_run_id} is {state} on {prefect_api}"
+    for run_id, reason in reasons.items():
+        end_run(run_id, failure=f"{reason}; marked FAILED by the next start, on {host}")
+    return list(reasons)
 
 
 def end_run(run_id: str, failure: str | None = None) -> None:
