@@ -173,6 +173,11 @@ def positive_in_negatives(frame: pd.DataFrame, file: str, first_line: int | None
     ]
 
 
+def query_column(frame: pd.DataFrame) -> str:
+    """The column that holds a table's queries: sentence1 for scored pairs, anchor otherwise."""
+    return "sentence1" if "sentence1" in frame.columns else "anchor"
+
+
 def eval_queries(eval_set: Any, evaluator: str) -> list[str]:
     if evaluator == "reranking":
         return [sample["query"] for sample in eval_set]
@@ -184,8 +189,8 @@ def eval_queries(eval_set: Any, evaluator: str) -> list[str]:
 def leakage(train: pd.DataFrame, eval_sets: dict[str, Any], evaluator: str, files: dict[str, str]) -> list[Failure]:
     """A held-out query that training also sees (after normalising): every metric would be inflated.
     `files` names each eval set's file (a golden set's is the user's own)."""
-    query_column = "sentence1" if "sentence1" in train.columns else "anchor"
-    trained = set(train[query_column].map(normalise))
+    column = query_column(train)
+    trained = set(train[column].map(normalise))
     failures = []
     for part, eval_set in eval_sets.items():
         leaked = [query for query in eval_queries(eval_set, evaluator) if normalise(query) in trained]
@@ -194,12 +199,12 @@ def leakage(train: pd.DataFrame, eval_sets: dict[str, Any], evaluator: str, file
             failures.append(
                 Failure(
                     file=files[part],
-                    column=query_column,
-                    rule=f"no {part} query is also a training {query_column}",
+                    column=column,
+                    rule=f"no {part} query is also a training {column}",
                     expectation="skillops check: leakage",
                     fix="remove these queries from the golden set, or the rows that hold them from the training data"
                     if golden
-                    else f"write each {query_column} the same way everywhere (case, spacing) so the split keeps its rows together, or remove the repeats",
+                    else f"write each {column} the same way everywhere (case, spacing) so the split keeps its rows together, or remove the repeats",
                     unexpected=len(leaked),
                     total=len(eval_queries(eval_set, evaluator)),
                     unit="queries",

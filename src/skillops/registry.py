@@ -101,11 +101,13 @@ def _score_cache_file(name: str, version: str, eval_fingerprint: str, eval_set: 
     return store_dir() / SCORE_CACHE / name / f"v{version}" / f"{stem}.json"
 
 
-def save_scores(name: str, version: str, eval_fingerprint: str, scores: dict[str, QueryScores]) -> None:
+def save_scores(
+    name: str, version: str, eval_fingerprint: str, scores: dict[str, QueryScores], run_id: str | None = None
+) -> None:
     """`scores`: eval set ("test", "golden-<name>") -> the version's per-query scores on it. Kept
-    as artifacts of the run that registered the version, where a run on any machine finds them,
-    and locally as a read-through copy."""
-    run_id = client().get_model_version(name, version).run_id
+    as artifacts of the run that registered the version (`run_id`, read from the registry when
+    not given), where a run on any machine finds them, and locally as a read-through copy."""
+    run_id = run_id or client().get_model_version(name, version).run_id
     for eval_set, values in scores.items():
         path = _score_cache_file(name, version, eval_fingerprint, eval_set)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,23 +117,18 @@ def save_scores(name: str, version: str, eval_fingerprint: str, scores: dict[str
         client().log_artifact(run_id, str(path), SCORE_CACHE)
 
 
-def _cached_scores(name: str, version: str, eval_fingerprint: str, eval_set: str) -> tuple[QueryScores | None, bool]:
-    """(scores, fetched from the shared store) of a version on one eval set, or (None, False)."""
-    path = _score_cache_file(name, version, eval_fingerprint, eval_set)
-    fetched = False
-    if not path.is_file():
-        run_id = client().get_model_version(name, version).run_id
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as download:
-            try:
-                downloaded = mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path=f"{SCORE_CACHE}/{path.name}", dst_path=download
-                )
-            except (MlflowException, OSError):
-                return None, False  # never scored on this snapshot
-            Path(downloaded).replace(path)
-        fetched = True
-    return QueryScores.model_validate_json(path.read_text("utf-8")), fetched
+def _fetch_shared_copy(path: Path, run_id: str) -> bool:
+    """Download the scores at `path` from the version's run; False when it never saved them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as download:
+        try:
+            downloaded = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{SCORE_CACHE}/{path.name}", dst_path=download
+            )
+        except (MlflowException, OSError):
+            return False  # never scored on this snapshot
+        Path(downloaded).replace(path)
+    return True
 
 
 def version_scores(
@@ -144,18 +141,18 @@ def version_scores(
     """A registered version's per-query scores on the eval sets of one snapshot, and where they
     came from: the cache (local, else the shared store) for the sets that version was already
     scored on, `score(model, sets)` (the model loaded once) for the others."""
-    scores, shared = {}, False
-    for eval_set in eval_sets:
-        values, fetched = _cached_scores(name, version, eval_fingerprint, eval_set)
-        if values is not None:
-            scores[eval_set], shared = values, shared or fetched
-    missing = [eval_set for eval_set in eval_sets if eval_set not in scores]
+    files = {eval_set: _score_cache_file(name, version, eval_fingerprint, eval_set) for eval_set in eval_sets}
+    absent = [eval_set for eval_set, path in files.items() if not path.is_file()]
+    registered = client().get_model_version(name, version) if absent else None  # read once, only if needed
+    shared = [eval_set for eval_set in absent if _fetch_shared_copy(files[eval_set], registered.run_id)]
+    missing = [eval_set for eval_set in absent if eval_set not in shared]
+    scores = {s: QueryScores.model_validate_json(files[s].read_text("utf-8")) for s in eval_sets if s not in missing}
     if not missing:
         where = " (from the shared store)" if shared else ""
         return scores, f"cached scores of version {version} on eval snapshot {eval_fingerprint}{where}"
-    scored_on = client().get_model_version(name, version).tags.get("skillops.eval_fingerprint", "unknown")
+    scored_on = registered.tags.get("skillops.eval_fingerprint", "unknown")
     fresh = score(load(model_uri(name, version)), missing)
-    save_scores(name, version, eval_fingerprint, fresh)
+    save_scores(name, version, eval_fingerprint, fresh, registered.run_id)
     return (
         scores | fresh,
         f"version {version} re-scored on eval snapshot {eval_fingerprint} ({', '.join(missing)}; "

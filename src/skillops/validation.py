@@ -274,7 +274,8 @@ class _Findings:
 
 
 def _row_checks(findings: _Findings, frame: pd.DataFrame, file: str, first_line: int | None) -> None:
-    query, document = ("sentence1", "sentence2") if "sentence1" in frame.columns else ("anchor", "positive")
+    query = checks.query_column(frame)
+    document = "sentence2" if query == "sentence1" else "positive"
     findings.add("duplicates", checks.duplicates_after_normalising(frame, [query, document], file, first_line))
     findings.add("anchor_equals_positive", checks.anchor_equals_positive(frame, query, document, file, first_line))
     findings.add("positive_in_negatives", checks.positive_in_negatives(frame, file, first_line))
@@ -394,7 +395,7 @@ def _near_duplicate_check(findings: _Findings, task, recipe: Recipe, sources: di
             f"Near duplicates not checked: {recipe.base_model!r} did not load ({str(error)[:160]})."
         )
         return
-    query_column = "sentence1" if "sentence1" in task.train.columns else "anchor"
+    column = checks.query_column(task.train)
     held_out = {
         part: checks.eval_queries(eval_set, recipe.evaluation.evaluator) for part, eval_set in task.eval_sets.items()
     }
@@ -402,11 +403,11 @@ def _near_duplicate_check(findings: _Findings, task, recipe: Recipe, sources: di
         "near_duplicates",
         checks.near_duplicates(
             model,
-            task.train[query_column].tolist(),
+            task.train[column].tolist(),
             held_out,
             recipe.validation.near_duplicate_threshold,
             sources,
-            query_column,
+            column,
         ),
     )
 
