@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_TELEMETRY ?= false
 
-.PHONY: install lint format train test test-fast ui serve stack-up stack-down clean
+.PHONY: install postgres lint format train test test-fast ui serve stack-up stack-down clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,7 +20,13 @@ install: $(VENV)/.installed
 train: install  ## the main job: validate -> tune -> train -> evaluate -> register -> promote; SET="training.epochs=1 ..." overrides
 	$(PY) flows/train_esco.py $(RECIPE) $(if $(FORCE),--force) $(foreach field,$(SET),--set $(field))
 
-test: install  ## every test, as CI runs them
+# The team-stack tests and `make stack-up TEAM=1` start PostgreSQL from Debian's package.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+		echo "Installing PostgreSQL (Debian's package postgresql)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+test: install postgres  ## every test, as CI runs them
 	$(PY) -m pytest
 
 test-fast: install  ## the edit loop: everything but the slow tier (servers, flows, schedules)
@@ -35,9 +41,13 @@ format: install  ## apply the format and the safe lint fixes
 	$(VENV)/bin/ruff format $(LINTED)
 	$(VENV)/bin/ruff check --fix $(LINTED)
 
-ui: install  ## MLflow UI on the skillops store
+ui: install  ## MLflow UI on the skillops store (a tracking server in MLFLOW_TRACKING_URI is its own UI)
+ifneq ($(filter http%,$(MLFLOW_TRACKING_URI)),)
+	@echo "Open $(MLFLOW_TRACKING_URI)/#/experiments?workflowType=machine_learning (the tracking server's UI)"
+else
 	@echo "Open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the model-training layout)"
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} --host 127.0.0.1 --port 5000
+endif
 
 MODEL ?= esco-occupation-skills
 SERVE_PORT ?= 5001
@@ -45,8 +55,8 @@ serve: install  ## the champion over HTTP on 127.0.0.1: POST /invocations {"inpu
 	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}" \
 		$(VENV)/bin/mlflow models serve -m models:/$(MODEL)@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
-stack-up: install  ## Prefect server + worker + deployments + MLflow UI on 127.0.0.1, in the background
-	VENV=$(VENV) scripts/stack.sh up
+stack-up: install $(if $(TEAM),postgres)  ## Prefect server + worker + deployments + MLflow UI on 127.0.0.1; TEAM=1: on PostgreSQL, with an MLflow server
+	VENV=$(VENV) TEAM=$(TEAM) scripts/stack.sh up
 
 stack-down:  ## stop what stack-up started
 	VENV=$(VENV) scripts/stack.sh down

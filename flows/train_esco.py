@@ -34,7 +34,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import flow_run as prefect_flow_run
 from prefect.settings import get_current_settings
 
-from skillops import stages, tracking
+from skillops import registry, stages, tracking
 from skillops.config import Recipe, load_recipe, parse_overrides
 from skillops.context import Fingerprints, RunContext
 from skillops.errors import RecipeError
@@ -139,10 +139,17 @@ def register(run: RunContext, data: PreparedData, model_dir: Path, scores: Score
     return stages.register(run, data, model_dir, scores)
 
 
+def promotion_slot_name(model_name: str) -> str | None:
+    """The lock every machine takes before moving this model's champion: a global concurrency
+    limit of the shared Prefect server (None without one: the temporary server is this run's own)."""
+    api = shared_prefect_api()
+    return f"global concurrency limit skillops-promote-{model_name} on {api}" if api else None
+
+
 def promotion_slot(model_name: str):
     """A strict Prefect global concurrency limit of 1 per registered model, created on first use:
-    runs on any worker that share this Prefect server promote one at a time. (The library adds a
-    file lock for promoters on one machine, and re-reads the champion before moving the alias.)"""
+    runs on any worker that share this Prefect server promote one at a time. (The library re-reads
+    the champion before moving the alias.)"""
     name = f"skillops-promote-{model_name}"
     with get_client(sync_client=True) as client:
         try:
@@ -159,8 +166,9 @@ def promotion_slot(model_name: str):
 
 @io_task(name="promote", task_run_name="promote {run.recipe.name} v{version}")
 def promote(run: RunContext, data: PreparedData, version: str, scores: Scores) -> Decision:
-    with promotion_slot(run.recipe.registered_model_name):
-        return stages.promote(run, data, version, scores)
+    name = run.recipe.registered_model_name
+    with promotion_slot(name):
+        return stages.promote(run, data, version, scores, shared_lock=promotion_slot_name(name))
 
 
 @io_task(name="report", task_run_name="report {run.recipe.name} v{version}")
@@ -180,6 +188,8 @@ def train_esco(
     unless `force`. A run killed mid-training resumes from its last checkpoint when run again.
     """
     config = load_recipe(recipe).with_overrides(overrides or {})
+    # Before any compute: a run that could not promote safely says so now, not after training.
+    registry.require_shared_lock(promotion_slot_name(config.registered_model_name))
     reconcile(config)
     fingerprints = fingerprint(config)
     previous = None if force else unchanged_since(config, fingerprints)

@@ -1,24 +1,48 @@
 #!/usr/bin/env bash
-# The local skillops stack on 127.0.0.1: a Prefect server, a process worker on the `skillops` pool
-# (one flow run at a time: one training per GPU), the deployments of prefect.yaml, and the MLflow UI.
+# The skillops stack on 127.0.0.1.
 #
 #   scripts/stack.sh up      start everything (idempotent), print the addresses
 #   scripts/stack.sh down    stop everything this script started
 #   scripts/stack.sh status  what is running
 #
-# Logs and process ids live in .stack/ (git-ignored; STACK_DIR elsewhere). Ports: PREFECT_PORT (4200),
-# MLFLOW_PORT (5000). The store: MLFLOW_TRACKING_URI, default sqlite under mlruns/ as for `make train`.
+# One machine (the default): a Prefect server, a process worker on the `skillops` pool (one flow
+# run at a time: one training per GPU), the deployments of prefect.yaml, and the MLflow UI on the
+# sqlite store under mlruns/ (MLFLOW_TRACKING_URI for another store).
+#
+# A team (TEAM=1): PostgreSQL (Debian's package, data under the state folder), a Prefect server and
+# an MLflow tracking server (artifact proxying) on it, the pool, the deployments of
+# prefect.team.yaml (workers clone the code from SKILLOPS_GIT_URL at SKILLOPS_GIT_REF) and a
+# worker. Servers someone else runs are used, not started: give PREFECT_API_URL and an http(s)
+# MLFLOW_TRACKING_URI, and `up` only deploys and starts this machine's worker. The database
+# password is SKILLOPS_DB_PASSWORD, else one made on the first `up`; it reaches the servers through
+# a .pgpass file (PGPASSFILE), never a command line.
+#
+# Logs, process ids and PostgreSQL's data live in .stack/ (git-ignored; STACK_DIR elsewhere).
+# Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000), PG_PORT (5433).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-STATE=${STACK_DIR:-.stack}
-export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlruns/mlflow.db}
+STATE=$(mkdir -p "${STACK_DIR:-.stack}" && cd "${STACK_DIR:-.stack}" && pwd)
+TEAM=${TEAM:-}
 PREFECT_PORT=${PREFECT_PORT:-4200}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
-export PREFECT_API_URL="http://127.0.0.1:${PREFECT_PORT}/api"
-export PREFECT_SERVER_ANALYTICS_ENABLED=false HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
-export SKILLOPS_MLFLOW_UI="http://127.0.0.1:${MLFLOW_PORT}"
+PG_PORT=${PG_PORT:-5433}
+DB_USER=skillops
+export PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_ENABLE_TELEMETRY=false HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+
+# Which servers this machine runs: none that the caller already names.
+OWN_PREFECT=1; [[ -n ${PREFECT_API_URL:-} ]] && OWN_PREFECT=
+export PREFECT_API_URL=${PREFECT_API_URL:-http://127.0.0.1:${PREFECT_PORT}/api}
+if [[ -n $TEAM ]]; then
+  OWN_MLFLOW=1; [[ ${MLFLOW_TRACKING_URI:-} == http* ]] && OWN_MLFLOW=
+  export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-http://127.0.0.1:${MLFLOW_PORT}}
+  # Flow runs start in a fresh folder of their own: checkpoints outlive them here.
+  export SKILLOPS_OUTPUTS_DIR=${SKILLOPS_OUTPUTS_DIR:-$STATE/outputs}
+else
+  export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlruns/mlflow.db}
+fi
+SERVICES=(mlflow-ui mlflow-server worker prefect-server)  # in the order `down` stops them
 
 running() { [[ -f "$STATE/$1.pid" ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
 
@@ -32,35 +56,129 @@ start() {  # name, command...
 }
 
 wait_for() {  # url, name
-  for _ in $(seq 1 120); do
+  for _ in $(seq 1 180); do
     if curl -fsS "$1" >/dev/null 2>&1; then return 0; fi
-    running "$2" || { echo "$2 exited; last lines of $STATE/$2.log:"; tail -20 "$STATE/$2.log"; exit 1; }
+    if [[ -f $STATE/$2.pid ]] && ! running "$2"; then
+      echo "$2 exited; last lines of $STATE/$2.log:"; tail -20 "$STATE/$2.log"; exit 1
+    fi
     sleep 1
   done
-  echo "$2 did not answer at $1 within 120 s"; exit 1
+  echo "$2 did not answer at $1 within 180 s"; exit 1
 }
 
+# --- PostgreSQL (team mode, when this machine runs a server) ---------------------------------
+
+pg_bin() {
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  [[ -x $bin/postgres ]] || {
+    echo "PostgreSQL is not installed: apt-get install postgresql (Debian's package), or give the URLs of"
+    echo "servers that run elsewhere (PREFECT_API_URL and MLFLOW_TRACKING_URI=http://...)."
+    exit 1
+  } >&2
+  echo "$bin"
+}
+
+# PostgreSQL refuses to run as root: as root, its programs run as the `postgres` user.
+as_postgres() { if [[ $EUID -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+pg_up() {
+  local bin data=$STATE/postgres socket=$STATE/postgres-socket
+  bin=$(pg_bin)
+  mkdir -p "$data" "$socket"
+  if [[ $EUID -eq 0 ]]; then
+    chown postgres: "$data" "$socket"
+    as_postgres test -x "$STATE" || { echo "user postgres cannot enter $STATE: set STACK_DIR to a folder it can reach" >&2; exit 1; }
+  fi
+  chmod 700 "$data" "$socket"
+  if [[ ! -f $data/PG_VERSION ]]; then
+    # Password logins over TCP; the socket, in a folder only the database's owner can enter, trusts.
+    as_postgres "$bin/initdb" -D "$data" -U postgres --auth-host=scram-sha-256 --auth-local=trust >"$STATE/initdb.log"
+  fi
+  if ! as_postgres "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 120 \
+      -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$socket" start >/dev/null
+  fi
+  echo "postgresql running on 127.0.0.1:$PG_PORT (data $data)"
+  local password=${SKILLOPS_DB_PASSWORD:-}
+  if [[ -z $password ]]; then
+    [[ -f $STATE/db-password ]] || (umask 077 && od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$STATE/db-password")
+    password=$(cat "$STATE/db-password")
+  fi
+  (umask 077 && echo "127.0.0.1:$PG_PORT:*:$DB_USER:$password" >"$STATE/pgpass")
+  # On stdin, not in psql's arguments, so `ps` never shows the password.
+  as_postgres "$bin/psql" -h "$socket" -p "$PG_PORT" -U postgres -d postgres -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
+SELECT 'CREATE ROLE $DB_USER LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DB_USER')\gexec
+ALTER ROLE $DB_USER PASSWORD '$password';
+SELECT 'CREATE DATABASE prefect OWNER $DB_USER' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'prefect')\gexec
+SELECT 'CREATE DATABASE mlflow OWNER $DB_USER' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mlflow')\gexec
+SQL
+  export PGPASSFILE=$STATE/pgpass
+}
+
+pg_down() {
+  local data=$STATE/postgres bin
+  [[ -f $data/postmaster.pid ]] || return 0
+  bin=$(pg_bin)
+  as_postgres "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null && echo "postgresql stopped"
+}
+
+# --- up / down / status ------------------------------------------------------------------------
+
 up() {
-  mkdir -p "$STATE" mlruns
-  start prefect-server "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
-  wait_for "http://127.0.0.1:${PREFECT_PORT}/api/health" prefect-server
+  mkdir -p mlruns
+  if [[ -n $TEAM && ( -n $OWN_PREFECT || -n $OWN_MLFLOW ) ]]; then pg_up; fi
+  if [[ -n $OWN_PREFECT ]]; then
+    if [[ -n $TEAM ]]; then
+      # The database's address without its password; asyncpg reads the password from PGPASSFILE.
+      export PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://$DB_USER@127.0.0.1:$PG_PORT/prefect"
+    fi
+    start prefect-server "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    unset PREFECT_SERVER_DATABASE_CONNECTION_URL
+  fi
+  wait_for "${PREFECT_API_URL%/}/health" prefect-server
+  if [[ -n $TEAM && -n $OWN_MLFLOW ]]; then
+    mkdir -p "$STATE/artifacts"
+    start mlflow-server "$VENV/bin/mlflow" server --backend-store-uri "postgresql://$DB_USER@127.0.0.1:$PG_PORT/mlflow" \
+      --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 2
+    wait_for "${MLFLOW_TRACKING_URI%/}/health" mlflow-server
+  fi
+  unset PGPASSFILE
   if ! "$VENV/bin/prefect" work-pool inspect skillops >/dev/null 2>&1; then
     "$VENV/bin/prefect" work-pool create skillops --type process >/dev/null
   fi
-  # One flow run at a time on this machine: a second scheduled or manual run waits its turn.
-  "$VENV/bin/prefect" work-pool set-concurrency-limit skillops 1 >/dev/null
-  "$VENV/bin/prefect" --no-prompt deploy --all >"$STATE/deploy.log" 2>&1 || { cat "$STATE/deploy.log"; exit 1; }
-  start worker "$VENV/bin/prefect" worker start --pool skillops
-  start mlflow-ui "$VENV/bin/mlflow" ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port "$MLFLOW_PORT"
-  wait_for "http://127.0.0.1:${MLFLOW_PORT}/health" mlflow-ui
+  if [[ -n $TEAM ]]; then
+    # Machines share the pool; each worker takes one flow run at a time (one training per GPU).
+    "$VENV/bin/prefect" work-pool clear-concurrency-limit skillops >/dev/null
+    export SKILLOPS_GIT_URL=${SKILLOPS_GIT_URL:-$(git remote get-url origin 2>/dev/null || echo "file://$PWD")}
+    export SKILLOPS_GIT_REF=${SKILLOPS_GIT_REF:-$(git rev-parse --abbrev-ref HEAD)}
+    prefect_file=prefect.team.yaml
+    worker_limit=(--limit "${WORKER_LIMIT:-1}")
+  else
+    # One flow run at a time on this machine: a second scheduled or manual run waits its turn.
+    "$VENV/bin/prefect" work-pool set-concurrency-limit skillops 1 >/dev/null
+    prefect_file=prefect.yaml worker_limit=()
+  fi
+  "$VENV/bin/prefect" --no-prompt deploy --all --prefect-file "$prefect_file" >"$STATE/deploy.log" 2>&1 || { cat "$STATE/deploy.log"; exit 1; }
+  start worker "$VENV/bin/prefect" worker start --pool skillops "${worker_limit[@]}"
+  if [[ $MLFLOW_TRACKING_URI != http* ]]; then
+    start mlflow-ui "$VENV/bin/mlflow" ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port "$MLFLOW_PORT"
+    wait_for "http://127.0.0.1:${MLFLOW_PORT}/health" mlflow-ui
+    ui=http://127.0.0.1:${MLFLOW_PORT}
+  else
+    ui=${MLFLOW_TRACKING_URI%/}  # a tracking server is its own UI
+  fi
+  # What every shell (and every other machine) needs to use this stack; no password in it.
+  echo "export PREFECT_API_URL=$PREFECT_API_URL" >"$STATE/env"
+  [[ -n $TEAM ]] && echo "export MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI" >>"$STATE/env"
   echo
-  echo "Prefect UI:  http://127.0.0.1:${PREFECT_PORT}   (deployments: $(grep -c '^  - name:' prefect.yaml) in prefect.yaml)"
-  echo "MLflow UI:   http://127.0.0.1:${MLFLOW_PORT}"
-  echo "In another shell: export PREFECT_API_URL=$PREFECT_API_URL"
+  echo "Prefect UI:  ${PREFECT_API_URL%/api}   (deployments: $(grep -c '^  - name:' "$prefect_file") in $prefect_file)"
+  echo "MLflow UI:   $ui"
+  echo "In another shell: source $STATE/env"
 }
 
 down() {
-  for name in mlflow-ui worker prefect-server; do
+  for name in "${SERVICES[@]}"; do
     if running "$name"; then
       pid=$(cat "$STATE/$name.pid")
       kill -TERM -- "-$pid" 2>/dev/null || true
@@ -70,17 +188,19 @@ down() {
     fi
     rm -f "$STATE/$name.pid"
   done
+  pg_down
 }
 
 status() {
-  for name in prefect-server worker mlflow-ui; do
+  for name in "${SERVICES[@]}"; do
     if running "$name"; then echo "$name: running (pid $(cat "$STATE/$name.pid"))"; else echo "$name: stopped"; fi
   done
+  [[ -f $STATE/postgres/postmaster.pid ]] && echo "postgresql: running (data $STATE/postgres)" || true
 }
 
 case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status"; exit 2 ;;
+  *) echo "usage: [TEAM=1] $0 up|down|status"; exit 2 ;;
 esac

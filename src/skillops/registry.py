@@ -1,4 +1,13 @@
-"""MLflow model registry: register candidates, find the champion, move its alias under a lock."""
+"""MLflow model registry: register candidates, find the champion, move its alias under a lock.
+
+The lock: MLflow aliases are last-writer-wins, with no compare-and-set, so promoters must take
+turns. On one machine (a sqlite store) a file lock next to the store does it. With a tracking
+server, promoters on other machines never see that file: the caller must hold a lock that every
+machine takes (the flow holds its Prefect server's global concurrency limit) and say so, or the
+promotion is refused. A lease written into MLflow tags was the other design, and was rejected:
+with last-writer-wins tags it holds only if every write lands within a known time, which a busy
+tracking server does not promise.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +28,7 @@ from mlflow.exceptions import MlflowException
 
 from skillops.evaluation import QueryScores
 from skillops.promotion import Decision
-from skillops.tracking import client, store_dir
+from skillops.tracking import client, safe_uri, store_dir, tracking_uri, uses_server
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +169,26 @@ def version_scores(
     )
 
 
+class PromotionError(RuntimeError):
+    """Promoting here could race a promoter on another machine; the message says what to set."""
+
+
+def require_shared_lock(held: str | None) -> None:
+    """Refuse to promote into a tracking server's registry without a lock every machine takes
+    (`held` names it); a store on this machine needs none. Called before training, and again
+    before the alias moves."""
+    if uses_server() and not held:
+        raise PromotionError(
+            f"The MLflow store is the tracking server {safe_uri(tracking_uri())}, which other machines share, but "
+            "this run has no Prefect server that they share too (it started Prefect's temporary one), so nothing "
+            "keeps two machines from moving the champion at once. Set PREFECT_API_URL to the team's Prefect server "
+            "(`make stack-up TEAM=1` prints it) and run again, or use a store of your own (unset MLFLOW_TRACKING_URI)."
+        )
+
+
 @contextlib.contextmanager
-def promotion_lock(name: str) -> Iterator[None]:
-    """One promoter at a time per model: MLflow aliases are last-writer-wins, with no compare-and-set."""
+def _file_lock(name: str) -> Iterator[None]:
+    """One promoter at a time per model among the processes of this machine."""
     lock_dir = store_dir() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{name}.lock", "w") as handle:
@@ -173,8 +199,13 @@ def promotion_lock(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def promote_if_better(name: str, version: str, judge: Callable[[str | None], Decision]) -> Decision:
+def promote_if_better(
+    name: str, version: str, judge: Callable[[str | None], Decision], shared_lock: str | None = None
+) -> Decision:
     """Decide and, if the decision says so, move the alias; the decision is recorded on the version.
+
+    `shared_lock` names a lock the caller holds that promoters on every machine take; without it,
+    a file lock on this machine is taken, which only a store on this machine may rely on.
 
     `judge(champion_version)` compares the candidate with that champion (None: no champion yet)
     on the run's frozen test set. Under the lock, the champion is read, judged, and read again
@@ -182,8 +213,9 @@ def promote_if_better(name: str, version: str, judge: Callable[[str | None], Dec
     rollback), the candidate is judged again against the new champion. So a run can never move
     the alias past a champion it did not beat.
     """
+    require_shared_lock(shared_lock)
     mlflow_client = client()
-    with promotion_lock(name):
+    with contextlib.nullcontext() if shared_lock else _file_lock(name):
         for _ in range(MAX_RECHECKS):
             current = champion_version(name)
             decision = judge(current)
@@ -254,9 +286,13 @@ class RollbackError(RuntimeError):
 
 
 def rollback(name: str, reason: str) -> tuple[str, str]:
-    """Move `champion` back to the version it replaced; returns (from_version, to_version)."""
+    """Move `champion` back to the version it replaced; returns (from_version, to_version).
+
+    With a tracking server the file lock excludes only this machine's promoters; a promotion
+    elsewhere re-reads the champion just before it moves the alias, so it judges again against
+    the version rolled back to, unless the two writes fall in the same instant."""
     mlflow_client = client()
-    with promotion_lock(name):
+    with _file_lock(name):
         current = champion_version(name)
         if current is None:
             raise RollbackError(f"{name!r} has no champion, so there is nothing to roll back.")

@@ -112,9 +112,11 @@ def summary(
     champion: str | None,
     ui_command: str,
     golden: dict[str, dict[str, dict[str, float]]] | None = None,
+    champion_scores: str | None = None,
 ) -> str:
-    """The evaluation report: decision, scores (test set, then each golden set) and every check of
-    the policy. Markdown that reads well in a terminal, as a Prefect artifact and as an MLflow artifact."""
+    """The evaluation report: decision, scores (test set, then each golden set), every check of
+    the policy, and where the champion's scores came from (`champion_scores`: cache or re-scored).
+    Markdown that reads well in a terminal, as a Prefect artifact and as an MLflow artifact."""
     against = decision.reference_name + (
         f" (version {decision.reference_version})" if decision.reference_version else ""
     )
@@ -134,6 +136,7 @@ def summary(
         "",
         *(f"- {'pass' if check.passed else 'FAIL'}: {check.detail}" for check in decision.checks),
         "",
+        *([f"Champion's scores: {champion_scores}.", ""] if champion_scores else []),
         f"Champion now: version {champion or 'none'} (`models:/{model_name}@champion`).",
         f"Compare runs: {ui_command}",
     ]
@@ -251,7 +254,9 @@ def write_evaluation_report(
     model card, written under `directory`; returns the report's markdown and the files."""
     table = scores.table(recipe.evaluation.headline_metrics())
     golden = scores.golden_table(recipe.evaluation.headline_metrics())
-    text = summary(recipe.registered_model_name, version, table, decision, champion, ui_command, golden)
+    text = summary(
+        recipe.registered_model_name, version, table, decision, champion, ui_command, golden, scores.champion_source
+    )
     per_query = [("base", scores.base), ("candidate", scores.candidate), ("champion", scores.champion)]
     for name, sets in scores.golden.items():
         per_query += [

@@ -324,8 +324,11 @@ def register(run: RunContext, data: PreparedData, candidate_dir: Path, scores: S
     return version
 
 
-def promote(run: RunContext, data: PreparedData, version: str, scores: Scores) -> Decision:
-    """Judge the candidate against the champion of the moment, under the registry's lock.
+def promote(
+    run: RunContext, data: PreparedData, version: str, scores: Scores, shared_lock: str | None = None
+) -> Decision:
+    """Judge the candidate against the champion of the moment, under the registry's lock
+    (`shared_lock`: one the caller holds for every machine; see `registry`).
 
     If another run moved the champion after this run's `evaluate_models`, the new champion is
     judged against instead (its scores usually come from the cache: that run registered them)."""
@@ -353,7 +356,7 @@ def promote(run: RunContext, data: PreparedData, version: str, scores: Scores) -
             {golden_set: (values.candidate, golden[golden_set]) for golden_set, values in scores.golden.items()},
         )
 
-    decision = registry.promote_if_better(recipe.registered_model_name, version, judge)
+    decision = registry.promote_if_better(recipe.registered_model_name, version, judge, shared_lock)
     tracking.set_tags(
         run.run_id,
         {
