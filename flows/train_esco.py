@@ -42,6 +42,7 @@ from skillops.evaluation import Scores
 from skillops.preparation import PreparedData
 from skillops.promotion import Decision
 from skillops.reports import score_rows
+from skillops.uris import safe_uri
 from skillops.validation import ValidationReport, require
 
 # At INFO: the stage progress lines (training at a quarter, half, ...) are what a log reader wants.
@@ -64,7 +65,7 @@ def shared_prefect_api() -> str | None:
     """The Prefect server this run reports to, when it is one that outlives the run (not the
     temporary server of a plain `python flows/train_esco.py`)."""
     api = get_current_settings().api.url
-    return tracking.safe_uri(api) if api else None
+    return safe_uri(api) if api else None
 
 
 def flow_run_states(flow_run_ids: list[str]) -> dict[str, str]:

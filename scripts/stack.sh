@@ -14,8 +14,8 @@
 # prefect.team.yaml (workers clone the code from SKILLOPS_GIT_URL at SKILLOPS_GIT_REF) and a
 # worker. Servers someone else runs are used, not started: give PREFECT_API_URL and an http(s)
 # MLFLOW_TRACKING_URI, and `up` only deploys and starts this machine's worker. The database
-# password is SKILLOPS_DB_PASSWORD, else one made on the first `up`; it reaches the servers through
-# a .pgpass file (PGPASSFILE), never a command line.
+# password (scripts/postgres.sh) reaches the servers through a .pgpass file (PGPASSFILE), never a
+# command line.
 #
 # Logs, process ids and PostgreSQL's data live in .stack/ (git-ignored; STACK_DIR elsewhere).
 # Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000), PG_PORT (5433).
@@ -66,68 +66,14 @@ wait_for() {  # url, name
   echo "$2 did not answer at $1 within 180 s"; exit 1
 }
 
-# --- PostgreSQL (team mode, when this machine runs a server) ---------------------------------
-
-pg_bin() {
-  local bin
-  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-  [[ -x $bin/postgres ]] || {
-    echo "PostgreSQL is not installed: apt-get install postgresql (Debian's package), or give the URLs of"
-    echo "servers that run elsewhere (PREFECT_API_URL and MLFLOW_TRACKING_URI=http://...)."
-    exit 1
-  } >&2
-  echo "$bin"
-}
-
-# PostgreSQL refuses to run as root: as root, its programs run as the `postgres` user.
-as_postgres() { if [[ $EUID -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-
-pg_up() {
-  local bin data=$STATE/postgres socket=$STATE/postgres-socket
-  bin=$(pg_bin)
-  mkdir -p "$data" "$socket"
-  if [[ $EUID -eq 0 ]]; then
-    chown postgres: "$data" "$socket"
-    as_postgres test -x "$STATE" || { echo "user postgres cannot enter $STATE: set STACK_DIR to a folder it can reach" >&2; exit 1; }
-  fi
-  chmod 700 "$data" "$socket"
-  if [[ ! -f $data/PG_VERSION ]]; then
-    # Password logins over TCP; the socket, in a folder only the database's owner can enter, trusts.
-    as_postgres "$bin/initdb" -D "$data" -U postgres --auth-host=scram-sha-256 --auth-local=trust >"$STATE/initdb.log"
-  fi
-  if ! as_postgres "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
-    as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 120 \
-      -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$socket" start >/dev/null
-  fi
-  echo "postgresql running on 127.0.0.1:$PG_PORT (data $data)"
-  local password=${SKILLOPS_DB_PASSWORD:-}
-  if [[ -z $password ]]; then
-    [[ -f $STATE/db-password ]] || (umask 077 && od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$STATE/db-password")
-    password=$(cat "$STATE/db-password")
-  fi
-  (umask 077 && echo "127.0.0.1:$PG_PORT:*:$DB_USER:$password" >"$STATE/pgpass")
-  # On stdin, not in psql's arguments, so `ps` never shows the password.
-  as_postgres "$bin/psql" -h "$socket" -p "$PG_PORT" -U postgres -d postgres -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
-SELECT 'CREATE ROLE $DB_USER LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DB_USER')\gexec
-ALTER ROLE $DB_USER PASSWORD '$password';
-SELECT 'CREATE DATABASE prefect OWNER $DB_USER' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'prefect')\gexec
-SELECT 'CREATE DATABASE mlflow OWNER $DB_USER' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mlflow')\gexec
-SQL
-  export PGPASSFILE=$STATE/pgpass
-}
-
-pg_down() {
-  local data=$STATE/postgres bin
-  [[ -f $data/postmaster.pid ]] || return 0
-  bin=$(pg_bin)
-  as_postgres "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null && echo "postgresql stopped"
-}
-
 # --- up / down / status ------------------------------------------------------------------------
 
 up() {
   mkdir -p mlruns
-  if [[ -n $TEAM && ( -n $OWN_PREFECT || -n $OWN_MLFLOW ) ]]; then pg_up; fi
+  if [[ -n $TEAM && ( -n $OWN_PREFECT || -n $OWN_MLFLOW ) ]]; then
+    scripts/postgres.sh up "$STATE" "$PG_PORT" prefect mlflow optuna
+    export PGPASSFILE=$STATE/pgpass
+  fi
   if [[ -n $OWN_PREFECT ]]; then
     if [[ -n $TEAM ]]; then
       # The database's address without its password; asyncpg reads the password from PGPASSFILE.
@@ -188,7 +134,7 @@ down() {
     fi
     rm -f "$STATE/$name.pid"
   done
-  pg_down
+  scripts/postgres.sh down "$STATE"
 }
 
 status() {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
-from helpers import BIN, build_tiny_model, free_port, small_esco_extract, wait_for_http
+from helpers import BIN, REPO, build_tiny_model, free_port, small_esco_extract, wait_for_http
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +103,21 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL on a free 127.0.0.1 port (scripts/postgres.sh, Debian's package) with a
+    database `optuna`: (its URL, which carries no password, and the pgpass file that has it)."""
+    # Outside pytest's private tmp folder: as root, the server runs as `postgres`, who must enter it.
+    state = Path(tempfile.mkdtemp(prefix="skillops-postgres-"))
+    state.chmod(0o711)
+    port = free_port()
+    script = str(REPO / "scripts" / "postgres.sh")
+    started = subprocess.run([script, "up", str(state), str(port), "optuna"], capture_output=True, text=True)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield f"postgresql://skillops@127.0.0.1:{port}/optuna", state / "pgpass"
+    finally:
+        subprocess.run([script, "down", str(state)], capture_output=True, timeout=120)
+        shutil.rmtree(state, ignore_errors=True)

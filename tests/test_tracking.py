@@ -9,6 +9,7 @@ import pytest
 
 from helpers import BIN, free_port, wait_for_http
 from skillops import tracking
+from skillops.uris import safe_uri
 
 # A made-up secret, put into the URIs at run time so that no URI with a password is in the code.
 SECRET = "-".join(["not", "a", "real", "p@ss"])
@@ -23,13 +24,13 @@ SECRET = "-".join(["not", "a", "real", "p@ss"])
     ],
 )
 def test_uris_are_shown_without_their_password(scheme, user_at, rest):
-    shown = tracking.safe_uri(scheme + user_at + ":" + SECRET + rest)
+    shown = safe_uri(scheme + user_at + ":" + SECRET + rest)
     assert shown == scheme + user_at + rest and SECRET not in shown
 
 
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "sqlite:////srv/mlruns/mlflow.db"])
 def test_uris_without_a_password_are_shown_as_they_are(uri):
-    assert tracking.safe_uri(uri) == uri
+    assert safe_uri(uri) == uri
 
 
 def test_artifact_locations_follow_the_store(tmp_path, monkeypatch):

@@ -115,7 +115,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from skillops.tracking import client, safe_uri, tracking_uri
+    from skillops.tracking import client, tracking_uri
+    from skillops.uris import safe_uri
 
     recipe = _recipe(args)
     mlflow_client = client()

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from skillops.errors import RecipeError
+from skillops.uris import has_password, safe_uri
 
 PACKAGE_DIR = Path(__file__).parent
 BUILTIN_RECIPES_DIR = PACKAGE_DIR / "recipes"
@@ -210,6 +211,14 @@ class SearchConfig(_Strict):
     epochs: float = Field(1.0, gt=0, description="Epochs per trial (short: trials only rank params).")
     evals_per_trial: int = Field(3, ge=1, description="Validation points per trial; the pruner looks at each.")
     seed: int = 42
+    parallel: int = Field(
+        1, ge=1, description="Tuning workers on this machine (one GPU each, or a share of the CPU cores)."
+    )
+    storage: str | None = Field(
+        None,
+        description="Optuna storage URL of the study (sqlite:///..., postgresql://user@host/db); default: "
+        "SKILLOPS_OPTUNA_STORAGE, else a sqlite file in the run's attempt folder.",
+    )
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> SearchConfig:
@@ -219,6 +228,12 @@ class SearchConfig(_Strict):
                 raise ValueError(f"search.{name} = [{low}, {high}]: give it as [low, high].")
         if any(size < 2 for size in self.batch_sizes) or not self.batch_sizes:
             raise ValueError(f"search.batch_sizes = {self.batch_sizes}: give one or more sizes of at least 2.")
+        if self.storage and has_password(self.storage):
+            # The recipe is logged with every run: a password in it would be in every run's artifacts.
+            raise ValueError(
+                f"search.storage = {safe_uri(self.storage)} carries a password; remove it from the URL and put it "
+                "in PGPASSFILE or ~/.pgpass (PostgreSQL), or give the whole URL in SKILLOPS_OPTUNA_STORAGE."
+            )
         return self
 
 

@@ -28,7 +28,8 @@ from mlflow.exceptions import MlflowException
 
 from skillops.evaluation import QueryScores
 from skillops.promotion import Decision
-from skillops.tracking import client, safe_uri, store_dir, tracking_uri, uses_server
+from skillops.tracking import client, store_dir, tracking_uri, uses_server
+from skillops.uris import safe_uri
 
 logger = logging.getLogger(__name__)
 

@@ -179,7 +179,8 @@ def _log_datasets(run: RunContext, task: preparation.Task, prepared: PreparedDat
 
 
 def tune(run: RunContext, data: PreparedData) -> dict:
-    """The best trial's parameters; an attempt that crashed after tuning reuses its result."""
+    """The best trial's parameters. The study is the attempt's: a run that crashed during tuning
+    continues it (finished trials kept), one that crashed after tuning reuses its result."""
     saved = run.attempt_dir / "best_params.json"
     if saved.is_file():
         best = json.loads(saved.read_text("utf-8"))
@@ -188,7 +189,15 @@ def tune(run: RunContext, data: PreparedData) -> dict:
         )
         logger.info("Reusing the tuning result of the interrupted attempt: %s", best)
     else:
-        best = run_search(run.recipe, data.paths, run.recipe.name, run.run_id, run.output_dir / "tuning")
+        best = run_search(
+            run.recipe,
+            data.paths,
+            run.recipe.name,
+            run.run_id,
+            run.output_dir / "tuning",
+            study_name=f"{run.recipe.name}-{run.fingerprints.attempt}",
+            attempt_dir=run.attempt_dir,
+        )
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(best), "utf-8")
     tracking.log_params(run.run_id, {f"best.{k}": v for k, v in best.items()})

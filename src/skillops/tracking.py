@@ -23,6 +23,8 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from skillops.uris import safe_uri
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -38,12 +40,6 @@ def tracking_uri() -> str:
 def uses_server(uri: str | None = None) -> bool:
     """Whether the store is an MLflow tracking server (shared), not a database or folder here."""
     return (uri or tracking_uri()).startswith(("http://", "https://"))
-
-
-def safe_uri(uri: str) -> str:
-    """The URI with the password of its user part removed (`scheme://user@host/db` is what is
-    left): the only form skillops prints, logs, tags or writes into an artifact."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*):[^/]*@", r"\1@", uri)
 
 
 def store_dir() -> Path:

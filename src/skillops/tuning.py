@@ -3,23 +3,98 @@
 Each trial is an MLflow child run of the pipeline's run. The HF trainer's own
 `hyperparameter_search` cannot take Optuna callbacks or log child runs, so the loop is written
 here; pruning happens at the trainer's evaluation steps through a callback.
+
+The study lives in an Optuna storage, named after the attempt (data, recipe, code): a run killed
+during tuning and started again continues it, keeping every finished trial. Trials send
+heartbeats, so a trial whose process died is marked FAIL by the next process that uses the study
+and run again (Optuna's `RetryHeartbeatStaleTrialCallback`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import shutil
+import subprocess
+import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from skillops.config import Recipe
+from pydantic import BaseModel
+
+from skillops.config import Recipe, SearchConfig
+from skillops.errors import RecipeError
 from skillops.evaluation import scorer
 from skillops.preparation import PreparedPaths
 from skillops.reports import optuna_charts
-from skillops.tracking import end_run, log_artifact, log_loss_history, log_metrics, metric_name, set_tags, start_run
+from skillops.tracking import (
+    end_run,
+    log_artifact,
+    log_loss_history,
+    log_metrics,
+    metric_name,
+    set_tags,
+    start_run,
+)
+from skillops.uris import safe_uri
 
 logger = logging.getLogger(__name__)
+
+# A trial whose heartbeat is older than the grace period is taken for dead (its process was
+# killed), marked FAIL, and run again with the same parameters, at most MAX_RETRIES times.
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 30
+MAX_RETRIES = 2
+
+
+@contextlib.contextmanager
+def _heartbeats_are_experimental():
+    """Heartbeats are how a killed worker's trial is found; Optuna still warns they are experimental."""
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+def _finished_states():
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def storage_url(search: SearchConfig, attempt_dir: Path) -> str:
+    """search.storage, else SKILLOPS_OPTUNA_STORAGE, else a sqlite file in the attempt's folder
+    (one machine; a study that several machines share needs a server, e.g. PostgreSQL)."""
+    return search.storage or os.environ.get("SKILLOPS_OPTUNA_STORAGE") or f"sqlite:///{attempt_dir / 'optuna.db'}"
+
+
+def open_storage(url: str):
+    """The Optuna storage at `url`, with heartbeats; a clear error names the setting if it cannot
+    be opened."""
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _heartbeats_are_experimental():
+            return RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+            )
+    except Exception as error:  # whatever the database driver raises: bad URL, refused, no such database
+        raise RecipeError(
+            f"search.storage: cannot open the Optuna storage {safe_uri(url)} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}). Give a database URL that this machine reaches "
+            "(sqlite:///path/optuna.db, postgresql://user@host/db with the password in PGPASSFILE), or leave "
+            "search.storage and SKILLOPS_OPTUNA_STORAGE unset for a file in the run's attempt folder."
+        ) from error
 
 
 def _pruning_callback(trial, evaluator, metric: str, run_id: str):
@@ -51,74 +126,219 @@ def _pruning_callback(trial, evaluator, metric: str, run_id: str):
     return PruneOnValidation()
 
 
-def tune(recipe: Recipe, data: PreparedPaths, experiment: str, parent_run_id: str, output_dir: Path) -> dict[str, Any]:
-    """Run the search; returns the best trial's parameters ({} when the search is switched off)."""
+class TrialWorker(BaseModel):
+    """What a process that runs trials of a study needs; one is the pipeline's own process, the
+    others (`search.parallel` > 1) are started with it as JSON and join the same study."""
+
+    recipe: Recipe
+    data_dir: Path
+    experiment: str
+    parent_run_id: str
+    output_dir: Path
+    study_name: str
+    storage: str
+
+    def study(self):
+        import optuna
+
+        search = self.recipe.search
+        return optuna.create_study(
+            storage=open_storage(self.storage),
+            study_name=self.study_name,
+            load_if_exists=True,
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=search.seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
+        )
+
+    def objective(self):
+        import optuna
+
+        from skillops.training import train_model
+
+        recipe, search, data = self.recipe, self.recipe.search, PreparedPaths(self.data_dir)
+        metric = recipe.evaluation.primary_metric
+        evaluator = scorer(data.eval_set("validation"), recipe.evaluation, recipe.prompts)
+
+        def objective(trial: optuna.Trial) -> float:
+            params = {
+                "learning_rate": trial.suggest_float("learning_rate", *search.learning_rate, log=True),
+                "batch_size": trial.suggest_categorical("batch_size", search.batch_sizes),
+                "warmup_ratio": trial.suggest_float("warmup_ratio", *search.warmup_ratio),
+            }
+            config = recipe.training.model_copy(
+                update={**params, "epochs": search.epochs, "evals_during_training": search.evals_per_trial}
+            )
+            run_id = start_run(
+                self.experiment,
+                f"trial-{trial.number}",
+                {**params, "epochs": search.epochs},
+                parent_run_id=self.parent_run_id,
+            )
+            trial.set_user_attr("mlflow_run_id", run_id)
+            trial.set_user_attr("pid", os.getpid())  # which worker runs it
+            callback = _pruning_callback(trial, evaluator, metric, run_id)
+            trial_dir = self.output_dir / f"trial-{trial.number}"
+            try:
+                result = train_model(
+                    recipe.base_model,
+                    data.train,
+                    config,
+                    recipe.loss,
+                    recipe.prompts,
+                    trial_dir,
+                    evaluator=evaluator,
+                    callbacks=[callback],
+                    label=f"tuning trial {trial.number + 1} (study {self.study_name}, {search.n_trials} to finish)",
+                )
+                log_loss_history(run_id, result.log_history)
+            except optuna.TrialPruned as pruned:
+                set_tags(run_id, {"skillops.trial_state": "pruned"})
+                end_run(run_id)
+                logger.info("Trial %d pruned: %s", trial.number, pruned)
+                raise
+            except Exception as error:
+                end_run(run_id, failure=repr(error))
+                raise
+            finally:
+                shutil.rmtree(trial_dir, ignore_errors=True)  # trial weights are not kept, only scores
+            score = callback.last_score
+            if score is None or not math.isfinite(score):
+                # Optuna would record +-inf as COMPLETE; a trial without a finite score failed.
+                end_run(run_id, failure=f"validation {metric} is {score}")
+                return float("nan")
+            set_tags(run_id, {"skillops.trial_state": "complete"})
+            end_run(run_id)
+            logger.info("Trial %d: validation %s %.4f with %s", trial.number, metric, score, params)
+            return score
+
+        return objective
+
+    def run_trials(self, study, objective) -> None:
+        """Trials until the study holds n_trials finished ones, whoever ran them. Failed trials
+        (a NaN score, a worker killed mid-trial) do not count, but one worker starts at most so many."""
+        import torch
+        from optuna.study import MaxTrialsCallback
+
+        n_trials = self.recipe.search.n_trials
+        if len(study.get_trials(deepcopy=False, states=_finished_states())) >= n_trials:
+            return
+        study.optimize(
+            objective,
+            n_trials=n_trials * (1 + MAX_RETRIES),
+            callbacks=[MaxTrialsCallback(n_trials, states=_finished_states())],
+            catch=(torch.OutOfMemoryError,),
+        )
+
+
+def _finish_stale_trials(study, objective) -> None:
+    """Trials still RUNNING belong to a live worker or to a dead one: wait until their heartbeats
+    tell, fail the dead ones, and run the retries that failing them queued."""
+    import torch
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    while True:
+        with _heartbeats_are_experimental():
+            fail_stale_trials(study)
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if waiting:
+            study.optimize(objective, n_trials=len(waiting), catch=(torch.OutOfMemoryError,))
+        elif not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        else:
+            time.sleep(HEARTBEAT_SECONDS)
+
+
+def _check_parallel(parallel: int) -> None:
+    import torch
+
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else os.cpu_count() or 1
+    kind = "GPUs" if torch.cuda.is_available() else "CPU cores"
+    if parallel > devices:
+        raise RecipeError(
+            f"search.parallel = {parallel}, but this machine has {devices} {kind}: each tuning worker takes one. "
+            f"Give at most {devices}, or start more workers on other machines against a shared search.storage."
+        )
+
+
+def _start_helpers(worker: TrialWorker, parallel: int) -> list[subprocess.Popen]:
+    """parallel - 1 processes that join the study (this process is the first worker): one GPU
+    each, or an equal share of the CPU cores."""
+    import torch
+
+    job = worker.output_dir / "trial-worker.json"
+    job.parent.mkdir(parents=True, exist_ok=True)
+    job.write_text(worker.model_dump_json(), "utf-8")
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    helpers = []
+    for number in range(1, parallel):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        if torch.cuda.is_available():
+            env["CUDA_VISIBLE_DEVICES"] = str(number)
+        helpers.append(subprocess.Popen([sys.executable, "-m", "skillops.tuning", str(job)], env=env))
+    return helpers
+
+
+def tune(
+    recipe: Recipe,
+    data: PreparedPaths,
+    experiment: str,
+    parent_run_id: str,
+    output_dir: Path,
+    study_name: str,
+    attempt_dir: Path,
+) -> dict[str, Any]:
+    """Run the search until the study `study_name` has `search.n_trials` finished (complete or
+    pruned) trials, with `search.parallel` workers; returns the best trial's parameters ({} when
+    the search is switched off)."""
     search = recipe.search
     if search.n_trials == 0:
         return {}
-    import optuna
+    from optuna.trial import TrialState
+
+    _check_parallel(search.parallel)
+    url = storage_url(search, attempt_dir)
+    worker = TrialWorker(
+        recipe=recipe,
+        data_dir=data.directory,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        output_dir=output_dir,
+        study_name=study_name,
+        storage=url,
+    )
+    study = worker.study()
+    earlier = len(study.get_trials(deepcopy=False, states=_finished_states()))
+    set_tags(
+        parent_run_id,
+        {
+            "skillops.optuna_study": study_name,
+            "skillops.optuna_storage": safe_uri(url),
+            "skillops.tuning_workers": search.parallel,
+        },
+    )
+    if earlier:
+        note = f"continued study {study_name}: {earlier} of {search.n_trials} trials were already finished"
+        set_tags(parent_run_id, {"skillops.tuning": note})
+        logger.info("Tuning %s", note)
     import torch
 
-    from skillops.training import train_model
-
-    metric = recipe.evaluation.primary_metric
-    evaluator = scorer(data.eval_set("validation"), recipe.evaluation, recipe.prompts)
-
-    def objective(trial: optuna.Trial) -> float:
-        params = {
-            "learning_rate": trial.suggest_float("learning_rate", *search.learning_rate, log=True),
-            "batch_size": trial.suggest_categorical("batch_size", search.batch_sizes),
-            "warmup_ratio": trial.suggest_float("warmup_ratio", *search.warmup_ratio),
-        }
-        config = recipe.training.model_copy(
-            update={**params, "epochs": search.epochs, "evals_during_training": search.evals_per_trial}
-        )
-        run_id = start_run(
-            experiment, f"trial-{trial.number}", {**params, "epochs": search.epochs}, parent_run_id=parent_run_id
-        )
-        callback = _pruning_callback(trial, evaluator, metric, run_id)
-        trial_dir = output_dir / f"trial-{trial.number}"
-        try:
-            result = train_model(
-                recipe.base_model,
-                data.train,
-                config,
-                recipe.loss,
-                recipe.prompts,
-                trial_dir,
-                evaluator=evaluator,
-                callbacks=[callback],
-                label=f"tuning trial {trial.number + 1} of {search.n_trials}",
-            )
-            log_loss_history(run_id, result.log_history)
-        except optuna.TrialPruned as pruned:
-            set_tags(run_id, {"skillops.trial_state": "pruned"})
-            end_run(run_id)
-            logger.info("Trial %d pruned: %s", trial.number, pruned)
-            raise
-        except Exception as error:
-            end_run(run_id, failure=repr(error))
-            raise
-        finally:
-            shutil.rmtree(trial_dir, ignore_errors=True)  # trial weights are not kept, only scores
-        score = callback.last_score
-        if score is None or not math.isfinite(score):
-            # Optuna would record +-inf as COMPLETE; a trial without a finite score failed.
-            end_run(run_id, failure=f"validation {metric} is {score}")
-            return float("nan")
-        set_tags(run_id, {"skillops.trial_state": "complete"})
-        end_run(run_id)
-        logger.info("Trial %d: validation %s %.4f with %s", trial.number, metric, score, params)
-        return score
-
-    study = optuna.create_study(
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=search.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0),
-        study_name=f"{recipe.name}-{parent_run_id}",
-    )
-    study.optimize(objective, n_trials=search.n_trials, catch=(torch.OutOfMemoryError,))
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    objective = worker.objective()
+    threads = torch.get_num_threads()
+    helpers = _start_helpers(worker, search.parallel) if search.parallel > 1 else []
+    try:
+        torch.set_num_threads(max(1, threads // search.parallel))  # this process's share while they run
+        worker.run_trials(study, objective)
+        for helper in helpers:
+            if helper.wait() != 0:  # its trial, if any, is failed by its heartbeat and run again
+                logger.warning("Tuning worker %d ended with exit code %d", helper.pid, helper.returncode)
+        _finish_stale_trials(study, objective)
+    finally:
+        for helper in helpers:
+            helper.kill()
+        torch.set_num_threads(threads)
+    completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not completed:
         raise RuntimeError(
             f"No tuning trial completed (states: {[t.state.name for t in study.trials]}); see the "
@@ -127,3 +347,12 @@ def tune(recipe: Recipe, data: PreparedPaths, experiment: str, parent_run_id: st
     for chart in optuna_charts(study, output_dir):
         log_artifact(parent_run_id, chart, "tuning")
     return dict(study.best_params)
+
+
+if __name__ == "__main__":  # a helper worker of `tune`: python -m skillops.tuning <job.json>
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s [tuning worker] %(message)s")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    helper = TrialWorker.model_validate_json(Path(sys.argv[1]).read_text("utf-8"))
+    helper.run_trials(helper.study(), helper.objective())

@@ -1,0 +1,164 @@
+"""The search's study outlives the process that runs it: killed mid-trial and started again, it
+keeps its finished trials, fails the killed one by its stale heartbeat and runs it again, and
+ends with n_trials finished. A storage that cannot be opened is named before any trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from helpers import BIN, tiny_recipe_yaml
+from skillops import tuning
+from skillops.config import load_recipe
+from skillops.errors import RecipeError
+
+N_TRIALS = 3
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback
+# Run in a process of its own, so that it can be killed: tune the recipe once, print the result.
+SEARCH = """
+import sys
+from pathlib import Path
+from skillops import preparation, tracking, tuning
+from skillops.config import load_recipe
+
+recipe = load_recipe(sys.argv[1])
+work = Path(sys.argv[2])
+paths = preparation.write_task(preparation.build_task(recipe), work / "data", {})
+run_id = tracking.start_run(recipe.name, "search", {})
+print(tuning.tune(recipe, paths, recipe.name, run_id, work / "tuning", "tiny-study", work / "attempt"))
+"""
+
+
+def _search(recipe: Path, work: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "python"), "-c", SEARCH, str(recipe), str(work)],
+        env={**{k: v for k, v in os.environ.items() if k != "SKILLOPS_OPTUNA_STORAGE"}, **(env or {})},
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _trials(work: Path, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    storage = storage or f"sqlite:///{work / 'attempt' / 'optuna.db'}"
+    try:
+        return optuna.load_study(study_name="tiny-study", storage=storage).get_trials()
+    except Exception:  # the study or its database is not created yet
+        return []
+
+
+@pytest.mark.slow
+def test_a_killed_search_continues_its_study(small_esco, tiny_bert, mlflow_store, tmp_path):
+    recipe = tiny_recipe_yaml(
+        tmp_path / "recipe.yaml",
+        small_esco,
+        tiny_bert,
+        training={"max_steps": 40},
+        search={"n_trials": N_TRIALS, "epochs": 2, "evals_per_trial": 4},
+    )
+    log = tmp_path / "first.log"
+    first = _search(recipe, tmp_path, log)
+    states = optuna.trial.TrialState
+    deadline = time.monotonic() + 300
+    while not (
+        any(t.state in (states.COMPLETE, states.PRUNED) for t in _trials(tmp_path))
+        and any(t.state == states.RUNNING for t in _trials(tmp_path))
+    ):
+        assert first.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    kept = {t.number: t.datetime_start for t in _trials(tmp_path) if t.state in (states.COMPLETE, states.PRUNED)}
+    (killed,) = [t.number for t in _trials(tmp_path) if t.state == states.RUNNING]
+
+    # Once its heartbeat is older than the grace period, the next process fails it and runs it again.
+    second = _search(recipe, tmp_path, tmp_path / "second.log")
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+
+    trials = _trials(tmp_path)
+    finished = [t for t in trials if t.state in (states.COMPLETE, states.PRUNED)]
+    # At least n_trials: a retry queued after the others made n_trials still runs (its parameters get a score).
+    assert len(finished) >= N_TRIALS
+    assert {t.number: t.datetime_start for t in finished if t.number in kept} == kept  # reused, not rerun
+    assert next(t for t in trials if t.number == killed).state == states.FAIL
+    retried = [t for t in trials if RETRY.retried_trial_number(t) == killed]
+    assert retried and retried[0].params == next(t for t in trials if t.number == killed).params
+    assert "{" in (tmp_path / "second.log").read_text()  # the best parameters
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_in_postgresql(small_esco, tiny_bert, mlflow_store, tmp_path, postgres, monkeypatch):
+    """search.parallel: 2 against PostgreSQL: the trials of both workers run at the same time; the
+    second worker is SIGKILLed mid-trial, and the study still ends with n_trials finished, the
+    killed trial failed and run again, no finished trial lost."""
+    url, pgpass = postgres
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))  # for this process's reads of the study too
+    recipe = tiny_recipe_yaml(
+        tmp_path / "recipe.yaml",
+        small_esco,
+        tiny_bert,
+        # Trials of several seconds: the second worker needs a few to start (imports).
+        training={"max_steps": 300},
+        search={"n_trials": 6, "epochs": 50, "evals_per_trial": 3, "parallel": 2, "storage": url},
+    )
+    log = tmp_path / "search.log"
+    search = _search(recipe, tmp_path, log, {"PGPASSFILE": str(pgpass)})
+    states = optuna.trial.TrialState
+    deadline = time.monotonic() + 300
+
+    def running():
+        return [t for t in _trials(tmp_path, url) if t.state == states.RUNNING and "pid" in t.user_attrs]
+
+    while len({t.user_attrs["pid"] for t in running()}) < 2:  # both workers in a trial at once
+        assert search.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    (killed,) = [t for t in running() if t.user_attrs["pid"] != search.pid]
+    finished_before = {t.number: t.datetime_start for t in _trials(tmp_path, url) if t.state in FINISHED}
+    os.kill(killed.user_attrs["pid"], signal.SIGKILL)
+    assert search.wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    trials = _trials(tmp_path, url)
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) >= 6
+    assert {t.number: t.datetime_start for t in finished if t.number in finished_before} == finished_before
+    assert next(t for t in trials if t.number == killed.number).state == states.FAIL
+    retried = [t for t in trials if RETRY.retried_trial_number(t) == killed.number]
+    assert retried and retried[0].state in FINISHED and retried[0].params == killed.params
+    # Each trial is an MLflow child run of the search's run, and two of them ran side by side.
+    client = mlflow.MlflowClient()
+    runs = client.search_runs(
+        [client.get_experiment_by_name("tiny-esco").experiment_id], "tags.mlflow.parentRunId != ''"
+    )
+    spans = [(r.info.start_time, r.info.end_time or float("inf")) for r in runs]
+    assert len(runs) >= 7 and any(a < d and c < b for i, (a, b) in enumerate(spans) for c, d in spans[i + 1 :])
+
+
+def test_an_unreachable_storage_is_named_before_any_trial(small_esco, tiny_bert, mlflow_store, tmp_path, monkeypatch):
+    recipe = load_recipe(str(tiny_recipe_yaml(tmp_path / "recipe.yaml", small_esco, tiny_bert)))
+    recipe = recipe.with_overrides({"search.storage": "postgresql://nobody@127.0.0.1:9/optuna"})
+    with pytest.raises(RecipeError, match=r"search.storage: cannot open the Optuna storage postgresql://nobody@"):
+        tuning.open_storage(tuning.storage_url(recipe.search, tmp_path))
+
+
+def test_a_password_in_the_storage_url_is_refused(small_esco, tiny_bert, tmp_path):
+    recipe = load_recipe(str(tiny_recipe_yaml(tmp_path / "recipe.yaml", small_esco, tiny_bert)))
+    secret = "-".join(["not", "a", "password"])
+    with pytest.raises(RecipeError, match="carries a password") as refused:
+        recipe.with_overrides({"search.storage": f"postgresql://user:{secret}@db/optuna"})
+    assert secret not in str(refused.value)
+
+
+def test_the_storage_defaults_to_the_attempt_folder(tmp_path, monkeypatch, small_esco, tiny_bert):
+    recipe = load_recipe(str(tiny_recipe_yaml(tmp_path / "recipe.yaml", small_esco, tiny_bert)))
+    monkeypatch.delenv("SKILLOPS_OPTUNA_STORAGE", raising=False)
+    assert tuning.storage_url(recipe.search, tmp_path / "attempt") == f"sqlite:///{tmp_path / 'attempt' / 'optuna.db'}"
+    monkeypatch.setenv("SKILLOPS_OPTUNA_STORAGE", "postgresql://team@db/optuna")
+    assert tuning.storage_url(recipe.search, tmp_path / "attempt") == "postgresql://team@db/optuna"
