@@ -62,4 +62,4 @@ stack-down:  ## stop what stack-up started
 	VENV=$(VENV) scripts/stack.sh down
 
 clean:  ## forget every run, model version and output (keeps the venv)
-	rm -rf mlruns/mlflow.db mlruns/artifacts mlruns/score-cache mlruns/locks outputs
+	rm -rf mlruns/mlflow.db mlruns/artifacts mlruns/score-cache mlruns/base-scores mlruns/locks outputs

@@ -69,6 +69,11 @@ def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_b
     assert second_run["metrics.champion_map"] > second_run["metrics.test_map"]
     assert second_run["metrics.champion_map"] == pytest.approx(float(versions[1]["test_map"]), abs=1e-6)
     assert second_run["tags.skillops.judged_against"] == "1"
+    # The same base model on the same eval snapshot: its scores were kept, not encoded again.
+    assert second_run["tags.skillops.base_scores"].startswith("cached scores of the base model")
+    assert second_run["metrics.base_map"] == pytest.approx(
+        parents.set_index("run_id")["metrics.base_map"][first["run_id"]]
+    )
     assert parents["metrics.base_map"].notna().all()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(first["run_id"], "report")}
     assert {
@@ -99,6 +104,16 @@ def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_b
     assert {f"tuning/optuna_{view}.png" for view in ("history", "importances", "parallel_coordinate")} <= tuning
     description = client.get_model_version("tiny-esco", "1").description
     assert "Promoted: map" in description and first["run_id"] in description
+
+    # Warm start: from the champion, one vanishing step keeps the champion's weights, so the
+    # candidate scores exactly as the champion does (not as the base model), and the gate keeps it.
+    warm = {**weak, "training.init_from": "champion", "promotion.min_delta": 0.001}
+    fourth = train_esco(recipe=str(recipe), overrides=warm)
+    assert not fourth["promoted"] and fourth["version"] == "3"
+    run = client.get_run(fourth["run_id"])
+    assert run.data.tags["skillops.init_from"] == "champion version 1"
+    assert run.data.metrics["test_map"] == pytest.approx(run.data.metrics["champion_map"], abs=1e-6)
+    assert run.data.metrics["test_map"] != pytest.approx(run.data.metrics["base_map"], abs=1e-3)
 
 
 def test_broken_data_stops_before_training_and_registers_nothing(esco_copy, tiny_bert, mlflow_store, tmp_path):

@@ -177,3 +177,16 @@ def test_a_versions_scores_are_found_in_the_shared_store_from_another_folder(tin
     fresh, source = registry.version_scores(NAME, version, "snap2", ["test"], score)
     assert calls == [["test"]] and source.startswith(f"version {version} re-scored on eval snapshot snap2")
     assert fresh["test"] == _scores(0.4)
+
+
+def test_a_version_says_what_it_was_trained_with(tiny_bert, mlflow_store):
+    """The search's result where it ran (best.*), else the recipe's training settings."""
+    run_id = tracking.start_run(
+        "registry-test",
+        "tuned",
+        {"training.learning_rate": 5e-5, "training.batch_size": 32, "training.warmup_ratio": 0.0},
+    )
+    tracking.log_params(run_id, {"best.learning_rate": 3e-5, "best.batch_size": 16})
+    version = registry.register(tiny_bert, run_id, NAME, {})
+    tracking.end_run(run_id)
+    assert registry.trained_with(NAME, version) == {"learning_rate": 3e-5, "batch_size": 16, "warmup_ratio": 0.0}

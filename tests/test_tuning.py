@@ -4,18 +4,18 @@ ends with n_trials finished. A storage that cannot be opened is named before any
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
 
 from helpers import BIN, tiny_recipe_yaml
-from skillops import tuning
+from skillops import preparation, tracking, tuning
 from skillops.config import load_recipe
 from skillops.errors import RecipeError
 
@@ -133,12 +133,26 @@ def test_two_workers_share_a_study_in_postgresql(small_esco, tiny_bert, mlflow_s
     retried = [t for t in trials if RETRY.retried_trial_number(t) == killed.number]
     assert retried and retried[0].state in FINISHED and retried[0].params == killed.params
     # Each trial is an MLflow child run of the search's run, and two of them ran side by side.
-    client = mlflow.MlflowClient()
+    client = tracking.client()  # this test's store (mlflow's global URI may be an earlier test's)
     runs = client.search_runs(
         [client.get_experiment_by_name("tiny-esco").experiment_id], "tags.mlflow.parentRunId != ''"
     )
     spans = [(r.info.start_time, r.info.end_time or float("inf")) for r in runs]
     assert len(runs) >= 7 and any(a < d and c < b for i, (a, b) in enumerate(spans) for c, d in spans[i + 1 :])
+
+
+def test_a_new_study_tries_the_champions_parameters_first(small_esco, tiny_bert, mlflow_store, tmp_path):
+    recipe = load_recipe(str(tiny_recipe_yaml(tmp_path / "recipe.yaml", small_esco, tiny_bert, search={"n_trials": 1})))
+    paths = preparation.write_task(preparation.build_task(recipe), tmp_path / "data", {})
+    champion = {"learning_rate": 3.3e-5, "batch_size": 8, "warmup_ratio": 0.05}
+    run_id = tracking.start_run(recipe.name, "search", {})
+    best = tuning.tune(recipe, paths, recipe.name, run_id, tmp_path / "tuning", "first", tmp_path / "a", champion)
+    assert best == champion
+    assert json.loads(tracking.client().get_run(run_id).data.tags["skillops.first_trial"]) == champion
+    # Outside the search space (batch size 64 is not among its sizes), it is not tried.
+    outside = {**champion, "batch_size": 64}
+    best = tuning.tune(recipe, paths, recipe.name, run_id, tmp_path / "tuning", "second", tmp_path / "b", outside)
+    assert best["batch_size"] == 8
 
 
 def test_an_unreachable_storage_is_named_before_any_trial(small_esco, tiny_bert, mlflow_store, tmp_path, monkeypatch):

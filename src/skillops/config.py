@@ -164,6 +164,11 @@ class LossConfig(_Strict):
     )
     scale: float = Field(20.0, gt=0, description="(Cached)MNRL similarity scale (cards 000, 001: 20).")
     mini_batch_size: int = Field(32, ge=1, description="cached_mnrl: texts encoded at once (memory bound).")
+    gather_across_devices: bool = Field(
+        False,
+        description="(Cached)MNRL with training.processes > 1: every process's batch is a negative of every "
+        "query (card 001); else each process's own batch only.",
+    )
 
 
 class Prompts(_Strict):
@@ -183,6 +188,17 @@ class TrainingConfig(_Strict):
     learning_rate: float = Field(5e-5, gt=0, lt=1)
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Train in this many processes with the trainer's DDP (torchrun): one per GPU (NCCL), or "
+        "gloo on CPU. The batch size is per process.",
+    )
+    init_from: Literal["base", "champion"] = Field(
+        "base",
+        description="Start tuning trials and training from the base model, or from the current champion (continued "
+        "training on the current data; the base model when there is no champion yet).",
+    )
     weight_decay: float = Field(0.0, ge=0)
     max_seq_length: int = Field(128, ge=8)
     seed: int = 42

@@ -272,6 +272,18 @@ def _record_move(name: str, old: str | None, new: str, kind: str, why: str, deci
     return move
 
 
+TUNED_PARAMS = {"learning_rate": float, "batch_size": int, "warmup_ratio": float}
+
+
+def trained_with(name: str, version: str) -> dict[str, Any]:
+    """The tuned parameters version `version` was trained with: its run's search result
+    (`best.*`), else the recipe's (`training.*`); those its run does not record are left out."""
+    mlflow_client = client()
+    params = mlflow_client.get_run(mlflow_client.get_model_version(name, version).run_id).data.params
+    found = {key: params.get(f"best.{key}", params.get(f"training.{key}")) for key in TUNED_PARAMS}
+    return {key: TUNED_PARAMS[key](value) for key, value in found.items() if value is not None}
+
+
 def history(name: str) -> list[dict]:
     """Every recorded move of the champion alias of `name`, oldest first."""
     moves = {}

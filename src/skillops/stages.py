@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 from collections.abc import Callable
@@ -21,11 +22,11 @@ from skillops.config import Recipe
 from skillops.context import Fingerprints, RunContext
 from skillops.context import fingerprint as fingerprint  # a stage of its own: the flow calls stages.fingerprint
 from skillops.evaluation import GoldenScores, QueryScores, Scores, evaluate, score_queries, scorer
-from skillops.modeling import load_model
+from skillops.modeling import load_model, resolve_model
 from skillops.preparation import PreparedData
 from skillops.promotion import Decision, decide
 from skillops.reports import card_summary, loss_curve_chart, rounds_chart, write_evaluation_report
-from skillops.training import Round, train_rounds
+from skillops.training import Round, check_processes, train_rounds
 from skillops.tuning import tune as run_search
 from skillops.validation import (
     DataDocs,
@@ -178,9 +179,28 @@ def _log_datasets(run: RunContext, task: preparation.Task, prepared: PreparedDat
     tracking.log_datasets(run.run_id, datasets)
 
 
+def starting_model(run: RunContext) -> str:
+    """The weights tuning and training start from: the base model, or with `training.init_from:
+    champion` the current champion, fetched once per attempt into its folder (a resumed attempt
+    keeps the champion it started from)."""
+    recipe = run.recipe
+    champion = registry.champion_version(recipe.registered_model_name)
+    if recipe.training.init_from == "base" or champion is None:
+        return recipe.base_model
+    fetched = run.attempt_dir / "init-from-champion"
+    if not (fetched / "modules.json").is_file():
+        registry.load(registry.model_uri(recipe.registered_model_name, champion)).save(str(fetched))
+        (fetched / "version.txt").write_text(champion, "utf-8")
+    version = (fetched / "version.txt").read_text("utf-8")
+    tracking.set_tags(run.run_id, {"skillops.init_from": f"champion version {version}"})
+    logger.info("Training starts from the champion, version %s of %s", version, recipe.registered_model_name)
+    return str(fetched)
+
+
 def tune(run: RunContext, data: PreparedData) -> dict:
     """The best trial's parameters. The study is the attempt's: a run that crashed during tuning
     continues it (finished trials kept), one that crashed after tuning reuses its result."""
+    check_processes(run.recipe.training)  # the final training's processes, before any trial trains
     saved = run.attempt_dir / "best_params.json"
     if saved.is_file():
         best = json.loads(saved.read_text("utf-8"))
@@ -190,18 +210,25 @@ def tune(run: RunContext, data: PreparedData) -> dict:
         logger.info("Reusing the tuning result of the interrupted attempt: %s", best)
     else:
         best = run_search(
-            run.recipe,
+            run.recipe.model_copy(update={"base_model": starting_model(run)}),
             data.paths,
             run.recipe.name,
             run.run_id,
             run.output_dir / "tuning",
             study_name=f"{run.recipe.name}-{run.fingerprints.attempt}",
             attempt_dir=run.attempt_dir,
+            first_trial=_champion_params(run.recipe),
         )
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(best), "utf-8")
     tracking.log_params(run.run_id, {f"best.{k}": v for k, v in best.items()})
     return best
+
+
+def _champion_params(recipe: Recipe) -> dict | None:
+    """What the current champion was trained with: the search tries it first."""
+    champion = registry.champion_version(recipe.registered_model_name)
+    return registry.trained_with(recipe.registered_model_name, champion) if champion else None
 
 
 def train(run: RunContext, data: PreparedData, params: dict) -> Path:
@@ -235,7 +262,7 @@ def train(run: RunContext, data: PreparedData, params: dict) -> Path:
             logger.info("Round %d/%d: validation %s %.4f", done.number, config.rounds, metric, done.validation[metric])
 
     rounds = train_rounds(
-        recipe.base_model,
+        starting_model(run),
         data.paths.train,
         config,
         recipe.loss,
@@ -283,12 +310,36 @@ def _golden(scores: dict[str, QueryScores]) -> dict[str, QueryScores]:
     return {name.removeprefix(prefix): values for name, values in scores.items() if name.startswith(prefix)}
 
 
+def _base_scores(run: RunContext, data: PreparedData, eval_sets: list[str]) -> dict[str, QueryScores]:
+    """The base model's per-query scores, kept on this machine by the content of its files and the
+    eval snapshot: a retrain on unchanged eval sets does not encode them with the same model again
+    (a local base model whose files change gets new scores)."""
+    recipe = run.recipe
+    folder = Path(resolve_model(recipe.base_model))
+    weights = preparation.fingerprint_files(
+        [path for path in folder.rglob("*") if path.is_file()], extra=str(recipe.training.max_seq_length)
+    )
+    cache = tracking.store_dir() / "base-scores" / f"{weights}-{data.eval_fingerprint}"
+    files = {eval_set: cache / f"{eval_set}.json" for eval_set in eval_sets}
+    if all(path.is_file() for path in files.values()):
+        note = f"cached scores of the base model (files {weights}) on eval snapshot {data.eval_fingerprint}"
+        tracking.set_tags(run.run_id, {"skillops.base_scores": note})
+        return {eval_set: QueryScores.model_validate_json(path.read_text("utf-8")) for eval_set, path in files.items()}
+    scores = _score_sets(run, data, load_model(recipe.base_model, recipe.training.max_seq_length), eval_sets)
+    cache.mkdir(parents=True, exist_ok=True)
+    for eval_set, values in scores.items():
+        partial = files[eval_set].with_suffix(f".{os.getpid()}.tmp")  # whole files only, for a reader at the same time
+        partial.write_text(values.model_dump_json(), "utf-8")
+        partial.replace(files[eval_set])
+    return scores
+
+
 def evaluate_models(run: RunContext, data: PreparedData, candidate_dir: Path) -> Scores:
     """Base, candidate and current champion, per query, all on the same frozen test set and on
     every golden set."""
     recipe = run.recipe
     eval_sets = _gate_sets(recipe)
-    base = _score_sets(run, data, load_model(recipe.base_model, recipe.training.max_seq_length), eval_sets)
+    base = _base_scores(run, data, eval_sets)
     candidate = _score_sets(run, data, load_model(str(candidate_dir)), eval_sets)
     champion_version = registry.champion_version(recipe.registered_model_name)
     champion, source = _version_scores(run, data, champion_version) if champion_version else ({}, None)

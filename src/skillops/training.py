@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from pydantic import BaseModel
 
 from skillops import progress
 from skillops.config import LossConfig, Prompts, TrainingConfig
+from skillops.errors import RecipeError
 from skillops.modeling import device, load_model, mixed_precision
 
 logger = logging.getLogger(__name__)
@@ -41,10 +45,15 @@ def build_loss(model, config: LossConfig):
     from sentence_transformers.sentence_transformer import losses
 
     if config.name == "mnrl":
-        return losses.MultipleNegativesRankingLoss(model, scale=config.scale)
+        return losses.MultipleNegativesRankingLoss(
+            model, scale=config.scale, gather_across_devices=config.gather_across_devices
+        )
     if config.name == "cached_mnrl":
         return losses.CachedMultipleNegativesRankingLoss(
-            model, scale=config.scale, mini_batch_size=config.mini_batch_size
+            model,
+            scale=config.scale,
+            mini_batch_size=config.mini_batch_size,
+            gather_across_devices=config.gather_across_devices,
         )
     return losses.CosineSimilarityLoss(model)
 
@@ -86,6 +95,9 @@ def train_model(
     done = output_dir / "done.json"
     if done.is_file():  # finished by an earlier attempt that crashed later on
         return TrainingResult.model_validate_json(done.read_text("utf-8"))
+    if config.processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _train_in_processes(base_model, train_path, config, loss, prompts, output_dir, label, evaluator)
+    main_process = int(os.environ.get("RANK", "0")) == 0
     model = load_model(base_model, config.max_seq_length)
     dataset = Dataset.from_parquet(str(train_path))
     # The saved model's README shows one example; given here, the trainer does not sample a
@@ -131,7 +143,7 @@ def train_model(
         train_dataset=dataset,
         loss=build_loss(model, loss),
         evaluator=evaluator,
-        callbacks=[*(callbacks or []), progress.training_progress(label)],
+        callbacks=[*(callbacks or []), *([progress.training_progress(label)] if main_process else [])],
     )
     if not progress.interactive():
         # Without bars the trainer prints every logged loss as a dict; the curve is in MLflow.
@@ -143,6 +155,9 @@ def train_model(
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     model_dir = output_dir / "model"
+    resumed_from_step = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None
+    if not main_process:  # process 0 of a multi-process training saves the model and says it is done
+        return TrainingResult(model_dir=model_dir, steps=trainer.state.global_step, final_loss=None, log_history=done)
     if prompts:  # saved with the model: encode(texts, prompt_name="query") works after loading
         model.prompts = {**model.prompts, "query": prompts.query, "document": prompts.document}
     model.save(str(model_dir))
@@ -157,10 +172,71 @@ def train_model(
         steps=trainer.state.global_step,
         final_loss=losses[-1] if losses else None,
         log_history=history_path,
-        resumed_from_step=int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None,
+        resumed_from_step=resumed_from_step,
     )
     done.write_text(result.model_dump_json(), "utf-8")
     return result
+
+
+def check_processes(config: TrainingConfig) -> None:
+    """`training.processes` must fit this machine: one GPU each, or at most one per CPU core."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    devices = torch.cuda.device_count() if cuda else os.cpu_count() or 1
+    if config.processes > devices:
+        raise RecipeError(
+            f"training.processes = {config.processes}, but this machine has {devices} "
+            f"{'GPUs' if cuda else 'CPU cores'}: each training process takes one. Give at most {devices}."
+        )
+
+
+def _train_in_processes(
+    base_model: str,
+    train_path: Path,
+    config: TrainingConfig,
+    loss: LossConfig,
+    prompts: Prompts,
+    output_dir: Path,
+    label: str,
+    evaluator: Any,
+) -> TrainingResult:
+    """train_model in `config.processes` processes under torchrun; waits, then reads what process
+    0 saved. A killed run resumes from the checkpoint the processes last wrote, as a single one does."""
+    from skillops.distributed import TrainingJob
+
+    check_processes(config)
+    if evaluator is not None and config.evals_during_training:
+        logger.warning("training.processes > 1: no validation scores during training (only after it)")
+    job = output_dir / "distributed-job.json"
+    job.parent.mkdir(parents=True, exist_ok=True)
+    job.write_text(
+        TrainingJob(
+            base_model=base_model,
+            train_path=train_path,
+            config=config,
+            loss=loss,
+            prompts=prompts,
+            output_dir=output_dir,
+            label=label,
+            parent_pid=os.getpid(),
+        ).model_dump_json(),
+        "utf-8",
+    )
+    threads = str(max(1, (os.cpu_count() or 1) // config.processes))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.processes}",
+        "-m", "skillops.distributed", str(job),
+    ]  # fmt: skip
+    logger.info("Training %s in %d processes (torchrun)", base_model, config.processes)
+    finished = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": threads})
+    done = output_dir / "done.json"
+    if finished.returncode != 0 or not done.is_file():
+        raise RuntimeError(
+            f"The {config.processes}-process training ended with exit code {finished.returncode} (its output is "
+            f"above); run again to resume from its last checkpoint in {output_dir / 'checkpoints'}."
+        )
+    return TrainingResult.model_validate_json(done.read_text("utf-8"))
 
 
 class Round(BaseModel):

@@ -13,6 +13,7 @@ and run again (Optuna's `RetryHeartbeatStaleTrialCallback`).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -65,6 +66,18 @@ def _finished_states():
     from optuna.trial import TrialState
 
     return (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _in_space(params: dict[str, Any], search: SearchConfig) -> bool:
+    """Whether the search could have suggested these parameters itself."""
+    low, high = search.learning_rate
+    warmup_low, warmup_high = search.warmup_ratio
+    return (
+        set(params) == {"learning_rate", "batch_size", "warmup_ratio"}
+        and low <= params["learning_rate"] <= high
+        and params["batch_size"] in search.batch_sizes
+        and warmup_low <= params["warmup_ratio"] <= warmup_high
+    )
 
 
 def storage_url(search: SearchConfig, attempt_dir: Path) -> str:
@@ -166,8 +179,15 @@ class TrialWorker(BaseModel):
                 "batch_size": trial.suggest_categorical("batch_size", search.batch_sizes),
                 "warmup_ratio": trial.suggest_float("warmup_ratio", *search.warmup_ratio),
             }
+            # One process per trial: the pruner reads its validation scores in this process (trials
+            # run side by side with search.parallel instead).
             config = recipe.training.model_copy(
-                update={**params, "epochs": search.epochs, "evals_during_training": search.evals_per_trial}
+                update={
+                    **params,
+                    "epochs": search.epochs,
+                    "evals_during_training": search.evals_per_trial,
+                    "processes": 1,
+                }
             )
             run_id = start_run(
                 self.experiment,
@@ -250,7 +270,7 @@ def _finish_stale_trials(study, objective) -> None:
             time.sleep(HEARTBEAT_SECONDS)
 
 
-def _check_parallel(parallel: int) -> None:
+def check_parallel(parallel: int) -> None:
     import torch
 
     devices = torch.cuda.device_count() if torch.cuda.is_available() else os.cpu_count() or 1
@@ -288,16 +308,18 @@ def tune(
     output_dir: Path,
     study_name: str,
     attempt_dir: Path,
+    first_trial: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the search until the study `study_name` has `search.n_trials` finished (complete or
     pruned) trials, with `search.parallel` workers; returns the best trial's parameters ({} when
-    the search is switched off)."""
+    the search is switched off). `first_trial`: parameters a new study tries first (the
+    champion's: the search then starts from what won last time)."""
     search = recipe.search
     if search.n_trials == 0:
         return {}
     from optuna.trial import TrialState
 
-    _check_parallel(search.parallel)
+    check_parallel(search.parallel)
     url = storage_url(search, attempt_dir)
     worker = TrialWorker(
         recipe=recipe,
@@ -318,6 +340,12 @@ def tune(
             "skillops.tuning_workers": search.parallel,
         },
     )
+    if first_trial and not study.get_trials(deepcopy=False):
+        if _in_space(first_trial, search):
+            study.enqueue_trial(first_trial)
+            set_tags(parent_run_id, {"skillops.first_trial": json.dumps(first_trial)})
+        else:
+            logger.info("The champion's parameters %s are outside the search space: not tried first", first_trial)
     if earlier:
         note = f"continued study {study_name}: {earlier} of {search.n_trials} trials were already finished"
         set_tags(parent_run_id, {"skillops.tuning": note})
