@@ -27,7 +27,8 @@ from pathlib import Path
 from skillops.config import LossConfig, Prompts, TrainingConfig
 from skillops.training import train_model
 
-config = TrainingConfig(batch_size=4, max_steps=60, checkpoint_every_steps=10, learning_rate=1e-3, processes=2)
+# Many steps after the first checkpoint: the kill lands mid-training, not after its end.
+config = TrainingConfig(batch_size=4, max_steps=400, checkpoint_every_steps=10, learning_rate=1e-3, processes=2)
 print(train_model(sys.argv[1], Path(sys.argv[2]), config, LossConfig(), Prompts(), Path(sys.argv[3])).model_dump_json())
 """
 
@@ -63,7 +64,7 @@ def test_two_processes_train_one_model_and_resume_after_a_kill(tiny_bert, tmp_pa
         assert time.monotonic() < deadline
         time.sleep(0.5)
     job = out / "distributed-job.json"
-    assert len(_workers(job)) == 2
+    assert len(_workers(job)) == 2, _processes(job)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     # The workers follow the process that started them, within seconds: none trains on.
@@ -75,8 +76,11 @@ def test_two_processes_train_one_model_and_resume_after_a_kill(tiny_bert, tmp_pa
     second = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     result = second.stdout.strip().splitlines()[-1]
-    assert '"resumed_from_step":' in result and '"resumed_from_step":null' not in result
-    assert '"steps":60' in result
+    assert '"resumed_from_step":' in result and '"resumed_from_step":null' not in result, result
+    assert '"steps":400' in result, result
+    # The two processes split each epoch: 64 rows in batches of 4 per process are 8 steps an epoch.
+    history = json.loads((out / "log_history.json").read_text())
+    assert history[-1]["epoch"] == pytest.approx(400 / 8)
     model = load_model(str(out / "model"))
     assert model.encode(["data analyst"]).shape == (1, 32)
     assert not (out / "checkpoints").exists()
@@ -106,7 +110,7 @@ def test_settings_this_machine_cannot_run_are_refused(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     with pytest.raises(RecipeError, match=r"training.processes = 3, but this machine has 2 CPU cores"):
         check_processes(TrainingConfig(processes=3))
-    with pytest.raises(RecipeError, match=r"search.parallel = 3, but this machine has 2 CPU cores"):
+    with pytest.raises(RecipeError, match=r"search.parallel = 3, but this machine has 2 CPU cores: each tuning worker"):
         tuning.check_parallel(3)
     check_processes(TrainingConfig(processes=2))
     tuning.check_parallel(2)

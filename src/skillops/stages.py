@@ -188,7 +188,7 @@ def starting_model(run: RunContext) -> str:
     if recipe.training.init_from == "base" or champion is None:
         return recipe.base_model
     fetched = run.attempt_dir / "init-from-champion"
-    if not (fetched / "modules.json").is_file():
+    if not (fetched / "version.txt").is_file():  # written last: a fetch cut short is fetched again
         registry.load(registry.model_uri(recipe.registered_model_name, champion)).save(str(fetched))
         (fetched / "version.txt").write_text(champion, "utf-8")
     version = (fetched / "version.txt").read_text("utf-8")

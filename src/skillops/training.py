@@ -20,8 +20,7 @@ from pydantic import BaseModel
 
 from skillops import progress
 from skillops.config import LossConfig, Prompts, TrainingConfig
-from skillops.errors import RecipeError
-from skillops.modeling import device, load_model, mixed_precision
+from skillops.modeling import device, load_model, mixed_precision, require_devices
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +34,16 @@ class TrainingResult(BaseModel):
 
 
 def _last_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint. The trainer writes trainer_state.json last, so a folder
-    without it is one that a kill interrupted mid-save: resuming from it would fail."""
-    complete = [p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    """The newest complete checkpoint: with the trainer's state and the model's config and
+    weights. A kill can leave a folder without some of them (seen with several processes: the
+    state written, the weights not), and resuming from it would fail."""
+    complete = [
+        p
+        for p in checkpoints.glob("checkpoint-*")
+        if (p / "trainer_state.json").is_file()
+        and (p / "config.json").is_file()
+        and any((p / weights).is_file() for weights in ("model.safetensors", "pytorch_model.bin"))
+    ]
     return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
 
 
@@ -130,14 +136,20 @@ def train_model(
         # Checkpoints are what a killed run resumes from; steps when asked, else each epoch.
         save_strategy="steps" if config.checkpoint_every_steps else "epoch",
         save_steps=config.checkpoint_every_steps or 500,
-        save_total_limit=1,
+        # Two, not one: the trainer deletes the older checkpoint after saving a new one, and a kill
+        # during that deletion leaves a folder that still has trainer_state.json but lacks weights
+        # or config. With two kept, the newest complete checkpoint is never the one being deleted.
+        save_total_limit=2,
         report_to="none",
         dataloader_pin_memory=device() == "cuda",
+        # Without a GPU, transformers 5 runs every torchrun process alone, each as process 0 of 1
+        # (no DDP, all writing the same checkpoints), unless told the device is the CPU.
+        use_cpu=device() == "cpu",
         disable_tqdm=not progress.interactive(),
         **mixed_precision(),
         **eval_settings,
     )
-    trainer = SentenceTransformerTrainer(
+    trainer = _process_zero_saves(SentenceTransformerTrainer)(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -153,11 +165,18 @@ def train_model(
     if checkpoint is not None:
         logger.info("Resuming %s from %s", base_model, checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    # Every process is done writing its part of the last checkpoint before process 0 removes them.
+    trainer.accelerator.wait_for_everyone()
 
     model_dir = output_dir / "model"
     resumed_from_step = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None
     if not main_process:  # process 0 of a multi-process training saves the model and says it is done
-        return TrainingResult(model_dir=model_dir, steps=trainer.state.global_step, final_loss=None, log_history=done)
+        return TrainingResult(
+            model_dir=model_dir,
+            steps=trainer.state.global_step,
+            final_loss=None,
+            log_history=output_dir / "log_history.json",
+        )
     if prompts:  # saved with the model: encode(texts, prompt_name="query") works after loading
         model.prompts = {**model.prompts, "query": prompts.query, "document": prompts.document}
     model.save(str(model_dir))
@@ -178,17 +197,22 @@ def train_model(
     return result
 
 
-def check_processes(config: TrainingConfig) -> None:
-    """`training.processes` must fit this machine: one GPU each, or at most one per CPU core."""
-    import torch
+def _process_zero_saves(trainer_class):
+    """The trainer, saving from process 0 only. transformers 5 calls `_save` on every process and
+    lets its own `_save` skip the others; sentence-transformers 6 overrides `_save` assuming only
+    process 0 calls it, so with several processes each wrote the same checkpoint files at once
+    (half-written checkpoints, and a crash when one process deleted a folder another wrote in)."""
 
-    cuda = torch.cuda.is_available()
-    devices = torch.cuda.device_count() if cuda else os.cpu_count() or 1
-    if config.processes > devices:
-        raise RecipeError(
-            f"training.processes = {config.processes}, but this machine has {devices} "
-            f"{'GPUs' if cuda else 'CPU cores'}: each training process takes one. Give at most {devices}."
-        )
+    class ProcessZeroSaves(trainer_class):
+        def _save(self, output_dir=None, state_dict=None):
+            if self.args.should_save:
+                super()._save(output_dir, state_dict)
+
+    return ProcessZeroSaves
+
+
+def check_processes(config: TrainingConfig) -> None:
+    require_devices(config.processes, "training.processes", "training process")
 
 
 def _train_in_processes(

@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from skillops.config import Recipe, SearchConfig
 from skillops.errors import RecipeError
 from skillops.evaluation import scorer
+from skillops.modeling import require_devices
 from skillops.preparation import PreparedPaths
 from skillops.reports import optuna_charts
 from skillops.tracking import (
@@ -149,14 +150,14 @@ class TrialWorker(BaseModel):
     parent_run_id: str
     output_dir: Path
     study_name: str
-    storage: str
+    attempt_dir: Path  # where the default storage is; each process resolves it (SKILLOPS_OPTUNA_STORAGE included)
 
     def study(self):
         import optuna
 
         search = self.recipe.search
         return optuna.create_study(
-            storage=open_storage(self.storage),
+            storage=open_storage(storage_url(self.recipe.search, self.attempt_dir)),
             study_name=self.study_name,
             load_if_exists=True,
             direction="maximize",
@@ -271,15 +272,7 @@ def _finish_stale_trials(study, objective) -> None:
 
 
 def check_parallel(parallel: int) -> None:
-    import torch
-
-    devices = torch.cuda.device_count() if torch.cuda.is_available() else os.cpu_count() or 1
-    kind = "GPUs" if torch.cuda.is_available() else "CPU cores"
-    if parallel > devices:
-        raise RecipeError(
-            f"search.parallel = {parallel}, but this machine has {devices} {kind}: each tuning worker takes one. "
-            f"Give at most {devices}, or start more workers on other machines against a shared search.storage."
-        )
+    require_devices(parallel, "search.parallel", "tuning worker")
 
 
 def _start_helpers(worker: TrialWorker, parallel: int) -> list[subprocess.Popen]:
@@ -291,11 +284,13 @@ def _start_helpers(worker: TrialWorker, parallel: int) -> list[subprocess.Popen]
     job.parent.mkdir(parents=True, exist_ok=True)
     job.write_text(worker.model_dump_json(), "utf-8")
     threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    # The GPUs this process may use, in its numbering: helper n takes the n-th (this process the first).
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count())))).split(",")
     helpers = []
     for number in range(1, parallel):
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         if torch.cuda.is_available():
-            env["CUDA_VISIBLE_DEVICES"] = str(number)
+            env["CUDA_VISIBLE_DEVICES"] = visible[number]
         helpers.append(subprocess.Popen([sys.executable, "-m", "skillops.tuning", str(job)], env=env))
     return helpers
 
@@ -317,10 +312,10 @@ def tune(
     search = recipe.search
     if search.n_trials == 0:
         return {}
+    import torch
     from optuna.trial import TrialState
 
     check_parallel(search.parallel)
-    url = storage_url(search, attempt_dir)
     worker = TrialWorker(
         recipe=recipe,
         data_dir=data.directory,
@@ -328,7 +323,7 @@ def tune(
         parent_run_id=parent_run_id,
         output_dir=output_dir,
         study_name=study_name,
-        storage=url,
+        attempt_dir=attempt_dir,
     )
     study = worker.study()
     earlier = len(study.get_trials(deepcopy=False, states=_finished_states()))
@@ -336,7 +331,7 @@ def tune(
         parent_run_id,
         {
             "skillops.optuna_study": study_name,
-            "skillops.optuna_storage": safe_uri(url),
+            "skillops.optuna_storage": safe_uri(storage_url(search, attempt_dir)),
             "skillops.tuning_workers": search.parallel,
         },
     )
@@ -350,8 +345,6 @@ def tune(
         note = f"continued study {study_name}: {earlier} of {search.n_trials} trials were already finished"
         set_tags(parent_run_id, {"skillops.tuning": note})
         logger.info("Tuning %s", note)
-    import torch
-
     objective = worker.objective()
     threads = torch.get_num_threads()
     helpers = _start_helpers(worker, search.parallel) if search.parallel > 1 else []
