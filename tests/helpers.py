@@ -179,6 +179,17 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, what: str, tim
             time.sleep(1)
 
 
+def wait_until(condition, what: str, timeout: float = 300, explain=lambda: ""):
+    """condition()'s first truthy value, polled every 2 s; fails with `explain()` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(2)
+    pytest.fail(f"timed out waiting for {what}\n{explain()}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

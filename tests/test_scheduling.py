@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from helpers import REPO, free_port, tiny_recipe_yaml
+from helpers import REPO, free_port, tiny_recipe_yaml, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -74,16 +73,11 @@ def _flow_runs(env) -> list[dict]:
 
 
 def _wait(condition, what: str, env, tmp_path, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(2)
-    worker_log = (tmp_path / "stack" / "worker.log").read_text()[-4000:]
-    pytest.fail(
-        f"timed out waiting for {what}; flow runs: {[(r['name'], r['state_type']) for r in _flow_runs(env)]}\n{worker_log}"
-    )
+    def explain():
+        worker_log = (tmp_path / "stack" / "worker.log").read_text()[-4000:]
+        return f"flow runs: {[(r['name'], r['state_type']) for r in _flow_runs(env)]}\n{worker_log}"
+
+    return wait_until(condition, what, timeout, explain)
 
 
 def _mlflow_runs(env, experiment="tiny-esco"):

@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from helpers import BIN, REPO, free_port, tiny_recipe_yaml, wait_for_http
+from helpers import BIN, REPO, free_port, tiny_recipe_yaml, wait_for_http, wait_until
 from skillops import registry
 
 pytestmark = pytest.mark.slow  # real servers and flow runs
@@ -114,14 +113,10 @@ def _api(url: str, body: dict | None = None):
 
 
 def _wait(condition, what: str, timeout: float = 600, logs: list[Path] = ()):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(2)
-    tails = "\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in logs if log.exists())
-    pytest.fail(f"timed out waiting for {what}\n{tails}")
+    def explain():
+        return "\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in logs if log.exists())
+
+    return wait_until(condition, what, timeout, explain)
 
 
 def test_two_machines_share_one_team_stack(tmp_path, small_esco, tiny_bert, monkeypatch):

@@ -14,13 +14,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from skillops import progress
 from skillops.config import LossConfig, Prompts, TrainingConfig
 from skillops.modeling import device, load_model, mixed_precision, require_devices
+
+if TYPE_CHECKING:
+    from skillops.distributed import TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,21 @@ def train_model(
     if done.is_file():  # finished by an earlier attempt that crashed later on
         return TrainingResult.model_validate_json(done.read_text("utf-8"))
     if config.processes > 1 and "WORLD_SIZE" not in os.environ:
-        return _train_in_processes(base_model, train_path, config, loss, prompts, output_dir, label, evaluator)
+        from skillops.distributed import TrainingJob
+
+        if evaluator is not None and config.evals_during_training:
+            logger.warning("training.processes > 1: no validation scores during training (only after it)")
+        job = TrainingJob(
+            base_model=base_model,
+            train_path=train_path,
+            config=config,
+            loss=loss,
+            prompts=prompts,
+            output_dir=output_dir,
+            label=label,
+            parent_pid=os.getpid(),
+        )
+        return _train_in_processes(job)
     main_process = int(os.environ.get("RANK", "0")) == 0
     model = load_model(base_model, config.max_seq_length)
     dataset = Dataset.from_parquet(str(train_path))
@@ -215,44 +232,20 @@ def check_processes(config: TrainingConfig) -> None:
     require_devices(config.processes, "training.processes", "training process")
 
 
-def _train_in_processes(
-    base_model: str,
-    train_path: Path,
-    config: TrainingConfig,
-    loss: LossConfig,
-    prompts: Prompts,
-    output_dir: Path,
-    label: str,
-    evaluator: Any,
-) -> TrainingResult:
-    """train_model in `config.processes` processes under torchrun; waits, then reads what process
-    0 saved. A killed run resumes from the checkpoint the processes last wrote, as a single one does."""
-    from skillops.distributed import TrainingJob
-
+def _train_in_processes(job: TrainingJob) -> TrainingResult:
+    """train_model in `job.config.processes` processes under torchrun; waits, then reads what
+    process 0 saved. A killed run resumes from the checkpoint the processes last wrote, as a single one does."""
+    config, output_dir = job.config, job.output_dir
     check_processes(config)
-    if evaluator is not None and config.evals_during_training:
-        logger.warning("training.processes > 1: no validation scores during training (only after it)")
-    job = output_dir / "distributed-job.json"
-    job.parent.mkdir(parents=True, exist_ok=True)
-    job.write_text(
-        TrainingJob(
-            base_model=base_model,
-            train_path=train_path,
-            config=config,
-            loss=loss,
-            prompts=prompts,
-            output_dir=output_dir,
-            label=label,
-            parent_pid=os.getpid(),
-        ).model_dump_json(),
-        "utf-8",
-    )
+    job_file = output_dir / "distributed-job.json"
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    job_file.write_text(job.model_dump_json(), "utf-8")
     threads = str(max(1, (os.cpu_count() or 1) // config.processes))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.processes}",
-        "-m", "skillops.distributed", str(job),
+        "-m", "skillops.distributed", str(job_file),
     ]  # fmt: skip
-    logger.info("Training %s in %d processes (torchrun)", base_model, config.processes)
+    logger.info("Training %s in %d processes (torchrun)", job.base_model, config.processes)
     finished = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": threads})
     done = output_dir / "done.json"
     if finished.returncode != 0 or not done.is_file():
