@@ -1,7 +1,9 @@
 """The train-esco flow: validate -> prepare -> tune -> train -> evaluate -> register -> promote.
 
 This file is the one place that knows the order of the stages. Each task is one call into
-`skillops.stages` and passes only paths, run ids, versions and small pydantic models.
+`skillops.stages` and passes only paths, run ids, versions and small pydantic models. The
+tune-trials flow is a trial worker of a train-esco run's study (`search.workers: pool`): the run
+starts it as deployment runs that any worker of the pool may take.
 
     python flows/train_esco.py [recipe-name-or-path] [--force] [--set training.epochs=1 ...]
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,18 +33,22 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
+from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import flow_run as prefect_flow_run
 from prefect.settings import get_current_settings
+from prefect.states import Cancelled
 
 from skillops import registry, stages, tracking
 from skillops.config import Recipe, load_recipe, parse_overrides
 from skillops.context import Fingerprints, RunContext
 from skillops.errors import RecipeError
 from skillops.evaluation import Scores
+from skillops.paths import outputs_root
 from skillops.preparation import PreparedData
 from skillops.promotion import Decision
 from skillops.reports import score_rows
+from skillops.tuning import StudyTicket, join_study
 from skillops.uris import safe_uri
 from skillops.validation import ValidationReport, require
 
@@ -54,6 +61,8 @@ task = partial(prefect_task, cache_policy=NO_CACHE)
 io_task = partial(task, retries=2, retry_delay_seconds=[5, 30])
 # How long a run waits for another run's promotion (a champion re-score on a big test set) to end.
 PROMOTION_WAIT_SECONDS = 1800
+# The deployment (in prefect.yaml and prefect.team.yaml) whose runs are trial workers of the pool.
+TRIALS_DEPLOYMENT = "tune-trials/pool"
 
 
 @task(name="reconcile", task_run_name="reconcile {recipe.name}")
@@ -120,9 +129,68 @@ def prepare_data(run: RunContext) -> PreparedData:
     return stages.prepare_data(run)
 
 
+class PoolTrialWorkers:
+    """Trial workers as runs of the tune-trials deployment: any worker of the pool may take one,
+    on any machine. Their trials report to the study, so the run does not wait on the flow runs
+    themselves; those no worker took by the time the study is done are cancelled."""
+
+    def __init__(self, ticket: StudyTicket, count: int) -> None:
+        parameters = {"ticket": ticket.model_dump(mode="json")}
+        self.flow_run_ids = [
+            run_deployment(
+                TRIALS_DEPLOYMENT,
+                parameters=parameters,
+                timeout=0,  # started, not awaited: this run tunes alongside them
+                flow_run_name=f"tune-trials {ticket.study_name} {number}/{count}",
+            ).id
+            for number in range(1, count + 1)
+        ]
+
+    def wait(self) -> None:
+        """Nothing to wait for here: the search waits for the study's running trials by heartbeat."""
+
+    def stop(self) -> None:
+        untaken = 0
+        with get_client(sync_client=True) as client:
+            for flow_run_id in self.flow_run_ids:
+                state = client.read_flow_run(flow_run_id).state
+                if state is not None and state.is_scheduled():
+                    client.set_flow_run_state(flow_run_id, Cancelled(message="the study has its trials"), force=True)
+                    untaken += 1
+        if untaken:
+            print(f"{untaken} of {len(self.flow_run_ids)} tune-trials runs were not taken by any worker: cancelled")
+
+
+def require_trial_pool(recipe: Recipe) -> None:
+    """With `search.workers: pool`, a shared Prefect server and the tune-trials deployment, before any compute."""
+    search = recipe.search
+    if search.parallel == 1 or search.workers != "pool":
+        return
+    if shared_prefect_api() is None:
+        raise RecipeError(
+            "search.workers = pool, but this run has no Prefect server that workers share: set PREFECT_API_URL "
+            "(`make stack-up` prints it) or use search.workers: local."
+        )
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(client.read_deployment_by_name(TRIALS_DEPLOYMENT).work_pool_name)
+        except ObjectNotFound:
+            raise RecipeError(
+                f"search.workers = pool, but the Prefect server has no deployment {TRIALS_DEPLOYMENT}: deploy "
+                "prefect.yaml (or prefect.team.yaml) again, e.g. `make stack-up`."
+            ) from None
+    if pool.concurrency_limit is not None and pool.concurrency_limit < search.parallel:
+        raise RecipeError(
+            f"search.parallel = {search.parallel} with search.workers = pool, but the work pool {pool.name} runs at "
+            f"most {pool.concurrency_limit} flow run(s) at a time, this run included: give search.parallel at most "
+            f"{pool.concurrency_limit}, raise the pool's limit (`prefect work-pool set-concurrency-limit`), or use "
+            "search.workers: local."
+        )
+
+
 @task(name="tune", task_run_name="tune {run.recipe.name}")
 def tune(run: RunContext, data: PreparedData) -> dict[str, Any]:
-    return stages.tune(run, data)
+    return stages.tune(run, data, place_workers=PoolTrialWorkers)
 
 
 @task(name="train", task_run_name="train {run.recipe.name}")
@@ -191,6 +259,7 @@ def train_esco(
     config = load_recipe(recipe).with_overrides(overrides or {})
     # Before any compute: a run that could not promote safely says so now, not after training.
     registry.require_shared_lock(promotion_slot_name(config.registered_model_name))
+    require_trial_pool(config)
     reconcile(config)
     fingerprints = fingerprint(config)
     previous = None if force else unchanged_since(config, fingerprints)
@@ -231,6 +300,17 @@ def train_esco(
         "promoted": decision.promote,
         "reason": decision.reason,
     }
+
+
+@flow(name="tune-trials", flow_run_name="tune-trials {ticket.study_name}")
+def tune_trials(ticket: StudyTicket) -> int:
+    """Run trials of a train-esco run's Optuna study until it has its n_trials finished; returns
+    how many this flow run finished. Started by train-esco with `search.workers: pool`."""
+    workdir = outputs_root() / "trial-workers" / str(prefect_flow_run.id)
+    try:
+        return join_study(ticket, workdir, name=f"flow run {prefect_flow_run.id}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,13 @@ up() {
       --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 2
     wait_for "${MLFLOW_TRACKING_URI%/}/health" mlflow-server
   fi
-  unset PGPASSFILE
+  if [[ -n $TEAM && -n ${PGPASSFILE:-} && -z ${SKILLOPS_OPTUNA_STORAGE:-} ]]; then
+    # This machine's worker keeps PGPASSFILE: its flow runs share tuning studies in PostgreSQL
+    # (search.workers: pool needs that; the password stays in the file).
+    export SKILLOPS_OPTUNA_STORAGE="postgresql://$DB_USER@127.0.0.1:$PG_PORT/optuna"
+  else
+    unset PGPASSFILE
+  fi
   if ! "$VENV/bin/prefect" work-pool inspect skillops >/dev/null 2>&1; then
     "$VENV/bin/prefect" work-pool create skillops --type process >/dev/null
   fi
@@ -117,6 +123,7 @@ up() {
   # What every shell (and every other machine) needs to use this stack; no password in it.
   echo "export PREFECT_API_URL=$PREFECT_API_URL" >"$STATE/env"
   [[ -n $TEAM ]] && echo "export MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI" >>"$STATE/env"
+  [[ -n ${SKILLOPS_OPTUNA_STORAGE:-} ]] && echo "export SKILLOPS_OPTUNA_STORAGE=$SKILLOPS_OPTUNA_STORAGE" >>"$STATE/env"
   echo
   echo "Prefect UI:  ${PREFECT_API_URL%/api}   (deployments: $(grep -c '^  - name:' "$prefect_file") in $prefect_file)"
   echo "MLflow UI:   $ui"

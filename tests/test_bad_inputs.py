@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import BUNDLED_ESCO, edit_csv, set_cell
-from skillops.errors import DataError
+from helpers import BUNDLED_ESCO, edit_csv, set_cell, tiny_recipe_yaml
+from skillops.errors import DataError, RecipeError
 from train_esco import train_esco
 
 MODEL_NAME = "bad-inputs"
@@ -340,3 +340,22 @@ def test_every_bundled_sample_and_recipe_passes_without_false_alarm(capsys):
         assert main(["validate", name]) == 0, capsys.readouterr().out
         out = capsys.readouterr().out
         assert "rule(s) failed" not in out, out
+
+
+@pytest.mark.slow
+def test_trial_workers_of_the_pool_without_their_deployment_are_refused_first(
+    store_with_champion, small_esco, tiny_bert, tmp_path
+):
+    """`search.workers: pool` on a Prefect server without the tune-trials deployment (no worker
+    could take a trial run): refused before any MLflow run, naming the setting and the fix."""
+    path = tiny_recipe_yaml(
+        tmp_path / "recipe.yaml", small_esco, tiny_bert, name=MODEL_NAME, registered_model_name=MODEL_NAME
+    )
+    runs_before = len(mlflow.search_runs(experiment_names=[MODEL_NAME]))
+    overrides = {"search.parallel": 2, "search.workers": "pool", "search.storage": "postgresql://team@db/optuna"}
+    with pytest.raises(
+        RecipeError,
+        match=r"search.workers = pool, but the Prefect server has no deployment tune-trials/pool: deploy prefect.yaml",
+    ):
+        train_esco(recipe=str(path), overrides=overrides)
+    assert len(mlflow.search_runs(experiment_names=[MODEL_NAME])) == runs_before

@@ -9,13 +9,14 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from helpers import BIN, tiny_recipe_yaml
 from skillops import tracking, tuning
-from skillops.config import TrainingConfig
+from skillops.config import SearchConfig, TrainingConfig
 from skillops.errors import RecipeError
 from skillops.modeling import load_model
 from skillops.training import check_processes
@@ -111,6 +112,12 @@ def test_settings_this_machine_cannot_run_are_refused(monkeypatch):
     with pytest.raises(RecipeError, match=r"training.processes = 3, but this machine has 2 CPU cores"):
         check_processes(TrainingConfig(processes=3))
     with pytest.raises(RecipeError, match=r"search.parallel = 3, but this machine has 2 CPU cores: each tuning worker"):
-        tuning.check_parallel(3)
+        tuning.check_parallel(SearchConfig(parallel=3))
     check_processes(TrainingConfig(processes=2))
-    tuning.check_parallel(2)
+    tuning.check_parallel(SearchConfig(parallel=2))
+    # Workers of the pool are not this machine's to count, but they must reach the study.
+    tuning.check_parallel(SearchConfig(parallel=3, workers="pool", storage="postgresql://skillops@127.0.0.1/optuna"))
+    with pytest.raises(
+        RecipeError, match=r"search.workers = pool, but the study is in sqlite:///.*a file on this machine"
+    ):
+        tuning.check_parallel(SearchConfig(parallel=3, workers="pool"), Path("attempt"))

@@ -228,7 +228,13 @@ class SearchConfig(_Strict):
     evals_per_trial: int = Field(3, ge=1, description="Validation points per trial; the pruner looks at each.")
     seed: int = 42
     parallel: int = Field(
-        1, ge=1, description="Tuning workers on this machine (one GPU each, or a share of the CPU cores)."
+        1, ge=1, description="Tuning workers on the one study: the pipeline's process and parallel - 1 more."
+    )
+    workers: Literal["local", "pool"] = Field(
+        "local",
+        description="Where the parallel - 1 extra workers run: `local`, processes on this machine (one GPU "
+        "each, or a share of the CPU cores); `pool`, flow runs of the tune-trials deployment that any "
+        "worker of the Prefect pool may take (the study then needs a database server as its storage).",
     )
     storage: str | None = Field(
         None,

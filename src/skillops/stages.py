@@ -27,6 +27,7 @@ from skillops.preparation import PreparedData
 from skillops.promotion import Decision, decide
 from skillops.reports import card_summary, loss_curve_chart, rounds_chart, write_evaluation_report
 from skillops.training import Round, check_processes, train_rounds
+from skillops.tuning import PlaceWorkers
 from skillops.tuning import tune as run_search
 from skillops.validation import (
     DataDocs,
@@ -179,14 +180,14 @@ def _log_datasets(run: RunContext, task: preparation.Task, prepared: PreparedDat
     tracking.log_datasets(run.run_id, datasets)
 
 
-def starting_model(run: RunContext) -> str:
-    """The weights tuning and training start from: the base model, or with `training.init_from:
-    champion` the current champion, fetched once per attempt into its folder (a resumed attempt
-    keeps the champion it started from)."""
+def starting_model(run: RunContext) -> tuple[str, str | None]:
+    """The weights tuning and training start from, and the registered model they are when they
+    are one: the base model, or with `training.init_from: champion` the current champion, fetched
+    once per attempt into its folder (a resumed attempt keeps the champion it started from)."""
     recipe = run.recipe
     champion = registry.champion_version(recipe.registered_model_name)
     if recipe.training.init_from == "base" or champion is None:
-        return recipe.base_model
+        return recipe.base_model, None
     fetched = run.attempt_dir / "init-from-champion"
     if not (fetched / "version.txt").is_file():  # written last: a fetch cut short is fetched again
         registry.load(registry.model_uri(recipe.registered_model_name, champion)).save(str(fetched))
@@ -194,12 +195,13 @@ def starting_model(run: RunContext) -> str:
     version = (fetched / "version.txt").read_text("utf-8")
     tracking.set_tags(run.run_id, {"skillops.init_from": f"champion version {version}"})
     logger.info("Training starts from the champion, version %s of %s", version, recipe.registered_model_name)
-    return str(fetched)
+    return str(fetched), registry.model_uri(recipe.registered_model_name, version)
 
 
-def tune(run: RunContext, data: PreparedData) -> dict:
+def tune(run: RunContext, data: PreparedData, place_workers: PlaceWorkers | None = None) -> dict:
     """The best trial's parameters. The study is the attempt's: a run that crashed during tuning
-    continues it (finished trials kept), one that crashed after tuning reuses its result."""
+    continues it (finished trials kept), one that crashed after tuning reuses its result.
+    `place_workers` starts trial workers in the orchestrator's pool (`search.workers: pool`)."""
     check_processes(run.recipe.training)  # the final training's processes, before any trial trains
     saved = run.attempt_dir / "best_params.json"
     if saved.is_file():
@@ -209,8 +211,9 @@ def tune(run: RunContext, data: PreparedData) -> dict:
         )
         logger.info("Reusing the tuning result of the interrupted attempt: %s", best)
     else:
+        start, init_model = starting_model(run)
         best = run_search(
-            run.recipe.model_copy(update={"base_model": starting_model(run)}),
+            run.recipe.model_copy(update={"base_model": start}),
             data.paths,
             run.recipe.name,
             run.run_id,
@@ -218,6 +221,8 @@ def tune(run: RunContext, data: PreparedData) -> dict:
             study_name=f"{run.recipe.name}-{run.fingerprints.attempt}",
             attempt_dir=run.attempt_dir,
             first_trial=_champion_params(run.recipe),
+            init_model=init_model,
+            place_workers=place_workers,
         )
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(best), "utf-8")
@@ -262,7 +267,7 @@ def train(run: RunContext, data: PreparedData, params: dict) -> Path:
             logger.info("Round %d/%d: validation %s %.4f", done.number, config.rounds, metric, done.validation[metric])
 
     rounds = train_rounds(
-        starting_model(run),
+        starting_model(run)[0],
         data.paths.train,
         config,
         recipe.loss,

@@ -241,6 +241,12 @@ def log_artifacts(run_id: str, directory: Path, folder: str) -> None:
     client().log_artifacts(run_id, str(directory), folder)
 
 
+def download_artifacts(run_id: str, path: str, destination: Path) -> Path:
+    """A run's artifact folder, copied here (from the tracking server when there is one)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(client().download_artifacts(run_id, path, str(destination)))
+
+
 def run_url(run_id: str, artifact: str | None = None) -> str:
     """The run's page in the MLflow UI (`make ui`; SKILLOPS_MLFLOW_UI for another address), or
     one of its artifacts there."""

@@ -8,6 +8,10 @@ The study lives in an Optuna storage, named after the attempt (data, recipe, cod
 during tuning and started again continues it, keeping every finished trial. Trials send
 heartbeats, so a trial whose process died is marked FAIL by the next process that uses the study
 and run again (Optuna's `RetryHeartbeatStaleTrialCallback`).
+
+With `search.parallel` > 1 more workers join the study: processes on this machine, or (with
+`search.workers: pool`) units that an orchestrator places on its workers; these get a
+`StudyTicket`, which names nothing of this machine: the data come from the pipeline's MLflow run.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import logging
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -34,8 +40,10 @@ from skillops.modeling import require_devices
 from skillops.preparation import PreparedPaths
 from skillops.reports import optuna_charts
 from skillops.tracking import (
+    download_artifacts,
     end_run,
     log_artifact,
+    log_artifacts,
     log_loss_history,
     log_metrics,
     metric_name,
@@ -51,6 +59,8 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
 MAX_RETRIES = 2
+# Where in the pipeline's MLflow run the prepared data wait for trial workers of the pool.
+DATA_ARTIFACT = "tuning/data"
 
 
 @contextlib.contextmanager
@@ -81,10 +91,12 @@ def _in_space(params: dict[str, Any], search: SearchConfig) -> bool:
     )
 
 
-def storage_url(search: SearchConfig, attempt_dir: Path) -> str:
+def storage_url(search: SearchConfig, attempt_dir: Path | None) -> str | None:
     """search.storage, else SKILLOPS_OPTUNA_STORAGE, else a sqlite file in the attempt's folder
-    (one machine; a study that several machines share needs a server, e.g. PostgreSQL)."""
-    return search.storage or os.environ.get("SKILLOPS_OPTUNA_STORAGE") or f"sqlite:///{attempt_dir / 'optuna.db'}"
+    (one machine; a study that several machines share needs a server, e.g. PostgreSQL). None for a
+    worker of the pool (no attempt folder) that was given neither."""
+    default = f"sqlite:///{attempt_dir / 'optuna.db'}" if attempt_dir else None
+    return search.storage or os.environ.get("SKILLOPS_OPTUNA_STORAGE") or default
 
 
 def open_storage(url: str):
@@ -150,7 +162,10 @@ class TrialWorker(BaseModel):
     parent_run_id: str
     output_dir: Path
     study_name: str
-    attempt_dir: Path  # where the default storage is; each process resolves it (SKILLOPS_OPTUNA_STORAGE included)
+    # Where the default storage is; each process resolves the URL itself, so a password given in
+    # SKILLOPS_OPTUNA_STORAGE is never written into a job file. None: a worker of the pool.
+    attempt_dir: Path | None
+    name: str = ""  # who runs the trials (a trial's user attribute `worker`); default host and pid
 
     def study(self):
         import optuna
@@ -190,14 +205,17 @@ class TrialWorker(BaseModel):
                     "processes": 1,
                 }
             )
+            worker = self.name or f"{socket.gethostname()} pid {os.getpid()}"
             run_id = start_run(
                 self.experiment,
                 f"trial-{trial.number}",
                 {**params, "epochs": search.epochs},
+                tags={"skillops.tuning_worker": worker},
                 parent_run_id=self.parent_run_id,
             )
             trial.set_user_attr("mlflow_run_id", run_id)
-            trial.set_user_attr("pid", os.getpid())  # which worker runs it
+            trial.set_user_attr("worker", worker)
+            trial.set_user_attr("pid", os.getpid())
             callback = _pruning_callback(trial, evaluator, metric, run_id)
             trial_dir = self.output_dir / f"trial-{trial.number}"
             try:
@@ -271,28 +289,116 @@ def _finish_stale_trials(study, objective) -> None:
             time.sleep(HEARTBEAT_SECONDS)
 
 
-def check_parallel(parallel: int) -> None:
-    require_devices(parallel, "search.parallel", "tuning worker")
+class StudyTicket(BaseModel):
+    """What a trial worker of the pool, on any machine, needs to join a study: nothing in it is a
+    path of the pipeline's machine, and it carries no password (it is a flow run parameter)."""
+
+    recipe: Recipe
+    experiment: str
+    parent_run_id: str
+    study_name: str
+    storage: str  # the study's storage URL without password: the worker's own must be the same
+    init_model: str | None = None  # models:/<name>/<version> when trials start from the champion
 
 
-def _start_helpers(worker: TrialWorker, parallel: int) -> list[subprocess.Popen]:
-    """parallel - 1 processes that join the study (this process is the first worker): one GPU
-    each, or an equal share of the CPU cores."""
-    import torch
+class Workers(Protocol):
+    """The extra trial workers of one search, wherever they run."""
 
-    job = worker.output_dir / "trial-worker.json"
-    job.parent.mkdir(parents=True, exist_ok=True)
-    job.write_text(worker.model_dump_json(), "utf-8")
-    threads = str(max(1, (os.cpu_count() or 1) // parallel))
-    # The GPUs this process may use, in its numbering: helper n takes the n-th (this process the first).
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count())))).split(",")
-    helpers = []
-    for number in range(1, parallel):
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        if torch.cuda.is_available():
-            env["CUDA_VISIBLE_DEVICES"] = visible[number]
-        helpers.append(subprocess.Popen([sys.executable, "-m", "skillops.tuning", str(job)], env=env))
-    return helpers
+    def wait(self) -> None:
+        """The pipeline's process is done with trials: let the workers end theirs."""
+
+    def stop(self) -> None:
+        """Stop every worker that is still running or has not started yet."""
+
+
+# Starts `count` workers of the pool on the study of the ticket (the flow gives it: Prefect).
+PlaceWorkers = Callable[[StudyTicket, int], Workers]
+
+
+def check_parallel(search: SearchConfig, attempt_dir: Path | None = None) -> None:
+    """Settings the search cannot run, before any training: more local workers than GPUs (or
+    cores), or workers of the pool that could not reach the study."""
+    if search.parallel == 1:
+        return
+    if search.workers == "local":
+        require_devices(search.parallel, "search.parallel", "tuning worker")
+        return
+    url = storage_url(search, attempt_dir) or ""
+    if url.startswith("sqlite"):
+        raise RecipeError(
+            f"search.workers = pool, but the study is in {safe_uri(url)}, a file on this machine, and workers of "
+            "the pool may run on others: set search.storage (or SKILLOPS_OPTUNA_STORAGE on every machine) to a "
+            "database server they all reach, e.g. postgresql://skillops@<host>:5433/optuna, or use "
+            "search.workers: local."
+        )
+
+
+class _LocalWorkers:
+    """parallel - 1 processes that join the study (the pipeline's process is the first worker):
+    one GPU each, or an equal share of the CPU cores."""
+
+    def __init__(self, worker: TrialWorker, parallel: int) -> None:
+        import torch
+
+        job = worker.output_dir / "trial-worker.json"
+        job.parent.mkdir(parents=True, exist_ok=True)
+        job.write_text(worker.model_dump_json(), "utf-8")
+        threads = str(max(1, (os.cpu_count() or 1) // parallel))
+        # The GPUs this process may use, in its numbering: helper n takes the n-th (this process the first).
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count()))))
+        self.processes = []
+        for number in range(1, parallel):
+            env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+            if torch.cuda.is_available():
+                env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[number]
+            self.processes.append(subprocess.Popen([sys.executable, "-m", "skillops.tuning", str(job)], env=env))
+
+    def wait(self) -> None:
+        for process in self.processes:
+            if process.wait() != 0:  # its trial, if any, is failed by its heartbeat and run again
+                logger.warning("Tuning worker %d ended with exit code %d", process.pid, process.returncode)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+
+
+def join_study(ticket: StudyTicket, workdir: Path, name: str) -> int:
+    """Run trials of the ticket's study here, as a worker of the pool, until the study has
+    n_trials finished; returns how many trials this worker finished. The prepared data are the
+    pipeline's (from its MLflow run); the storage is the one this machine is configured with."""
+    from skillops import registry
+
+    recipe = ticket.recipe
+    url = storage_url(recipe.search, None)
+    if url is None or safe_uri(url) != ticket.storage:
+        raise RecipeError(
+            f"The study {ticket.study_name} is in {ticket.storage}, but this worker's storage is "
+            f"{safe_uri(url) if url else 'not set'}: set SKILLOPS_OPTUNA_STORAGE (and PGPASSFILE for its password) "
+            "in this worker's environment to the team's Optuna database."
+        )
+    data_dir = download_artifacts(ticket.parent_run_id, DATA_ARTIFACT, workdir)
+    if ticket.init_model:  # the champion, as the pipeline's trials start from it
+        start = workdir / "init-from-champion"
+        registry.load(ticket.init_model).save(str(start))
+        recipe = recipe.model_copy(update={"base_model": str(start)})
+    worker = TrialWorker(
+        recipe=recipe,
+        data_dir=data_dir,
+        experiment=ticket.experiment,
+        parent_run_id=ticket.parent_run_id,
+        output_dir=workdir / "tuning",
+        study_name=ticket.study_name,
+        attempt_dir=None,
+        name=name,
+    )
+    study = worker.study()
+    worker.run_trials(study, worker.objective())
+    mine = [
+        t for t in study.get_trials(deepcopy=False, states=_finished_states()) if t.user_attrs.get("worker") == name
+    ]
+    logger.info("%s finished %d trials of study %s", name, len(mine), ticket.study_name)
+    return len(mine)
 
 
 def tune(
@@ -304,18 +410,28 @@ def tune(
     study_name: str,
     attempt_dir: Path,
     first_trial: dict[str, Any] | None = None,
+    init_model: str | None = None,
+    place_workers: PlaceWorkers | None = None,
 ) -> dict[str, Any]:
     """Run the search until the study `study_name` has `search.n_trials` finished (complete or
     pruned) trials, with `search.parallel` workers; returns the best trial's parameters ({} when
     the search is switched off). `first_trial`: parameters a new study tries first (the
-    champion's: the search then starts from what won last time)."""
+    champion's: the search then starts from what won last time). `init_model`: the registered
+    model `recipe.base_model` is a copy of, for workers of the pool. `place_workers` starts those
+    (`search.workers: pool`)."""
     search = recipe.search
     if search.n_trials == 0:
         return {}
     import torch
     from optuna.trial import TrialState
 
-    check_parallel(search.parallel)
+    check_parallel(search, attempt_dir)
+    pooled = search.parallel > 1 and search.workers == "pool"
+    if pooled and place_workers is None:
+        raise RecipeError(
+            "search.workers = pool needs an orchestrator that places the workers: run the train-esco flow on "
+            "a Prefect server with the tune-trials deployment (`make stack-up`), or use search.workers: local."
+        )
     worker = TrialWorker(
         recipe=recipe,
         data_dir=data.directory,
@@ -347,17 +463,30 @@ def tune(
         logger.info("Tuning %s", note)
     objective = worker.objective()
     threads = torch.get_num_threads()
-    helpers = _start_helpers(worker, search.parallel) if search.parallel > 1 else []
-    try:
+    if pooled:
+        log_artifacts(parent_run_id, data.directory, DATA_ARTIFACT)  # what the workers of the pool train on
+        ticket = StudyTicket(
+            recipe=recipe,
+            experiment=experiment,
+            parent_run_id=parent_run_id,
+            study_name=study_name,
+            storage=safe_uri(storage_url(search, attempt_dir) or ""),
+            init_model=init_model,
+        )
+        workers = place_workers(ticket, search.parallel - 1)
+    elif search.parallel > 1:
+        workers = _LocalWorkers(worker, search.parallel)
         torch.set_num_threads(max(1, threads // search.parallel))  # this process's share while they run
+    else:
+        workers = None
+    try:
         worker.run_trials(study, objective)
-        for helper in helpers:
-            if helper.wait() != 0:  # its trial, if any, is failed by its heartbeat and run again
-                logger.warning("Tuning worker %d ended with exit code %d", helper.pid, helper.returncode)
+        if workers:
+            workers.wait()
         _finish_stale_trials(study, objective)
     finally:
-        for helper in helpers:
-            helper.kill()
+        if workers:
+            workers.stop()
         torch.set_num_threads(threads)
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not completed:
