@@ -143,7 +143,10 @@ def test_two_machines_share_one_team_stack(tmp_path, small_esco, tiny_bert, monk
             "postgresql running on 127.0.0.1" in up.stdout
             and f"MLflow UI:   {urls['MLFLOW_TRACKING_URI']}" in up.stdout
         )
-        assert (servers / "env").read_text() == "".join(f"export {k}={v}\n" for k, v in urls.items())
+        # The server machine's worker shares tuning studies in PostgreSQL (its password in pgpass).
+        study = f"postgresql://skillops@127.0.0.1:{ports['PG_PORT']}/optuna"
+        exported = {**urls, "SKILLOPS_OPTUNA_STORAGE": study}
+        assert (servers / "env").read_text() == "".join(f"export {k}={v}\n" for k, v in exported.items())
         password = (servers / "db-password").read_text().strip()
         assert len(password) >= 32 and (servers / "pgpass").stat().st_mode & 0o077 == 0
         # No process shows the password in its command line; the servers do run on PostgreSQL.
