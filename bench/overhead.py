@@ -1,0 +1,148 @@
+"""What the pipeline costs against plain sentence-transformers + Optuna, measured in one run.
+
+    .venv/bin/python bench/overhead.py [recipe] [--out FILE]
+
+Runs the train-esco flow (`make train FORCE=1`: validation, tuning, training, evaluation,
+registration, gate) and then bench/plain_st_optuna.py on the flow's own prepared split files,
+with the same search space, n_trials, trial epochs, evaluations per trial, TPE seed, median
+pruner and final epochs, one after the other, each in a fresh process. Prints flow/plain ratios
+of the wall time, tuning, training and evaluation, and both test MAPs; writes
+bench/results/overhead.json. Run it on an otherwise idle machine: the load is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results" / "overhead.json"
+
+# The flow's side, in a process of its own: the run, then its stages' times from Prefect's task runs.
+FLOW = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from train_esco import train_esco
+from skillops import tracking
+
+state = train_esco(sys.argv[2], force=True, return_state=True)
+result = state.result()
+with get_client(sync_client=True) as client:
+    task_runs = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    )
+seconds = {}
+for task_run in task_runs:
+    stage = task_run.name.split()[0]
+    seconds[stage] = seconds.get(stage, 0.0) + task_run.total_run_time.total_seconds()
+metrics = tracking.client().get_run(result["run_id"]).data.metrics
+print(json.dumps({"run_id": result["run_id"], "seconds": seconds, "base_map": metrics["base_map"],
+                  "test_map": metrics["test_map"], "promoted": result["promoted"]}))
+"""
+
+
+def _last_json_line(output: str) -> dict:
+    return json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
+
+
+def _timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, dict]:
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    log.write_text(done.stdout + done.stderr, "utf-8")
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command[:3])} failed; its output is in {log}")
+    return wall, {**_last_json_line(done.stdout), "load_before": load}
+
+
+def plain_settings(recipe, data: Path) -> dict:
+    from skillops.modeling import resolve_model
+
+    if recipe.loss.name != "mnrl" or recipe.evaluation.evaluator != "reranking":
+        sys.exit("The plain script trains MNRL and scores with the RerankingEvaluator: give a recipe that does.")
+    search, training = recipe.search, recipe.training
+    return {
+        "data": str(data),
+        "model": resolve_model(recipe.base_model),
+        "max_seq_length": training.max_seq_length,
+        "n_trials": search.n_trials,
+        "learning_rate": list(search.learning_rate),
+        "batch_sizes": search.batch_sizes,
+        "warmup_ratio": list(search.warmup_ratio),
+        "trial_epochs": search.epochs,
+        "evals_per_trial": search.evals_per_trial,
+        "seed": search.seed,
+        "epochs": training.epochs,
+        "scale": recipe.loss.scale,
+    }
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("recipe", nargs="?", default="esco-occupation-skills")
+    cli.add_argument("--out", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS})")
+    arguments = cli.parse_args()
+    from skillops.config import load_recipe
+
+    recipe = load_recipe(arguments.recipe)
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        work = Path(tmp)
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlruns' / 'mlflow.db'}",
+            "SKILLOPS_OUTPUTS_DIR": str(work / "outputs"),
+        }
+        print(f"flow: train-esco {arguments.recipe} (logs in {work})", flush=True)
+        flow_wall, flow = _timed(
+            [python, "-c", FLOW, str(REPO / "flows"), arguments.recipe], REPO, env, work / "flow.log"
+        )
+        settings = work / "plain.json"
+        data = work / "outputs" / flow["run_id"] / "data"
+        settings.write_text(json.dumps(plain_settings(recipe, data)), "utf-8")
+        print("plain: sentence-transformers + Optuna on the flow's split files", flush=True)
+        plain_wall, plain = _timed(
+            [python, str(REPO / "bench" / "plain_st_optuna.py"), str(settings)], work, env, work / "plain.log"
+        )
+
+    stages = {"tuning": "tune", "training": "train", "evaluation": "evaluate-models"}
+    ratios = {"total_ratio": flow_wall / plain_wall}
+    for name, task in stages.items():
+        ratios[f"{name}_ratio"] = flow["seconds"].get(task, 0.0) / plain["seconds"][name]
+    result = {
+        "recipe": arguments.recipe,
+        **{key: round(value, 3) for key, value in ratios.items()},
+        "flow": {"wall_seconds": round(flow_wall, 1), **flow},
+        "plain": {"wall_seconds": round(plain_wall, 1), **plain},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_1min_before_flow": flow["load_before"],
+            "load_1min_before_plain": plain["load_before"],
+        },
+    }
+    arguments.out.parent.mkdir(parents=True, exist_ok=True)
+    arguments.out.write_text(json.dumps(result, indent=1) + "\n", "utf-8")
+    print(f"\n{'':12}{'flow':>10}{'plain':>10}{'flow/plain':>12}")
+    print(f"{'total s':12}{flow_wall:10.1f}{plain_wall:10.1f}{ratios['total_ratio']:12.2f}")
+    for name, task in stages.items():
+        flow_s, plain_s = flow["seconds"].get(task, 0.0), plain["seconds"][name]
+        print(f"{name + ' s':12}{flow_s:10.1f}{plain_s:10.1f}{ratios[name + '_ratio']:12.2f}")
+    print(f"{'base MAP':12}{flow['base_map']:10.4f}{plain['base_map']:10.4f}")
+    print(f"{'test MAP':12}{flow['test_map']:10.4f}{plain['test_map']:10.4f}")
+    print(f"Written to {arguments.out}")
+
+
+if __name__ == "__main__":
+    main()
