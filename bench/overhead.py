@@ -13,9 +13,11 @@ bench/results/overhead.json. Run it on an otherwise idle machine: the load is re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -51,6 +53,16 @@ print(json.dumps({"run_id": result["run_id"], "seconds": seconds, "base_map": me
 """
 
 
+def _trials(output: str) -> dict[str, str]:
+    """Each trial's outcome as Optuna logged it (both sides log through Optuna's logger)."""
+    outcomes = {}
+    for number, value in re.findall(r"Trial (\d+) finished with value: ([0-9.]+)", output):
+        outcomes[number] = f"{float(value):.4f}"
+    for number in re.findall(r"Trial (\d+) pruned", output):
+        outcomes[number] = "pruned"
+    return dict(sorted(outcomes.items()))
+
+
 def _last_json_line(output: str) -> dict:
     return json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
 
@@ -63,7 +75,7 @@ def _timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> tup
     log.write_text(done.stdout + done.stderr, "utf-8")
     if done.returncode != 0:
         sys.exit(f"{' '.join(command[:3])} failed; its output is in {log}")
-    return wall, {**_last_json_line(done.stdout), "load_before": load}
+    return wall, {**_last_json_line(done.stdout), "trials": _trials(done.stdout + done.stderr), "load_before": load}
 
 
 def plain_settings(recipe, data: Path) -> dict:
@@ -92,13 +104,18 @@ def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("recipe", nargs="?", default="esco-occupation-skills")
     cli.add_argument("--out", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS})")
+    cli.add_argument(
+        "--work", type=Path, help="keep the runs' logs, stores and data here (default: a temporary folder)"
+    )
     arguments = cli.parse_args()
     from skillops.config import load_recipe
 
     recipe = load_recipe(arguments.recipe)
     python = sys.executable
-    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-        work = Path(tmp)
+    kept = contextlib.nullcontext(arguments.work) if arguments.work else None
+    with kept or tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        work = Path(tmp).resolve()
+        work.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
             "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlruns' / 'mlflow.db'}",
@@ -141,6 +158,7 @@ def main() -> None:
         print(f"{name + ' s':12}{flow_s:10.1f}{plain_s:10.1f}{ratios[name + '_ratio']:12.2f}")
     print(f"{'base MAP':12}{flow['base_map']:10.4f}{plain['base_map']:10.4f}")
     print(f"{'test MAP':12}{flow['test_map']:10.4f}{plain['test_map']:10.4f}")
+    print(f"trials, flow:  {flow['trials']}\ntrials, plain: {plain['trials']}")
     print(f"Written to {arguments.out}")
 
 

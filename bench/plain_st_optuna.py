@@ -101,6 +101,7 @@ trainer = SentenceTransformerTrainer(
     loss=MultipleNegativesRankingLoss(model, scale=settings["scale"]),
 )
 trainer.train()
+model.save("plain-model")  # as the flow does: a model is trained to be kept
 seconds["training"] = time.perf_counter() - started
 
 started = time.perf_counter()

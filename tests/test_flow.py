@@ -6,6 +6,7 @@ import mlflow
 import pytest
 
 from helpers import set_cell, tiny_recipe_yaml
+from skillops.modeling import load_model
 from skillops.validation import DataValidationError
 from train_esco import train_esco
 
@@ -21,7 +22,13 @@ def _versions(name):
     return {int(v.version): v.tags for v in versions}, aliases
 
 
-def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_bert, mlflow_store, tmp_path):
+def test_two_runs_register_two_versions_and_gate_the_champion(
+    small_esco, tiny_bert, mlflow_store, tmp_path, monkeypatch
+):
+    from skillops import stages
+
+    loaded = []  # which model folders the stages load: the trained one once, for scoring and registering
+    monkeypatch.setattr(stages, "load_model", lambda path, *rest: loaded.append(path) or load_model(path, *rest))
     # A random tiny model trained with a high learning rate reliably beats its own untrained self.
     recipe = tiny_recipe_yaml(
         tmp_path / "recipe.yaml",
@@ -39,6 +46,7 @@ def test_two_runs_register_two_versions_and_gate_the_champion(small_esco, tiny_b
     assert versions[1]["skillops.decision"] == "promoted"
     assert "beats the base model's" in versions[1]["skillops.decision_reason"]
     assert versions[1]["skillops.eval_fingerprint"] and versions[1]["skillops.git_commit"]
+    assert len([path for path in loaded if path.endswith("/train/model")]) == 1, loaded
 
     # One step at a vanishing learning rate: the candidate is about the base model, so it loses.
     weak = {"search.n_trials": 0, "training.max_steps": 1, "training.learning_rate": 1e-9}

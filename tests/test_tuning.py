@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -208,3 +209,35 @@ def test_the_storage_defaults_to_the_attempt_folder(tmp_path, monkeypatch, small
     assert tuning.storage_url(recipe.search, tmp_path / "attempt") == f"sqlite:///{tmp_path / 'attempt' / 'optuna.db'}"
     monkeypatch.setenv("SKILLOPS_OPTUNA_STORAGE", "postgresql://team@db/optuna")
     assert tuning.storage_url(recipe.search, tmp_path / "attempt") == "postgresql://team@db/optuna"
+
+
+def test_the_noise_aware_pruner_stops_only_trials_behind_by_more_than_their_standard_error():
+    """Against a first trial at 0.60: 0.57 with a standard error of 0.05 could be as good (kept;
+    Optuna's median rule stops it), 0.50 with the same standard error is behind (stopped)."""
+    from skillops.config import SearchConfig
+
+    def study(pruner: str) -> optuna.Study:
+        made = optuna.create_study(direction="maximize", pruner=tuning.make_pruner(SearchConfig(pruner=pruner)))
+        first = made.ask()
+        first.report(0.60, 1)
+        made.tell(first, 0.62)
+        return made
+
+    def stopped(made: optuna.Study, score: float) -> bool:
+        trial = made.ask()
+        trial.set_user_attr("validation_stderr_1", 0.05)
+        trial.report(score, 1)
+        return trial.should_prune()
+
+    assert not stopped(study("noise_aware_median"), 0.57)
+    assert stopped(study("noise_aware_median"), 0.50)
+    assert stopped(study("median"), 0.57)
+    assert not stopped(study("none"), 0.10)
+
+
+def test_the_standard_error_of_a_ranking_metric_is_that_of_its_mean_over_queries():
+    from skillops.evaluation import QueryScores
+
+    values = [0.2, 0.4, 0.9, 0.5]
+    scores = QueryScores(evaluator="reranking", ids=list("abcd"), slices=[""] * 4, per_query={"map": values})
+    assert scores.standard_error("map") == pytest.approx(float(np.std(values, ddof=1) / 2))

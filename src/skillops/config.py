@@ -226,6 +226,13 @@ class SearchConfig(_Strict):
     warmup_ratio: tuple[float, float] = (0.0, 0.2)
     epochs: float = Field(1.0, gt=0, description="Epochs per trial (short: trials only rank params).")
     evals_per_trial: int = Field(3, ge=1, description="Validation points per trial; the pruner looks at each.")
+    pruner: Literal["noise_aware_median", "median", "successive_halving", "hyperband", "none"] = Field(
+        "noise_aware_median",
+        description="How hopeless trials are stopped at the validation points: `noise_aware_median` stops "
+        "a trial only when it trails the median of earlier trials at the same point by more than its "
+        "standard error over the validation queries; the others are Optuna's own pruners "
+        "(bench/pruners.py compares them).",
+    )
     seed: int = 42
     parallel: int = Field(
         1, ge=1, description="Tuning workers on the one study: the pipeline's process and parallel - 1 more."

@@ -49,6 +49,16 @@ class QueryScores(BaseModel):
     def aggregate(self, names: tuple[str, ...]) -> dict[str, float]:
         return {name: self.metric(name) for name in names}
 
+    def standard_error(self, name: str) -> float:
+        """How much the metric moves by the luck of which queries were drawn: the standard error of
+        the mean over queries, or for a correlation over pairs (1 - r^2) / sqrt(n - 1)."""
+        count = len(self.ids)
+        if count < 2:
+            return float("inf")
+        if self.evaluator == "embedding_similarity":
+            return (1 - self.metric(name) ** 2) / (count - 1) ** 0.5
+        return float(np.asarray(self.per_query[name]).std(ddof=1) / count**0.5)
+
 
 class GoldenScores(BaseModel):
     """Base, candidate and champion on one golden set."""
@@ -111,19 +121,18 @@ def _reranking_scores(model, samples: list[dict], config: EvaluationConfig, prom
     queries = _encode(
         model, [sample["query"] for sample in samples], prompts.query, as_query=True, batch_size=config.batch_size
     )
-    documents = _encode(
-        model,
-        [text for s in samples for text in (*s["positive"], *s["negative"])],
-        prompts.document,
-        as_query=False,
-        batch_size=config.batch_size,
-    )
+    # Each distinct text once: the same skills are the candidates of many queries (a golden set of
+    # 91 queries lists 11,032 candidates, 715 of them distinct).
+    unique: dict[str, int] = {}
+    for sample in samples:
+        for text in (*sample["positive"], *sample["negative"]):
+            unique.setdefault(text, len(unique))
+    documents = _encode(model, list(unique), prompts.document, as_query=False, batch_size=config.batch_size)
     values: dict[str, list[float]] = {"map": [], f"mrr_at_{at_k}": [], f"ndcg_at_{at_k}": []}
-    start = 0
     for index, sample in enumerate(samples):
         relevant = [1] * len(sample["positive"]) + [0] * len(sample["negative"])
-        scores = cos_sim(queries[index], documents[start : start + len(relevant)])[0]
-        start += len(relevant)
+        rows = [unique[text] for text in (*sample["positive"], *sample["negative"])]
+        scores = cos_sim(queries[index], documents[rows])[0]
         top = torch.argsort(-scores)[:at_k].tolist()
         first_hit = next((rank for rank, doc in enumerate(top) if relevant[doc]), None)
         values[f"mrr_at_{at_k}"].append(0.0 if first_hit is None else 1 / (first_hit + 1))
@@ -218,10 +227,11 @@ def evaluate(model, eval_set_path: Path, config: EvaluationConfig, prompts: Prom
     return score_queries(model, eval_set_path, config, prompts).aggregate(config.metric_names())
 
 
-def scorer(eval_set_path: Path, config: EvaluationConfig, prompts: Prompts):
+def scorer(eval_set_path: Path, config: EvaluationConfig, prompts: Prompts, with_stderr: bool = False):
     """`evaluate` on one evaluation set as a sentence-transformers evaluator, for the trainer to
     call during training: validation curves, the tuner and the promotion gate score with the same
-    code. (Built on call: sentence-transformers is imported only when a model is trained.)"""
+    code. `with_stderr` adds `<primary metric>_stderr` (the tuner's pruner weighs it). (Built on
+    call: sentence-transformers is imported only when a model is trained.)"""
     from sentence_transformers.base.evaluation import BaseEvaluator
 
     data = read_eval_set(eval_set_path)  # once, not at every evaluation step
@@ -234,6 +244,10 @@ def scorer(eval_set_path: Path, config: EvaluationConfig, prompts: Prompts):
         def __call__(
             self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1
         ) -> dict[str, float]:
-            return _score_loaded(model, data, config, prompts).aggregate(config.metric_names())
+            scores = _score_loaded(model, data, config, prompts)
+            metrics = scores.aggregate(config.metric_names())
+            if with_stderr:
+                metrics[f"{config.primary_metric}_stderr"] = scores.standard_error(config.primary_metric)
+            return metrics
 
     return Scorer()

@@ -42,11 +42,13 @@ MAX_RECHECKS = 5  # judgements of one candidate while the champion keeps moving,
 SERVING_REQUIREMENTS = ["sentence-transformers>=6.2,<7", "torch", "transformers>=5,<6"]
 
 
-def register(model_dir: Path, run_id: str, name: str, tags: dict[str, Any], description: str = "") -> str:
-    """Log the model to `run_id` and register it; returns the new version number."""
-    from skillops.modeling import load_model
+def register(model, run_id: str, name: str, tags: dict[str, Any], description: str = "") -> str:
+    """Log the model (a loaded SentenceTransformer, or its folder) to `run_id` and register it;
+    returns the new version number."""
+    if isinstance(model, str | Path):
+        from skillops.modeling import load_model
 
-    model = load_model(str(model_dir))
+        model = load_model(str(model))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.sentence_transformers.log_model(
             model,

@@ -8,6 +8,7 @@ promotion, reports), and the stage logs what it did to the run's MLflow run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -339,13 +340,20 @@ def _base_scores(run: RunContext, data: PreparedData, eval_sets: list[str]) -> d
     return scores
 
 
+@functools.lru_cache(maxsize=1)
+def _candidate(model_dir: Path):
+    """The trained model, loaded once for scoring and registering (MLflow's sentence-transformers
+    flavor logs a loaded model, not a folder); dropped once registered."""
+    return load_model(str(model_dir))
+
+
 def evaluate_models(run: RunContext, data: PreparedData, candidate_dir: Path) -> Scores:
     """Base, candidate and current champion, per query, all on the same frozen test set and on
     every golden set."""
     recipe = run.recipe
     eval_sets = _gate_sets(recipe)
     base = _base_scores(run, data, eval_sets)
-    candidate = _score_sets(run, data, load_model(str(candidate_dir)), eval_sets)
+    candidate = _score_sets(run, data, _candidate(candidate_dir), eval_sets)
     champion_version = registry.champion_version(recipe.registered_model_name)
     champion, source = _version_scores(run, data, champion_version) if champion_version else ({}, None)
     golden_champion = _golden(champion)
@@ -379,7 +387,8 @@ def register(run: RunContext, data: PreparedData, candidate_dir: Path, scores: S
         **{f"test_{k}": f"{v:.6f}" for k, v in scores.candidate.aggregate(recipe.evaluation.metric_names()).items()},
     }
     name = recipe.registered_model_name
-    version = registry.register(candidate_dir, run.run_id, name, tags, recipe.description)
+    version = registry.register(_candidate(candidate_dir), run.run_id, name, tags, recipe.description)
+    _candidate.cache_clear()
     # A later run that finds this version as its champion, on the same snapshot, reads these
     # instead of encoding the test and golden sets again.
     candidate = {"test": scores.candidate} | {
