@@ -7,7 +7,8 @@ One search runs every trial to its end (no pruner) and records each trial's vali
 standard error at every validation point. Each pruner then replays those curves in the same order
 (what it would have stopped, and when), so all of them judge identical trials: the training they
 would have spent (validation points reached, against the search without pruning) and the best
-trial they would have kept (against the best of all). Writes bench/results/pruners.json.
+trial they would have kept (against the best of all), for the first 3, 4, ... trials of the
+search (the budget, `search.n_trials`). Writes bench/results/pruners.json.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def replay(trials: list[dict], search) -> dict:
     from skillops.tuning import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(search))
+    # Named: Hyperband puts a trial in a bracket by a hash of the study's name and the trial's number.
+    study = optuna.create_study(study_name="replay", direction="maximize", pruner=make_pruner(search))
     spent, kept = 0, []
     for recorded in trials:
         trial = study.ask()
@@ -96,6 +98,18 @@ def main() -> None:
     best = max(t["final"] for t in trials)
     best_stderr = max(trials, key=lambda t: t["final"])["stderr"]
     results = {name: replay(trials, recipe.search.model_copy(update={"pruner": name})) for name in PRUNERS}
+    # With a budget of the first k trials: how much worse the best kept trial is than the best of those k.
+    by_budget = {
+        name: {
+            budget: round(
+                max(t["final"] for t in trials[:budget])
+                - replay(trials[:budget], recipe.search.model_copy(update={"pruner": name}))["best_kept"],
+                4,
+            )
+            for budget in range(3, len(trials) + 1)
+        }
+        for name in PRUNERS
+    }
     result = {
         "recipe": recipe.name,
         "trials": len(trials),
@@ -107,6 +121,7 @@ def main() -> None:
                 **r,
                 "share_of_training": round(r["points_trained"] / every_point, 3),
                 "regret": round(best - r["best_kept"], 4),
+                "regret_by_budget": by_budget[name],
             }
             for name, r in results.items()
         },
@@ -118,11 +133,11 @@ def main() -> None:
         f"{len(trials)} trials without pruning in {seconds:.0f} s; best validation "
         f"{recipe.evaluation.primary_metric} {best:.4f} (standard error {result['best_stderr_at_last_point']:.4f})"
     )
-    print(f"{'pruner':22}{'training':>10}{'completed':>11}{'best kept':>11}{'regret':>8}")
+    budgets = list(by_budget[PRUNERS[0]])
+    print(f"{'pruner':22}{'training':>10}{'completed':>11}{'best kept':>11}   regret, first 3..{budgets[-1]} trials")
     for name, row in result["pruners"].items():
-        print(
-            f"{name:22}{row['share_of_training']:10.0%}{row['completed']:11d}{row['best_kept']:11.4f}{row['regret']:8.4f}"
-        )
+        regrets = " ".join(f"{value:.3f}" for value in row["regret_by_budget"].values())
+        print(f"{name:22}{row['share_of_training']:10.0%}{row['completed']:11d}{row['best_kept']:11.4f}   {regrets}")
     print(f"Written to {RESULTS}")
 
 
