@@ -176,3 +176,31 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(tiny_bert, tmp
     # Run once more: the finished training is not repeated.
     again = train_model(str(tiny_bert), tmp_path / "train.parquet", config, LossConfig(), Prompts(), tmp_path / "out")
     assert again == result
+
+
+def test_length_grouped_batches_cover_every_pair_once_with_little_padding():
+    """Cosine-similarity training batches pairs of about the same length: every pair once per
+    epoch, a new order each epoch, and far less padding than batches drawn at random."""
+    from datasets import Dataset
+
+    from skillops.training import length_grouped_batches
+
+    generator = np.random.default_rng(0)
+    first, second = generator.integers(1, 300, 1000), generator.integers(1, 300, 1000)
+    pairs = Dataset.from_dict(
+        {"sentence1": ["x" * n for n in first], "sentence2": ["y" * n for n in second], "score": [0.5] * 1000}
+    )
+    sampler = length_grouped_batches(pairs, 16, False, ["score"], None, 42)
+    sampler.set_epoch(0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 63
+    assert sorted(i for batch in batches for i in batch) == list(range(1000))
+    lengths = first + second
+
+    def padding(groups):
+        return sum(max(lengths[i] for i in group) * len(group) - sum(lengths[i] for i in group) for group in groups)
+
+    shuffled = generator.permutation(1000)
+    assert padding(batches) * 10 < padding([shuffled[i : i + 16] for i in range(0, 1000, 16)])
+    sampler.set_epoch(1)
+    assert list(sampler)[0] != batches[0]

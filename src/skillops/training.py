@@ -67,6 +67,44 @@ def build_loss(model, config: LossConfig):
     return losses.CosineSimilarityLoss(model)
 
 
+def length_grouped_batches(dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None, seed=0):
+    """Batches of pairs of about the same length, in a random order: each batch is padded to its
+    longest text, so grouping cuts the padding the model computes on. Only for losses that score
+    each pair on its own (cosine similarity): with in-batch negatives, grouping by length would
+    choose each query's negatives by their length. Takes sentence-transformers' batch sampler
+    arguments (the trainer calls it with them)."""
+    import torch
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+
+    texts = [list(dataset[c]) for c in dataset.column_names if c not in (valid_label_columns or [])]
+    lengths = [sum(len(column[row]) for column in texts) for row in range(len(dataset))]
+
+    class LengthGroupedBatchSampler(DefaultBatchSampler):
+        # Sorted within windows of this many batches: random enough across the epoch, grouped within.
+        WINDOW_BATCHES = 50
+
+        def _batches(self) -> list[list[int]]:
+            shuffle = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(lengths), generator=shuffle).tolist()
+            window = self.batch_size * self.WINDOW_BATCHES
+            batches = []
+            for start in range(0, len(order), window):
+                grouped = sorted(order[start : start + window], key=lengths.__getitem__)
+                batches += [grouped[i : i + self.batch_size] for i in range(0, len(grouped), self.batch_size)]
+            if self.drop_last:
+                batches = [batch for batch in batches if len(batch) == self.batch_size]
+            return [batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist()]
+
+        def __iter__(self):
+            yield from self._batches()
+
+        def __len__(self) -> int:
+            full, rest = divmod(len(lengths), self.batch_size)
+            return full if self.drop_last or not rest else full + 1
+
+    return LengthGroupedBatchSampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+
+
 def column_prompts(columns: list[str], prompts: Prompts) -> dict[str, str] | None:
     """The trainer's per-column prompts: queries (anchor, sentence1) and documents (the rest)."""
     if not prompts:
@@ -147,7 +185,7 @@ def train_model(
         warmup_steps=config.warmup_ratio,  # transformers 5: a value below 1 is a ratio
         weight_decay=config.weight_decay,
         seed=config.seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch_negatives else BatchSamplers.BATCH_SAMPLER,
+        batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch_negatives else length_grouped_batches,
         prompts=column_prompts(dataset.column_names, prompts),
         logging_steps=max(1, total_steps // 20),
         # Checkpoints are what a killed run resumes from; steps when asked, else each epoch.
