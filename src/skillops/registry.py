@@ -66,6 +66,12 @@ def register(model, run_id: str, name: str, tags: dict[str, Any], description: s
     return version
 
 
+def fetch(uri: str, folder: Path) -> Path:
+    """A registered model saved as a plain model folder (for training to start from)."""
+    load(uri).save(str(folder))
+    return folder
+
+
 def describe(name: str, version: str, description: str) -> None:
     """The version's description in the MLflow UI (markdown)."""
     client().update_model_version(name, version, description=description)

@@ -191,7 +191,7 @@ def starting_model(run: RunContext) -> tuple[str, str | None]:
         return recipe.base_model, None
     fetched = run.attempt_dir / "init-from-champion"
     if not (fetched / "version.txt").is_file():  # written last: a fetch cut short is fetched again
-        registry.load(registry.model_uri(recipe.registered_model_name, champion)).save(str(fetched))
+        registry.fetch(registry.model_uri(recipe.registered_model_name, champion), fetched)
         (fetched / "version.txt").write_text(champion, "utf-8")
     version = (fetched / "version.txt").read_text("utf-8")
     tracking.set_tags(run.run_id, {"skillops.init_from": f"champion version {version}"})

@@ -430,8 +430,7 @@ def join_study(ticket: StudyTicket, workdir: Path, name: str) -> int:
         )
     data_dir = download_artifacts(ticket.parent_run_id, DATA_ARTIFACT, workdir)
     if ticket.init_model:  # the champion, as the pipeline's trials start from it
-        start = workdir / "init-from-champion"
-        registry.load(ticket.init_model).save(str(start))
+        start = registry.fetch(ticket.init_model, workdir / "init-from-champion")
         recipe = recipe.model_copy(update={"base_model": str(start)})
     worker = TrialWorker(
         recipe=recipe,
@@ -483,6 +482,7 @@ def tune(
             "search.workers = pool needs an orchestrator that places the workers: run the train-esco flow on "
             "a Prefect server with the tune-trials deployment (`make stack-up`), or use search.workers: local."
         )
+    shown_storage = safe_uri(storage_url(search, attempt_dir))  # as tagged and as workers of the pool check it
     worker = TrialWorker(
         recipe=recipe,
         data_dir=data.directory,
@@ -498,7 +498,7 @@ def tune(
         parent_run_id,
         {
             "skillops.optuna_study": study_name,
-            "skillops.optuna_storage": safe_uri(storage_url(search, attempt_dir)),
+            "skillops.optuna_storage": shown_storage,
             "skillops.tuning_workers": search.parallel,
         },
     )
@@ -521,7 +521,7 @@ def tune(
             experiment=experiment,
             parent_run_id=parent_run_id,
             study_name=study_name,
-            storage=safe_uri(storage_url(search, attempt_dir) or ""),
+            storage=shown_storage,
             init_model=init_model,
         )
         workers = place_workers(ticket, search.parallel - 1)
