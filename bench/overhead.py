@@ -4,8 +4,9 @@
 
 Runs the train-esco flow (`make train FORCE=1`: validation, tuning, training, evaluation,
 registration, gate) and then bench/plain_st_optuna.py on the flow's own prepared split files,
-with the same search space, n_trials, trial epochs, evaluations per trial, TPE seed, median
-pruner and final epochs, one after the other, each in a fresh process. Prints flow/plain ratios
+with the same search space, n_trials, trial epochs, evaluations per trial, TPE seed, pruner
+(Optuna's median unless --flow-pruner says otherwise) and final epochs, one after the other, each
+in a fresh process. Prints flow/plain ratios
 of the wall time, tuning, training and evaluation, and both test MAPs; writes
 bench/results/overhead.json. Run it on an otherwise idle machine: the load is recorded.
 """
@@ -37,7 +38,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from train_esco import train_esco
 from skillops import tracking
 
-state = train_esco(sys.argv[2], force=True, return_state=True)
+state = train_esco(sys.argv[2], overrides=json.loads(sys.argv[3]), force=True, return_state=True)
 result = state.result()
 with get_client(sync_client=True) as client:
     task_runs = client.read_task_runs(
@@ -107,10 +108,17 @@ def main() -> None:
     cli.add_argument(
         "--work", type=Path, help="keep the runs' logs, stores and data here (default: a temporary folder)"
     )
+    cli.add_argument(
+        "--flow-pruner",
+        default="median",
+        help="the flow's search.pruner (default median, the plain script's rule, so both sides stop the same "
+        "trials; noise_aware_median, the recipes' default, shows what that costs and buys)",
+    )
     arguments = cli.parse_args()
     from skillops.config import load_recipe
 
-    recipe = load_recipe(arguments.recipe)
+    overrides = {"search.pruner": arguments.flow_pruner}
+    recipe = load_recipe(arguments.recipe).with_overrides(overrides)
     python = sys.executable
     kept = contextlib.nullcontext(arguments.work) if arguments.work else None
     with kept or tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
@@ -123,7 +131,10 @@ def main() -> None:
         }
         print(f"flow: train-esco {arguments.recipe} (logs in {work})", flush=True)
         flow_wall, flow = _timed(
-            [python, "-c", FLOW, str(REPO / "flows"), arguments.recipe], REPO, env, work / "flow.log"
+            [python, "-c", FLOW, str(REPO / "flows"), arguments.recipe, json.dumps(overrides)],
+            REPO,
+            env,
+            work / "flow.log",
         )
         settings = work / "plain.json"
         data = work / "outputs" / flow["run_id"] / "data"
@@ -139,6 +150,7 @@ def main() -> None:
         ratios[f"{name}_ratio"] = flow["seconds"].get(task, 0.0) / plain["seconds"][name]
     result = {
         "recipe": arguments.recipe,
+        "pruner": {"flow": arguments.flow_pruner, "plain": "median"},
         **{key: round(value, 3) for key, value in ratios.items()},
         "flow": {"wall_seconds": round(flow_wall, 1), **flow},
         "plain": {"wall_seconds": round(plain_wall, 1), **plain},
@@ -158,6 +170,7 @@ def main() -> None:
         print(f"{name + ' s':12}{flow_s:10.1f}{plain_s:10.1f}{ratios[name + '_ratio']:12.2f}")
     print(f"{'base MAP':12}{flow['base_map']:10.4f}{plain['base_map']:10.4f}")
     print(f"{'test MAP':12}{flow['test_map']:10.4f}{plain['test_map']:10.4f}")
+    print(f"pruner: flow {arguments.flow_pruner}, plain median")
     print(f"trials, flow:  {flow['trials']}\ntrials, plain: {plain['trials']}")
     print(f"Written to {arguments.out}")
 

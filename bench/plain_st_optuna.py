@@ -38,10 +38,13 @@ def model_init(trial=None):
 
 
 def hp_space(trial):
+    # In skillops' order: the seeded sampler draws its random numbers in the order of the calls,
+    # so another order gives other parameters to the same trial number.
+    learning_rate = trial.suggest_float("learning_rate", *settings["learning_rate"], log=True)
     batch_size = trial.suggest_categorical("batch_size", settings["batch_sizes"])
     steps = int(-(-len(train) // batch_size) * settings["trial_epochs"])
     return {
-        "learning_rate": trial.suggest_float("learning_rate", *settings["learning_rate"], log=True),
+        "learning_rate": learning_rate,
         "per_device_train_batch_size": batch_size,
         "warmup_steps": trial.suggest_float("warmup_ratio", *settings["warmup_ratio"]),
         "eval_steps": max(1, steps // settings["evals_per_trial"]),
