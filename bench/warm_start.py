@@ -7,7 +7,9 @@ The champion is the base model trained with the recipe's settings on an older sl
 training rows (the first `--older` share: last week's data). Both retrains then train on all rows
 with the same settings, scored on the test set at 12 points of the way. Prints the steps and
 seconds each needs to reach the champion's test MAP and the from-base retrain's final test MAP,
-writes bench/results/warm_start.json and the two curves as bench/results/warm_start.png.
+and what the promotion gate (the recipe's policy, paired test on the test set's queries) says of
+each retrain against the champion. Writes bench/results/warm_start.json and the two curves as
+bench/results/warm_start.png.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ EVALS = 12
 
 
 def curve(start_model: str, train: Path, recipe, test_set: Path, work: Path) -> dict:
-    """Test scores at step 0 and EVALS points of a training; seconds of training alone per step."""
+    """Test scores at step 0 and EVALS points of a training, seconds of training alone per step,
+    and the trained model's per-query test scores (what the gate judges)."""
     from transformers import TrainerCallback
 
-    from skillops.evaluation import evaluate, scorer
+    from skillops.evaluation import evaluate, score_queries, scorer
     from skillops.modeling import load_model
     from skillops.training import train_model
 
@@ -64,10 +67,15 @@ def curve(start_model: str, train: Path, recipe, test_set: Path, work: Path) -> 
     training_seconds = time.perf_counter() - started - scoring["seconds"]
     history = json.loads(result.log_history.read_text())
     points = [(0, start[metric])] + [(e["step"], e[f"eval_{metric}"]) for e in history if f"eval_{metric}" in e]
-    final = evaluate(load_model(str(result.model_dir)), test_set, recipe.evaluation, recipe.prompts)[metric]
+    final = score_queries(load_model(str(result.model_dir)), test_set, recipe.evaluation, recipe.prompts)
     if points[-1][0] != result.steps:
-        points.append((result.steps, final))
-    return {"points": points, "steps": result.steps, "seconds_per_step": training_seconds / result.steps}
+        points.append((result.steps, final.metric(metric)))
+    return {
+        "points": points,
+        "steps": result.steps,
+        "seconds_per_step": training_seconds / result.steps,
+        "final": final,
+    }
 
 
 def reached(run: dict, target: float) -> dict:
@@ -85,8 +93,9 @@ def main() -> None:
 
     from skillops import preparation
     from skillops.config import load_recipe
-    from skillops.evaluation import evaluate
+    from skillops.evaluation import score_queries
     from skillops.modeling import load_model
+    from skillops.promotion import decide
     from skillops.training import train_model
 
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -109,12 +118,19 @@ def main() -> None:
             recipe.base_model, older, recipe.training, recipe.loss, recipe.prompts, work / "champion", label="champion"
         ).model_dir
         test_set = paths.eval_set("test")
-        target = evaluate(load_model(str(champion)), test_set, recipe.evaluation, recipe.prompts)[metric]
+        champion_scores = score_queries(load_model(str(champion)), test_set, recipe.evaluation, recipe.prompts)
+        target = champion_scores.metric(metric)
         print("retrain from the base model on all rows", flush=True)
         base = curve(recipe.base_model, paths.train, recipe, test_set, work / "from-base")
         print("retrain from the champion on all rows", flush=True)
         warm = curve(str(champion), paths.train, recipe, test_set, work / "from-champion")
 
+    gate = {
+        start: decide(
+            run["final"], champion_scores, "champion", metric, recipe.evaluation.headline_metrics(), recipe.promotion
+        )
+        for start, run in (("from_base", base), ("from_champion", warm))
+    }
     full = base["points"][-1][1]
     result = {
         "recipe": recipe.name,
@@ -125,6 +141,10 @@ def main() -> None:
         "total_steps": base["steps"],
         "to_champion_score": {"from_base": reached(base, target), "from_champion": reached(warm, target)},
         "to_from_base_final_score": {"from_base": reached(base, full), "from_champion": reached(warm, full)},
+        "gate_on_test_set": {
+            start: {"promote": decision.promote, "p_value": decision.p_value, "reason": decision.reason}
+            for start, decision in gate.items()
+        },
         "curves": {"from_base": base["points"], "from_champion": warm["points"]},
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
         f"load {os.getloadavg()[0]:.2f} at the end",
@@ -152,6 +172,9 @@ def main() -> None:
             hit = result[goal][start]
             where = "not reached" if hit["step"] is None else f"step {hit['step']} ({hit['seconds']} s of training)"
             print(f"to the {label:22} {start.replace('_', ' '):14} {where}")
+    for start, decision in gate.items():
+        verdict = "promote" if decision.promote else "keep the champion"
+        print(f"gate, retrain {start.replace('_', ' ')}: {verdict} ({decision.reason})")
     print(f"Written to {RESULTS / 'warm_start.json'} and warm_start.png")
 
 
