@@ -204,3 +204,31 @@ def test_length_grouped_batches_cover_every_pair_once_with_little_padding():
     assert padding(batches) * 10 < padding([shuffled[i : i + 16] for i in range(0, 1000, 16)])
     sampler.set_epoch(1)
     assert list(sampler)[0] != batches[0]
+
+
+@pytest.mark.parametrize(
+    "group_by_length, sampler", [(True, "LengthGroupedBatchSampler"), (False, "DefaultBatchSampler")]
+)
+def test_group_by_length_picks_the_cosine_trainings_batch_sampler(tiny_bert, tmp_path, group_by_length, sampler):
+    from transformers import TrainerCallback
+
+    pd.DataFrame(
+        {"sentence1": [f"nurse {i}" * i for i in range(8)], "sentence2": ["care"] * 8, "score": [0.5] * 8}
+    ).to_parquet(tmp_path / "train.parquet")
+    used = []
+
+    class SeeSampler(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            used.append(type(train_dataloader.batch_sampler).__name__)
+
+    config = TrainingConfig(batch_size=4, max_steps=1, max_seq_length=32, group_by_length=group_by_length)
+    train_model(
+        str(tiny_bert),
+        tmp_path / "train.parquet",
+        config,
+        LossConfig(name="cosine_similarity"),
+        Prompts(),
+        tmp_path / "out",
+        callbacks=[SeeSampler()],
+    )
+    assert used == [sampler]

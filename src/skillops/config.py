@@ -201,6 +201,12 @@ class TrainingConfig(_Strict):
     )
     weight_decay: float = Field(0.0, ge=0)
     max_seq_length: int = Field(128, ge=8)
+    group_by_length: bool = Field(
+        True,
+        description="For losses that score each pair alone (cosine similarity): batches of pairs of about the "
+        "same length, in random order, so less padding is computed (bench/length_grouping.py). In-batch-negative "
+        "losses ignore it: grouping would pick each query's negatives by length.",
+    )
     seed: int = 42
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
     evals_during_training: int = Field(

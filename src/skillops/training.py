@@ -173,6 +173,11 @@ def train_model(
     if evaluator is not None and config.evals_during_training > 0:
         eval_settings = {"eval_strategy": "steps", "eval_steps": max(1, total_steps // config.evals_during_training)}
     in_batch_negatives = loss.name in ("mnrl", "cached_mnrl")
+    batch_sampler: Any = BatchSamplers.BATCH_SAMPLER
+    if in_batch_negatives:
+        batch_sampler = BatchSamplers.NO_DUPLICATES
+    elif config.group_by_length:
+        batch_sampler = length_grouped_batches
 
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
@@ -185,7 +190,7 @@ def train_model(
         warmup_steps=config.warmup_ratio,  # transformers 5: a value below 1 is a ratio
         weight_decay=config.weight_decay,
         seed=config.seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES if in_batch_negatives else length_grouped_batches,
+        batch_sampler=batch_sampler,
         prompts=column_prompts(dataset.column_names, prompts),
         logging_steps=max(1, total_steps // 20),
         # Checkpoints are what a killed run resumes from; steps when asked, else each epoch.
