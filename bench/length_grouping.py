@@ -56,7 +56,7 @@ def main() -> None:
     cli.add_argument("recipe", nargs="?", default="resume-job-similarity")
     arguments = cli.parse_args()
     recipe = load_recipe(arguments.recipe)
-    if recipe.loss.name in ("mnrl", "cached_mnrl"):
+    if recipe.loss.in_batch_negatives:
         raise SystemExit(f"{recipe.name} trains with in-batch negatives, which are never grouped by length.")
     metric, config = recipe.evaluation.primary_metric, recipe.training
     results = {}

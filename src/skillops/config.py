@@ -170,6 +170,11 @@ class LossConfig(_Strict):
         "query (card 001); else each process's own batch only.",
     )
 
+    @property
+    def in_batch_negatives(self) -> bool:
+        """Whether the other pairs of a batch are each query's negatives (what the batches must respect)."""
+        return self.name in ("mnrl", "cached_mnrl")
+
 
 class Prompts(_Strict):
     """Text put before queries and documents, e5-style ("query: ", "passage: ")."""

@@ -172,9 +172,8 @@ def train_model(
     eval_settings: dict[str, Any] = {"eval_strategy": "no"}
     if evaluator is not None and config.evals_during_training > 0:
         eval_settings = {"eval_strategy": "steps", "eval_steps": max(1, total_steps // config.evals_during_training)}
-    in_batch_negatives = loss.name in ("mnrl", "cached_mnrl")
     batch_sampler: Any = BatchSamplers.BATCH_SAMPLER
-    if in_batch_negatives:
+    if loss.in_batch_negatives:
         batch_sampler = BatchSamplers.NO_DUPLICATES
     elif config.group_by_length:
         batch_sampler = length_grouped_batches
