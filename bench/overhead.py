@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,6 +103,8 @@ def plain_settings(recipe, data: Path) -> dict:
 
 
 def main() -> None:
+    from skillops.config import SearchConfig, load_recipe
+
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("recipe", nargs="?", default="esco-occupation-skills")
     cli.add_argument("--out", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS})")
@@ -111,11 +114,11 @@ def main() -> None:
     cli.add_argument(
         "--flow-pruner",
         default="median",
+        choices=typing.get_args(SearchConfig.model_fields["pruner"].annotation),
         help="the flow's search.pruner (default median, the plain script's rule, so both sides stop the same "
         "trials; noise_aware_median, the recipes' default, shows what that costs and buys)",
     )
     arguments = cli.parse_args()
-    from skillops.config import load_recipe
 
     overrides = {"search.pruner": arguments.flow_pruner}
     recipe = load_recipe(arguments.recipe).with_overrides(overrides)
