@@ -5,9 +5,9 @@ sample.
     .venv/bin/python bench/length_grouping.py [recipe]
 
 Both trainings use the recipe's settings, data and seed; only the batch sampler differs. Prints the
-share of padding in the tokens of each kind of batch (every text padded to the longest of its batch
-after truncation; for random batches, one seeded shuffle), the training's wall time and samples per
-second, and the test score of both models. Writes bench/results/length_grouping.json.
+share of padding in the tokens of each sampler's first-epoch batches (every text padded to the
+longest of its batch after truncation), the training's wall time and samples per second, and the
+test score of both models. Writes bench/results/length_grouping.json.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def padding_share(dataset, batches: list[list[int]], tokenizer, max_length: int)
 def main() -> None:
     import torch
     from datasets import Dataset
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+    from torch.utils.data import RandomSampler
 
     from skillops import preparation
     from skillops.config import load_recipe
@@ -64,16 +66,16 @@ def main() -> None:
         paths = preparation.write_task(preparation.build_task(recipe), Path(tmp) / "data", {})
         dataset = Dataset.from_parquet(str(paths.train))
         tokenizer = load_model(recipe.base_model, config.max_seq_length).tokenizer
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed)).tolist()
-        grouped = length_grouped_batches(dataset, config.batch_size, False, ["score"], None, config.seed)
-        grouped.set_epoch(0)
-        padding = {
-            name: padding_share(dataset, batches, tokenizer, config.max_seq_length)
-            for name, batches in (
-                ("random", [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]),
-                ("grouped", list(grouped)),
-            )
+        # The first epoch's batches of each sampler, as the trainer builds them.
+        shuffle = torch.Generator().manual_seed(config.seed)
+        samplers = {
+            "random": DefaultBatchSampler(RandomSampler(dataset, generator=shuffle), config.batch_size, False),
+            "grouped": length_grouped_batches(dataset, config.batch_size, False, ["score"], None, config.seed),
         }
+        padding = {}
+        for name, sampler in samplers.items():
+            sampler.set_epoch(0)
+            padding[name] = padding_share(dataset, list(sampler), tokenizer, config.max_seq_length)
         for name, group in (("random", False), ("grouped", True)):
             print(f"training with {name} batches", flush=True)
             started = time.perf_counter()

@@ -6,9 +6,8 @@ Runs the train-esco flow (`make train FORCE=1`: validation, tuning, training, ev
 registration, gate) and then bench/plain_st_optuna.py on the flow's own prepared split files,
 with the same search space, n_trials, trial epochs, evaluations per trial, TPE seed, pruner
 (Optuna's median unless --flow-pruner says otherwise) and final epochs, one after the other, each
-in a fresh process. Prints flow/plain ratios
-of the wall time, tuning, training and evaluation, and both test MAPs; writes
-bench/results/overhead.json. Run it on an otherwise idle machine: the load is recorded.
+in a fresh process. Prints flow/plain ratios of the wall time, tuning, training and evaluation,
+and both test MAPs; writes bench/results/overhead.json. Run it on an otherwise idle machine: the load is recorded.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "overhead.json"
+PLAIN_PRUNER = "median"  # bench/plain_st_optuna.py's Optuna MedianPruner
 
 # The flow's side, in a process of its own: the run, then its stages' times from Prefect's task runs.
 FLOW = """
@@ -113,7 +113,7 @@ def main() -> None:
     )
     cli.add_argument(
         "--flow-pruner",
-        default="median",
+        default=PLAIN_PRUNER,
         choices=typing.get_args(SearchConfig.model_fields["pruner"].annotation),
         help="the flow's search.pruner (default median, the plain script's rule, so both sides stop the same "
         "trials; noise_aware_median, the recipes' default, shows what that costs and buys)",
@@ -153,7 +153,7 @@ def main() -> None:
         ratios[f"{name}_ratio"] = flow["seconds"].get(task, 0.0) / plain["seconds"][name]
     result = {
         "recipe": arguments.recipe,
-        "pruner": {"flow": arguments.flow_pruner, "plain": "median"},
+        "pruner": {"flow": arguments.flow_pruner, "plain": PLAIN_PRUNER},
         **{key: round(value, 3) for key, value in ratios.items()},
         "flow": {"wall_seconds": round(flow_wall, 1), **flow},
         "plain": {"wall_seconds": round(plain_wall, 1), **plain},
@@ -173,7 +173,7 @@ def main() -> None:
         print(f"{name + ' s':12}{flow_s:10.1f}{plain_s:10.1f}{ratios[name + '_ratio']:12.2f}")
     print(f"{'base MAP':12}{flow['base_map']:10.4f}{plain['base_map']:10.4f}")
     print(f"{'test MAP':12}{flow['test_map']:10.4f}{plain['test_map']:10.4f}")
-    print(f"pruner: flow {arguments.flow_pruner}, plain median")
+    print(f"pruner: flow {arguments.flow_pruner}, plain {PLAIN_PRUNER}")
     print(f"trials, flow:  {flow['trials']}\ntrials, plain: {plain['trials']}")
     print(f"Written to {arguments.out}")
 

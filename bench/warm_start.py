@@ -28,19 +28,17 @@ RESULTS = REPO / "bench" / "results"
 EVALS = 12
 
 
-def curve(start_model: str, train: Path, recipe, test_set: Path, work: Path) -> dict:
-    """Test scores at step 0 and EVALS points of a training, seconds of training alone per step,
-    and the trained model's per-query test scores (what the gate judges)."""
+def curve(start_model: str, start_score: float, train: Path, recipe, test_set: Path, work: Path) -> dict:
+    """Test scores at step 0 (`start_score`, the start model's) and EVALS points of a training,
+    seconds of training alone per step, and the trained model's per-query test scores (what the
+    gate judges)."""
     from transformers import TrainerCallback
 
-    from skillops.evaluation import evaluate, score_queries, scorer
+    from skillops.evaluation import score_queries, scorer
     from skillops.modeling import load_model
     from skillops.training import train_model
 
     metric = recipe.evaluation.primary_metric
-    start = evaluate(
-        load_model(start_model, recipe.training.max_seq_length), test_set, recipe.evaluation, recipe.prompts
-    )
     scoring = {"seconds": 0.0}
 
     class TimeEvaluations(TrainerCallback):  # the curve's own cost is not the training's
@@ -66,7 +64,7 @@ def curve(start_model: str, train: Path, recipe, test_set: Path, work: Path) -> 
     )
     training_seconds = time.perf_counter() - started - scoring["seconds"]
     history = json.loads(result.log_history.read_text())
-    points = [(0, start[metric])] + [(e["step"], e[f"eval_{metric}"]) for e in history if f"eval_{metric}" in e]
+    points = [(0, start_score)] + [(e["step"], e[f"eval_{metric}"]) for e in history if f"eval_{metric}" in e]
     final = score_queries(load_model(str(result.model_dir)), test_set, recipe.evaluation, recipe.prompts)
     if points[-1][0] != result.steps:
         points.append((result.steps, final.metric(metric)))
@@ -93,7 +91,7 @@ def main() -> None:
 
     from skillops import preparation
     from skillops.config import load_recipe
-    from skillops.evaluation import score_queries
+    from skillops.evaluation import evaluate, score_queries
     from skillops.modeling import load_model
     from skillops.promotion import decide
     from skillops.training import train_model
@@ -121,9 +119,12 @@ def main() -> None:
         champion_scores = score_queries(load_model(str(champion)), test_set, recipe.evaluation, recipe.prompts)
         target = champion_scores.metric(metric)
         print("retrain from the base model on all rows", flush=True)
-        base = curve(recipe.base_model, paths.train, recipe, test_set, work / "from-base")
+        base_score = evaluate(
+            load_model(recipe.base_model, recipe.training.max_seq_length), test_set, recipe.evaluation, recipe.prompts
+        )[metric]
+        base = curve(recipe.base_model, base_score, paths.train, recipe, test_set, work / "from-base")
         print("retrain from the champion on all rows", flush=True)
-        warm = curve(str(champion), paths.train, recipe, test_set, work / "from-champion")
+        warm = curve(str(champion), target, paths.train, recipe, test_set, work / "from-champion")
 
     gate = {
         start: decide(

@@ -83,7 +83,7 @@ def length_grouped_batches(dataset, batch_size: int, drop_last: bool, valid_labe
         # Sorted within windows of this many batches: random enough across the epoch, grouped within.
         WINDOW_BATCHES = 50
 
-        def _batches(self) -> list[list[int]]:
+        def __iter__(self):
             shuffle = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(len(lengths), generator=shuffle).tolist()
             window = self.batch_size * self.WINDOW_BATCHES
@@ -93,10 +93,7 @@ def length_grouped_batches(dataset, batch_size: int, drop_last: bool, valid_labe
                 batches += [grouped[i : i + self.batch_size] for i in range(0, len(grouped), self.batch_size)]
             if self.drop_last:
                 batches = [batch for batch in batches if len(batch) == self.batch_size]
-            return [batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist()]
-
-        def __iter__(self):
-            yield from self._batches()
+            yield from (batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist())
 
         def __len__(self) -> int:
             full, rest = divmod(len(lengths), self.batch_size)
