@@ -32,7 +32,7 @@ test: install postgres  ## every test, as CI runs them
 test-fast: install  ## the edit loop: everything but the slow tier (servers, flows, schedules)
 	$(PY) -m pytest -m "not slow"
 
-LINTED := src flows tests bench scripts
+LINTED := src flows tests bench scripts expectations
 lint: install  ## ruff: the rules and the format in pyproject.toml; CI runs this before the tests
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)

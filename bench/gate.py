@@ -26,7 +26,7 @@ DEFAULT = ["esco-occupation-skills", "course-skill-retrieval", "resume-job-simil
 
 
 def bench_recipe(name: str, tmp: Path) -> dict:
-    from skillops import preparation, registry, tracking
+    from skillops import preparation, registry, score_cache, tracking
     from skillops.config import load_recipe
     from skillops.evaluation import score_queries
     from skillops.modeling import load_model
@@ -38,8 +38,8 @@ def bench_recipe(name: str, tmp: Path) -> dict:
     test_set = paths.eval_set("test")
     snapshot = preparation.fingerprint_files([test_set])
 
-    def score(model):
-        return score_queries(model, test_set, recipe.evaluation, recipe.prompts)
+    def score(model, eval_sets):
+        return {"test": score_queries(model, test_set, recipe.evaluation, recipe.prompts)}
 
     base = load_model(recipe.base_model, recipe.training.max_seq_length)
     base.save(str(tmp / "base"))
@@ -48,11 +48,13 @@ def bench_recipe(name: str, tmp: Path) -> dict:
     tracking.end_run(run_id)
 
     started = time.perf_counter()
-    champion, source = registry.version_scores(recipe.registered_model_name, version, snapshot, score)
+    champion, source = score_cache.version_scores(recipe.registered_model_name, version, snapshot, ["test"], score)
+    champion = champion["test"]
     rescored = time.perf_counter() - started
     assert source.startswith("version"), source
     started = time.perf_counter()
-    cached, source = registry.version_scores(recipe.registered_model_name, version, snapshot, score)
+    cached, source = score_cache.version_scores(recipe.registered_model_name, version, snapshot, ["test"], score)
+    cached = cached["test"]
     from_cache = time.perf_counter() - started
     assert source.startswith("cached") and cached == champion, source
 

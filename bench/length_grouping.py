@@ -52,7 +52,7 @@ def main() -> None:
     from skillops.config import load_recipe
     from skillops.evaluation import evaluate
     from skillops.modeling import load_model
-    from skillops.training import length_grouped_batches, train_model
+    from skillops.training import TrainingSpec, length_grouped_batches, train_model
 
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("recipe", nargs="?", default="resume-job-similarity")
@@ -80,13 +80,15 @@ def main() -> None:
             print(f"training with {name} batches", flush=True)
             started = time.perf_counter()
             result = train_model(
-                recipe.base_model,
-                paths.train,
-                config.model_copy(update={"group_by_length": group}),
-                recipe.loss,
-                recipe.prompts,
-                Path(tmp) / name,
-                label=f"{name} batches",
+                TrainingSpec(
+                    base_model=recipe.base_model,
+                    train_path=paths.train,
+                    config=config.model_copy(update={"group_by_length": group}),
+                    loss=recipe.loss,
+                    prompts=recipe.prompts,
+                    output_dir=Path(tmp) / name,
+                    label=f"{name} batches",
+                )
             )
             seconds = time.perf_counter() - started
             score = evaluate(

@@ -38,7 +38,17 @@ def record_curves(recipe) -> tuple[list[dict], float]:
         paths = preparation.write_task(preparation.build_task(recipe), Path(tmp) / "data", {})
         run_id = tracking.start_run(recipe.name, "bench pruners", {})
         started = time.perf_counter()
-        tuning.tune(recipe, paths, recipe.name, run_id, Path(tmp) / "tuning", "bench", Path(tmp) / "attempt")
+        tuning.tune(
+            tuning.TrialWorker(
+                recipe=recipe,
+                data_dir=paths.directory,
+                experiment=recipe.name,
+                parent_run_id=run_id,
+                output_dir=Path(tmp) / "tuning",
+                study_name="bench",
+                attempt_dir=Path(tmp) / "attempt",
+            )
+        )
         seconds = time.perf_counter() - started
         study = optuna.load_study(study_name="bench", storage=tuning.storage_url(recipe.search, Path(tmp) / "attempt"))
         trials = [

@@ -32,7 +32,7 @@ def samples_per_second(recipe_name: str, steps: int, processes: int) -> dict:
 
     from skillops import preparation
     from skillops.config import load_recipe
-    from skillops.training import train_model
+    from skillops.training import TrainingSpec, train_model
 
     torch.set_num_threads(1)
     recipe = load_recipe(recipe_name)
@@ -40,7 +40,16 @@ def samples_per_second(recipe_name: str, steps: int, processes: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-training-{processes}-") as tmp:
         paths = preparation.write_task(preparation.build_task(recipe), Path(tmp) / "data", {})
         started = time.perf_counter()
-        result = train_model(recipe.base_model, paths.train, config, recipe.loss, recipe.prompts, Path(tmp) / "out")
+        result = train_model(
+            TrainingSpec(
+                base_model=recipe.base_model,
+                train_path=paths.train,
+                config=config,
+                loss=recipe.loss,
+                prompts=recipe.prompts,
+                output_dir=Path(tmp) / "out",
+            )
+        )
         seconds = time.perf_counter() - started
     samples = result.steps * config.batch_size * processes
     return {"processes": processes, "steps": result.steps, "samples": samples, "seconds": round(seconds, 1),

@@ -29,7 +29,7 @@ def trials_per_hour(recipe_name: str, trials: int, parallel: int) -> dict:
     import optuna
     import torch
 
-    from skillops import preparation, tracking, tuning
+    from skillops import preparation, tracking, tuning, tuning_workers
     from skillops.config import load_recipe
 
     torch.set_num_threads(1)
@@ -42,7 +42,18 @@ def trials_per_hour(recipe_name: str, trials: int, parallel: int) -> dict:
         paths = preparation.write_task(preparation.build_task(recipe), Path(tmp) / "data", {})
         run_id = tracking.start_run(recipe.name, f"bench {parallel} worker(s)", {})
         started = time.perf_counter()
-        tuning.tune(recipe, paths, recipe.name, run_id, Path(tmp) / "tuning", "bench", Path(tmp) / "attempt")
+        tuning.tune(
+            tuning.TrialWorker(
+                recipe=recipe,
+                data_dir=paths.directory,
+                experiment=recipe.name,
+                parent_run_id=run_id,
+                output_dir=Path(tmp) / "tuning",
+                study_name="bench",
+                attempt_dir=Path(tmp) / "attempt",
+            ),
+            start_workers=tuning_workers.starter(recipe.search, None),
+        )
         seconds = time.perf_counter() - started
         storage = tuning.storage_url(recipe.search, Path(tmp) / "attempt")
         study = optuna.load_study(study_name="bench", storage=storage)

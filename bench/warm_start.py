@@ -36,7 +36,7 @@ def curve(start_model: str, start_score: float, train: Path, recipe, test_set: P
 
     from skillops.evaluation import score_queries, scorer
     from skillops.modeling import load_model
-    from skillops.training import train_model
+    from skillops.training import TrainingSpec, train_model
 
     metric = recipe.evaluation.primary_metric
     scoring = {"seconds": 0.0}
@@ -52,15 +52,17 @@ def curve(start_model: str, start_score: float, train: Path, recipe, test_set: P
     config = recipe.training.model_copy(update={"evals_during_training": EVALS})
     started = time.perf_counter()
     result = train_model(
-        start_model,
-        train,
-        config,
-        recipe.loss,
-        recipe.prompts,
-        work,
+        TrainingSpec(
+            base_model=start_model,
+            train_path=train,
+            config=config,
+            loss=recipe.loss,
+            prompts=recipe.prompts,
+            output_dir=work,
+            label=f"from {Path(start_model).name}",
+        ),
         evaluator=scorer(test_set, recipe.evaluation, recipe.prompts),
         callbacks=[TimeEvaluations()],
-        label=f"from {Path(start_model).name}",
     )
     training_seconds = time.perf_counter() - started - scoring["seconds"]
     history = json.loads(result.log_history.read_text())
@@ -94,7 +96,7 @@ def main() -> None:
     from skillops.evaluation import evaluate, score_queries
     from skillops.modeling import load_model
     from skillops.promotion import decide
-    from skillops.training import train_model
+    from skillops.training import TrainingSpec, train_model
 
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("recipe", nargs="?", default="esco-occupation-skills")
@@ -113,7 +115,15 @@ def main() -> None:
             flush=True,
         )
         champion = train_model(
-            recipe.base_model, older, recipe.training, recipe.loss, recipe.prompts, work / "champion", label="champion"
+            TrainingSpec(
+                base_model=recipe.base_model,
+                train_path=older,
+                config=recipe.training,
+                loss=recipe.loss,
+                prompts=recipe.prompts,
+                output_dir=work / "champion",
+                label="champion",
+            )
         ).model_dir
         test_set = paths.eval_set("test")
         champion_scores = score_queries(load_model(str(champion)), test_set, recipe.evaluation, recipe.prompts)

@@ -1,6 +1,10 @@
 """Fixtures: a tiny random BERT sentence model, a small real ESCO extract, a throwaway MLflow store,
 one Prefect test harness for the session and a real Prefect server for tests about deployments.
 
+The folders are the tiers: `unit` (code), `integration` (real stores, suites and tiny trainings in
+one process), `flows` (whole pipeline runs) and `stack` (real servers and several processes). The
+last two are the `slow` tier that `make test-fast` leaves out.
+
 Everything is offline: HF_HUB_OFFLINE makes a stray hub call fail at once instead of hanging.
 """
 
@@ -19,7 +23,16 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
+import bad_inputs
 from helpers import BIN, REPO, build_tiny_model, free_port, small_esco_extract, wait_for_http
+
+SLOW_TIERS = ("flows", "stack")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if Path(item.path).parent.name in SLOW_TIERS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +134,20 @@ def postgres():
     finally:
         subprocess.run([script, "down", str(state)], capture_output=True, timeout=120)
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def store_with_champion(tmp_path_factory, tiny_bert):
+    """A real MLflow store whose model (`bad_inputs.bad_inputs.MODEL_NAME`) already has a champion (version 1)."""
+    root = tmp_path_factory.mktemp("bad-inputs-store")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    patch.setenv("SKILLOPS_OUTPUTS_DIR", str(root / "outputs"))
+    from skillops import registry, tracking
+
+    run_id = tracking.start_run(bad_inputs.MODEL_NAME, "seed-champion", {})
+    registry.register(tiny_bert, run_id, bad_inputs.MODEL_NAME, {})
+    tracking.end_run(run_id)
+    tracking.client().set_registered_model_alias(bad_inputs.MODEL_NAME, registry.CHAMPION, "1")
+    yield root
+    patch.undo()

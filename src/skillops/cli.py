@@ -140,12 +140,13 @@ def cmd_models(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from skillops.registry import RollbackError, rollback
+    from skillops.errors import RollbackError
+    from skillops.registry import rollback
 
     recipe = _recipe(args)
     try:
         moved_from, moved_to = rollback(recipe.registered_model_name, args.reason)
-    except RollbackError as error:
+    except RollbackError as error:  # nothing to roll back to: not a usage error
         print(f"skillops rollback: {error}", file=sys.stderr)
         return 1
     print(f"{recipe.registered_model_name}: champion moved back from version {moved_from} to {moved_to}.")
@@ -227,12 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from skillops.errors import DataError, RecipeError
+    from skillops.errors import SkillopsError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (RecipeError, DataError) as error:
+    except SkillopsError as error:
         print(f"skillops {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -45,6 +45,15 @@ def fingerprint(recipe: Recipe) -> Fingerprints:
     )
 
 
+class FlowRun(BaseModel):
+    """The orchestrator's run a pipeline run belongs to, on a server that outlives it."""
+
+    id: str
+    api: str  # the orchestrator's API, without password: any machine that shares it can ask about the run
+    name: str  # as the orchestrator's UI shows it
+    deployment: str | None = None  # e.g. train-esco/weekly; None for a run started by hand
+
+
 class RunContext(BaseModel):
     """One pipeline run: its recipe, its inputs' fingerprints and its MLflow run."""
 

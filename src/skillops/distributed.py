@@ -1,6 +1,6 @@
 """One process of a multi-process training (`training.processes` > 1), as torchrun starts it:
 
-    python -m torch.distributed.run --standalone --nproc_per_node N -m skillops.distributed <job.json>
+    python -m torch.distributed.run --standalone --nproc_per_node N -m skillops.distributed <spec.json> <pipeline pid>
 
 Each process trains on its share of every batch with the trainer's DDP (NCCL on GPUs, gloo on
 CPU); process 0 alone writes checkpoints (the trainer's rule) and the final model. Nothing here
@@ -15,21 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-from pydantic import BaseModel
-
-from skillops.config import LossConfig, Prompts, TrainingConfig
-
-
-class TrainingJob(BaseModel):
-    base_model: str
-    train_path: Path
-    config: TrainingConfig
-    loss: LossConfig
-    prompts: Prompts
-    output_dir: Path
-    label: str
-    parent_pid: int  # the pipeline's process: when it dies (killed, crashed), training stops too
-
 
 def _exit_with(pid: int) -> None:
     """A killed pipeline must not leave its trainers running: they would write the checkpoints the
@@ -43,8 +28,8 @@ def _exit_with(pid: int) -> None:
 
 
 if __name__ == "__main__":
-    from skillops.training import train_model
+    from skillops.training import TrainingSpec, train_model
 
-    job = TrainingJob.model_validate_json(Path(sys.argv[1]).read_text("utf-8"))
-    threading.Thread(target=_exit_with, args=(job.parent_pid,), daemon=True).start()
-    train_model(job.base_model, job.train_path, job.config, job.loss, job.prompts, job.output_dir, label=job.label)
+    spec = TrainingSpec.model_validate_json(Path(sys.argv[1]).read_text("utf-8"))
+    threading.Thread(target=_exit_with, args=(int(sys.argv[2]),), daemon=True).start()
+    train_model(spec)

@@ -1,17 +1,57 @@
-"""The errors skillops raises for bad input and bad settings.
+"""Every error skillops raises on purpose, in one family: `except SkillopsError` catches them all.
 
-Kept free of heavy imports: the CLI catches these before it knows whether it needs pandas or torch.
+Each message says what is wrong, the offending value, and how to fix it. Kept free of heavy
+imports: the CLI catches these before it knows whether it needs pandas or torch.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-class RecipeError(ValueError):
-    """A recipe (file, override or parameter) that cannot be used; the message says how to fix it."""
+if TYPE_CHECKING:
+    from skillops.validation import ValidationReport
 
 
-class DataError(ValueError):
+class SkillopsError(Exception):
+    """Something skillops refused or could not do; the message says how to go on."""
+
+
+class RecipeError(SkillopsError, ValueError):
+    """A recipe (file, override or parameter) or a setting that cannot be used."""
+
+
+class DataError(SkillopsError, ValueError):
     """Input data that cannot be used; the message names the file, the column and the fix."""
+
+
+class DataValidationError(DataError):
+    """Rules of the data contracts failed; `report` holds every failure and warning."""
+
+    def __init__(self, report: ValidationReport):
+        self.report = report
+        problems = "\n".join(f"  - {failure.describe()}" for failure in report.failures)
+        super().__init__(f"Data validation failed ({len(report.failures)} rule(s)); nothing was trained.\n{problems}")
+
+
+class ModelNotFoundError(SkillopsError, FileNotFoundError):
+    """No copy of a model could be found; the message lists every place that was tried."""
+
+
+class TrainingError(SkillopsError):
+    """Training or tuning ended without a model; the message says where its output and checkpoints are."""
+
+
+class PromotionError(SkillopsError):
+    """The champion cannot be moved safely from here; the message says what to set."""
+
+
+class RollbackError(SkillopsError):
+    """The champion cannot be moved back; the message says why."""
+
+
+class ServerError(SkillopsError):
+    """A server skillops needs (tracking server, database, Prefect) did not answer in time; the
+    message names the server and the setting that sets how long skillops waits."""
 
 
 def data_error(file: object, rule: str, fix: str, column: str | None = None, detail: str = "") -> DataError:

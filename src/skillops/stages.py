@@ -11,25 +11,26 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import platform
 import shutil
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from skillops import preparation, registry, tracking
+from skillops import preparation, registry, score_cache, tracking, tuning_workers
 from skillops.config import Recipe
-from skillops.context import Fingerprints, RunContext
+from skillops.context import Fingerprints, FlowRun, RunContext
 from skillops.context import fingerprint as fingerprint  # a stage of its own: the flow calls stages.fingerprint
 from skillops.evaluation import GoldenScores, QueryScores, Scores, evaluate, score_queries, scorer
-from skillops.modeling import load_model, resolve_model
+from skillops.modeling import load_model
+from skillops.paths import outputs_root
 from skillops.preparation import PreparedData
 from skillops.promotion import Decision, decide
 from skillops.reports import card_summary, loss_curve_chart, rounds_chart, write_evaluation_report
-from skillops.training import Round, check_processes, train_rounds
-from skillops.tuning import PlaceWorkers
+from skillops.training import Round, TrainingSpec, check_processes, train_rounds
+from skillops.tuning import TrialWorker
 from skillops.tuning import tune as run_search
+from skillops.tuning_workers import PlaceWorkers
 from skillops.validation import (
     DataDocs,
     ValidationReport,
@@ -68,9 +69,9 @@ def record_skip(recipe: Recipe, fingerprints: Fingerprints, previous_run_id: str
     return tracking.record_skip(recipe.name, fingerprints.tags(), previous_run_id)
 
 
-def start(recipe: Recipe, fingerprints: Fingerprints, orchestration: dict[str, str] | None = None) -> RunContext:
-    """Open the pipeline's MLflow run with everything needed to reproduce or compare it;
-    `orchestration` tags say which Prefect flow run and server it belongs to."""
+def start(recipe: Recipe, fingerprints: Fingerprints, flow_run: FlowRun | None = None) -> RunContext:
+    """Open the pipeline's MLflow run with everything needed to reproduce or compare it, and the
+    flow run it belongs to when there is one on a shared server."""
     versions = {f"version.{lib}": metadata.version(lib) for lib in TRACKED_LIBRARIES}
     params = {
         "recipe": recipe.name,
@@ -90,7 +91,7 @@ def start(recipe: Recipe, fingerprints: Fingerprints, orchestration: dict[str, s
         "skillops.kind": "pipeline",
         "skillops.python": platform.python_version(),
         **versions,
-        **(orchestration or {}),
+        **({tracking.FLOW_RUN_TAG: flow_run.id, tracking.PREFECT_API_TAG: flow_run.api} if flow_run else {}),
     }
     run = RunContext(
         recipe=recipe, fingerprints=fingerprints, run_id=tracking.start_run(recipe.name, recipe.name, params, tags)
@@ -102,9 +103,37 @@ def start(recipe: Recipe, fingerprints: Fingerprints, orchestration: dict[str, s
     return run
 
 
+def require_promotion_lock(recipe: Recipe, shared_lock: str | None) -> None:
+    """Before any compute: a run that could not promote safely says so now, not after training
+    (`shared_lock` names the lock every machine takes, when the orchestrator has one)."""
+    registry.require_shared_lock(shared_lock)
+
+
+def run_link(run: RunContext, artifact: str | None = None) -> str:
+    """The run's page in the MLflow UI, or one of its artifacts there."""
+    return tracking.run_url(run.run_id, artifact)
+
+
+def fail(run: RunContext, error: BaseException) -> None:
+    """Close the run FAILED with what went wrong: MLflow would leave it FINISHED (or RUNNING)."""
+    tracking.end_run(run.run_id, failure=f"{type(error).__name__}: {error}")
+
+
 def finish(run: RunContext) -> None:
-    """The attempt succeeded: its checkpoints are no longer needed (the model is in the registry)."""
+    """Close the run FINISHED; the attempt succeeded, so its checkpoints are no longer needed (the
+    model is in the registry)."""
+    tracking.end_run(run.run_id)
     shutil.rmtree(run.attempt_dir, ignore_errors=True)
+
+
+def join_study(ticket: tuning_workers.StudyTicket, name: str) -> int:
+    """Run trials of a pipeline's study here, as a worker of the pool, in a work folder of its own
+    that is removed afterwards; returns how many trials this worker finished."""
+    workdir = outputs_root() / "trial-workers" / name.replace(" ", "-")
+    try:
+        return tuning_workers.join_study(ticket, workdir, name)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def validate_data(run: RunContext) -> ValidationReport:
@@ -119,6 +148,11 @@ def validate_data(run: RunContext) -> ValidationReport:
 def data_docs_path(name: str) -> str:
     """Where a validation pass's Great Expectations Data Docs are in the run's artifacts."""
     return f"validation/data_docs/{name}"
+
+
+def data_docs_link(run: RunContext, name: str) -> str:
+    """A validation pass's Data Docs in the MLflow UI."""
+    return run_link(run, f"{data_docs_path(name)}/index.html")
 
 
 def _log_report(report: ValidationReport, run: RunContext, name: str, docs: DataDocs) -> None:
@@ -204,6 +238,7 @@ def tune(run: RunContext, data: PreparedData, place_workers: PlaceWorkers | None
     continues it (finished trials kept), one that crashed after tuning reuses its result.
     `place_workers` starts trial workers in the orchestrator's pool (`search.workers: pool`)."""
     check_processes(run.recipe.training)  # the final training's processes, before any trial trains
+    tuning_workers.check_parallel(run.recipe.search, run.attempt_dir)
     saved = run.attempt_dir / "best_params.json"
     if saved.is_file():
         best = json.loads(saved.read_text("utf-8"))
@@ -213,17 +248,20 @@ def tune(run: RunContext, data: PreparedData, place_workers: PlaceWorkers | None
         logger.info("Reusing the tuning result of the interrupted attempt: %s", best)
     else:
         start, init_model = starting_model(run)
-        best = run_search(
-            run.recipe.model_copy(update={"base_model": start}),
-            data.paths,
-            run.recipe.name,
-            run.run_id,
-            run.output_dir / "tuning",
+        worker = TrialWorker(
+            recipe=run.recipe.model_copy(update={"base_model": start}),
+            data_dir=data.directory,
+            experiment=run.recipe.name,
+            parent_run_id=run.run_id,
+            output_dir=run.output_dir / "tuning",
             study_name=f"{run.recipe.name}-{run.fingerprints.attempt}",
             attempt_dir=run.attempt_dir,
-            first_trial=_champion_params(run.recipe),
             init_model=init_model,
-            place_workers=place_workers,
+        )
+        best = run_search(
+            worker,
+            first_trial=_champion_params(run.recipe),
+            start_workers=tuning_workers.starter(run.recipe.search, place_workers),
         )
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(best), "utf-8")
@@ -267,13 +305,16 @@ def train(run: RunContext, data: PreparedData, params: dict) -> Path:
             tracking.log_metrics(run.run_id, done.validation, prefix="round_validation_", step=done.number)
             logger.info("Round %d/%d: validation %s %.4f", done.number, config.rounds, metric, done.validation[metric])
 
+    spec = TrainingSpec(
+        base_model=starting_model(run)[0],
+        train_path=data.paths.train,
+        config=config,
+        loss=recipe.loss,
+        prompts=recipe.prompts,
+        output_dir=run.attempt_dir / "train",
+    )
     rounds = train_rounds(
-        starting_model(run)[0],
-        data.paths.train,
-        config,
-        recipe.loss,
-        recipe.prompts,
-        run.attempt_dir / "train",
+        spec,
         evaluator=scorer(validation_set, recipe.evaluation, recipe.prompts),
         score_round=lambda model_dir: evaluate(
             load_model(str(model_dir)), validation_set, recipe.evaluation, recipe.prompts
@@ -301,7 +342,7 @@ def _score_sets(run: RunContext, data: PreparedData, model, eval_sets: list[str]
 
 def _version_scores(run: RunContext, data: PreparedData, version: str) -> tuple[dict[str, QueryScores], str]:
     """A registered version's per-query scores on this run's gate sets (cached per snapshot)."""
-    return registry.version_scores(
+    return score_cache.version_scores(
         run.recipe.registered_model_name,
         version,
         data.eval_fingerprint,
@@ -317,26 +358,17 @@ def _golden(scores: dict[str, QueryScores]) -> dict[str, QueryScores]:
 
 
 def _base_scores(run: RunContext, data: PreparedData, eval_sets: list[str]) -> dict[str, QueryScores]:
-    """The base model's per-query scores, kept on this machine by the content of its files and the
-    eval snapshot: a retrain on unchanged eval sets does not encode them with the same model again
-    (a local base model whose files change gets new scores)."""
+    """The base model's per-query scores, cached on this machine per snapshot (`score_cache`)."""
     recipe = run.recipe
-    folder = Path(resolve_model(recipe.base_model))
-    weights = preparation.fingerprint_files(
-        [path for path in folder.rglob("*") if path.is_file()], extra=str(recipe.training.max_seq_length)
+    scores, note = score_cache.base_scores(
+        recipe.base_model,
+        recipe.training.max_seq_length,
+        data.eval_fingerprint,
+        eval_sets,
+        lambda sets: _score_sets(run, data, load_model(recipe.base_model, recipe.training.max_seq_length), sets),
     )
-    cache = tracking.store_dir() / "base-scores" / f"{weights}-{data.eval_fingerprint}"
-    files = {eval_set: cache / f"{eval_set}.json" for eval_set in eval_sets}
-    if all(path.is_file() for path in files.values()):
-        note = f"cached scores of the base model (files {weights}) on eval snapshot {data.eval_fingerprint}"
+    if note:
         tracking.set_tags(run.run_id, {"skillops.base_scores": note})
-        return {eval_set: QueryScores.model_validate_json(path.read_text("utf-8")) for eval_set, path in files.items()}
-    scores = _score_sets(run, data, load_model(recipe.base_model, recipe.training.max_seq_length), eval_sets)
-    cache.mkdir(parents=True, exist_ok=True)
-    for eval_set, values in scores.items():
-        partial = files[eval_set].with_suffix(f".{os.getpid()}.tmp")  # whole files only, for a reader at the same time
-        partial.write_text(values.model_dump_json(), "utf-8")
-        partial.replace(files[eval_set])
     return scores
 
 
@@ -394,7 +426,7 @@ def register(run: RunContext, data: PreparedData, candidate_dir: Path, scores: S
     candidate = {"test": scores.candidate} | {
         preparation.golden_part(golden): values.candidate for golden, values in scores.golden.items()
     }
-    registry.save_scores(name, version, data.eval_fingerprint, candidate)
+    score_cache.save_scores(name, version, data.eval_fingerprint, candidate)
     return version
 
 

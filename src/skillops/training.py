@@ -14,18 +14,29 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
 from skillops import progress
 from skillops.config import LossConfig, Prompts, TrainingConfig
+from skillops.errors import TrainingError
 from skillops.modeling import device, load_model, mixed_precision, require_devices
 
-if TYPE_CHECKING:
-    from skillops.distributed import TrainingJob
-
 logger = logging.getLogger(__name__)
+
+
+class TrainingSpec(BaseModel):
+    """One training, whole: what it starts from, what it trains on and how, and where it writes.
+    Passed as one object, to a trial, a round or the processes of a multi-process training (as JSON)."""
+
+    base_model: str  # a model folder, an installed model package or a hub id
+    train_path: Path  # the prepared training table (parquet)
+    config: TrainingConfig
+    loss: LossConfig
+    prompts: Prompts
+    output_dir: Path  # checkpoints/, model/, done.json, log_history.json
+    label: str = "training"  # how progress lines name it
 
 
 class TrainingResult(BaseModel):
@@ -113,18 +124,8 @@ def column_prompts(columns: list[str], prompts: Prompts) -> dict[str, str] | Non
     }
 
 
-def train_model(
-    base_model: str,
-    train_path: Path,
-    config: TrainingConfig,
-    loss: LossConfig,
-    prompts: Prompts,
-    output_dir: Path,
-    evaluator: Any = None,
-    callbacks: list | None = None,
-    label: str = "training",
-) -> TrainingResult:
-    """Train and save the model under `output_dir/model`.
+def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | None = None) -> TrainingResult:
+    """Train and save the model under `spec.output_dir/model`.
 
     For in-batch-negative losses the NO_DUPLICATES batch sampler keeps a text (one ESCO skill is
     the positive of many occupations) from appearing twice in a batch, where it would count as a
@@ -136,28 +137,17 @@ def train_model(
     from sentence_transformers.base.sampler import BatchSamplers
     from transformers import PrinterCallback
 
+    config, loss, output_dir = spec.config, spec.loss, spec.output_dir
     done = output_dir / "done.json"
     if done.is_file():  # finished by an earlier attempt that crashed later on
         return TrainingResult.model_validate_json(done.read_text("utf-8"))
     if config.processes > 1 and "WORLD_SIZE" not in os.environ:
-        from skillops.distributed import TrainingJob
-
         if evaluator is not None and config.evals_during_training:
             logger.warning("training.processes > 1: no validation scores during training (only after it)")
-        job = TrainingJob(
-            base_model=base_model,
-            train_path=train_path,
-            config=config,
-            loss=loss,
-            prompts=prompts,
-            output_dir=output_dir,
-            label=label,
-            parent_pid=os.getpid(),
-        )
-        return _train_in_processes(job)
+        return _train_in_processes(spec)
     main_process = int(os.environ.get("RANK", "0")) == 0
-    model = load_model(base_model, config.max_seq_length)
-    dataset = Dataset.from_parquet(str(train_path))
+    model = load_model(spec.base_model, config.max_seq_length)
+    dataset = Dataset.from_parquet(str(spec.train_path))
     # The saved model's README shows one example; given here, the trainer does not sample a
     # thousand rows (behind a progress bar) to pick one at every training and trial.
     first = dataset[0]
@@ -187,7 +177,7 @@ def train_model(
         weight_decay=config.weight_decay,
         seed=config.seed,
         batch_sampler=batch_sampler,
-        prompts=column_prompts(dataset.column_names, prompts),
+        prompts=column_prompts(dataset.column_names, spec.prompts),
         logging_steps=max(1, total_steps // 20),
         # Checkpoints are what a killed run resumes from; steps when asked, else each epoch.
         save_strategy="steps" if config.checkpoint_every_steps else "epoch",
@@ -211,15 +201,15 @@ def train_model(
         train_dataset=dataset,
         loss=build_loss(model, loss),
         evaluator=evaluator,
-        callbacks=[*(callbacks or []), *([progress.training_progress(label)] if main_process else [])],
+        callbacks=[*(callbacks or []), *([progress.training_progress(spec.label)] if main_process else [])],
     )
     if not progress.interactive():
         # Without bars the trainer prints every logged loss as a dict; the curve is in MLflow.
         trainer.remove_callback(PrinterCallback)
-    logger.info("Training %s with %s on %d rows for %d steps", base_model, loss.name, len(dataset), total_steps)
+    logger.info("Training %s with %s on %d rows for %d steps", spec.base_model, loss.name, len(dataset), total_steps)
     checkpoint = _last_checkpoint(output_dir / "checkpoints")
     if checkpoint is not None:
-        logger.info("Resuming %s from %s", base_model, checkpoint)
+        logger.info("Resuming %s from %s", spec.base_model, checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     # Every process is done writing its part of the last checkpoint before process 0 removes them.
     trainer.accelerator.wait_for_everyone()
@@ -233,8 +223,8 @@ def train_model(
             final_loss=None,
             log_history=output_dir / "log_history.json",
         )
-    if prompts:  # saved with the model: encode(texts, prompt_name="query") works after loading
-        model.prompts = {**model.prompts, "query": prompts.query, "document": prompts.document}
+    if spec.prompts:  # saved with the model: encode(texts, prompt_name="query") works after loading
+        model.prompts = {**model.prompts, "query": spec.prompts.query, "document": spec.prompts.document}
     model.save(str(model_dir))
     # Checkpoints only matter while training can still crash; the saved model replaces them.
     shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
@@ -271,24 +261,24 @@ def check_processes(config: TrainingConfig) -> None:
     require_devices(config.processes, "training.processes", "training process")
 
 
-def _train_in_processes(job: TrainingJob) -> TrainingResult:
-    """train_model in `job.config.processes` processes under torchrun; waits, then reads what
+def _train_in_processes(spec: TrainingSpec) -> TrainingResult:
+    """train_model in `spec.config.processes` processes under torchrun; waits, then reads what
     process 0 saved. A killed run resumes from the checkpoint the processes last wrote, as a single one does."""
-    config, output_dir = job.config, job.output_dir
+    config, output_dir = spec.config, spec.output_dir
     check_processes(config)
-    job_file = output_dir / "distributed-job.json"
-    job_file.parent.mkdir(parents=True, exist_ok=True)
-    job_file.write_text(job.model_dump_json(), "utf-8")
+    spec_file = output_dir / "distributed-job.json"
+    spec_file.parent.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(spec.model_dump_json(), "utf-8")
     threads = str(max(1, (os.cpu_count() or 1) // config.processes))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.processes}",
-        "-m", "skillops.distributed", str(job_file),
+        "-m", "skillops.distributed", str(spec_file), str(os.getpid()),
     ]  # fmt: skip
-    logger.info("Training %s in %d processes (torchrun)", job.base_model, config.processes)
+    logger.info("Training %s in %d processes (torchrun)", spec.base_model, config.processes)
     finished = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": threads})
     done = output_dir / "done.json"
     if finished.returncode != 0 or not done.is_file():
-        raise RuntimeError(
+        raise TrainingError(
             f"The {config.processes}-process training ended with exit code {finished.returncode} (its output is "
             f"above); run again to resume from its last checkpoint in {output_dir / 'checkpoints'}."
         )
@@ -305,27 +295,27 @@ class Round(BaseModel):
 
 
 def train_rounds(
-    base_model: str,
-    train_path: Path,
-    config: TrainingConfig,
-    loss: LossConfig,
-    prompts: Prompts,
-    output_dir: Path,
+    spec: TrainingSpec,
     evaluator: Any = None,
     score_round: Callable[[Path], dict[str, float]] | None = None,
     on_round: Callable[[Round], None] | None = None,
 ) -> list[Round]:
-    """`config.rounds` trainings, each continuing from the previous round's model (model card
-    000's repeated rounds); with several rounds, `score_round(model_dir)` scores each on the
+    """`spec.config.rounds` trainings, each continuing from the previous round's model (model
+    card 000's repeated rounds); with several rounds, `score_round(model_dir)` scores each on the
     validation set. Finished rounds are not trained again when a crashed run is started again
     (`train_model` finds their `done.json`); `on_round` is told about each as it ends."""
     rounds: list[Round] = []
-    model, steps = base_model, 0
-    for number in range(1, config.rounds + 1):
-        round_dir = output_dir / (f"round-{number}" if config.rounds > 1 else "")
-        label = f"training, round {number} of {config.rounds}" if config.rounds > 1 else "training"
-        result = train_model(model, train_path, config, loss, prompts, round_dir, evaluator=evaluator, label=label)
-        validation = score_round(result.model_dir) if score_round and config.rounds > 1 else None
+    count, model, steps = spec.config.rounds, spec.base_model, 0
+    for number in range(1, count + 1):
+        this_round = spec.model_copy(
+            update={
+                "base_model": model,
+                "output_dir": spec.output_dir / (f"round-{number}" if count > 1 else ""),
+                "label": f"{spec.label}, round {number} of {count}" if count > 1 else spec.label,
+            }
+        )
+        result = train_model(this_round, evaluator=evaluator)
+        validation = score_round(result.model_dir) if score_round and count > 1 else None
         rounds.append(Round(number=number, result=result, validation=validation, step_offset=steps))
         if on_round:
             on_round(rounds[-1])

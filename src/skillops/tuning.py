@@ -9,9 +9,8 @@ during tuning and started again continues it, keeping every finished trial. Tria
 heartbeats, so a trial whose process died is marked FAIL by the next process that uses the study
 and run again (Optuna's `RetryHeartbeatStaleTrialCallback`).
 
-With `search.parallel` > 1 more workers join the study: processes on this machine, or (with
-`search.workers: pool`) units that an orchestrator places on its workers; these get a
-`StudyTicket`, which names nothing of this machine: the data come from the pipeline's MLflow run.
+With `search.parallel` > 1 more workers join the same study; where they run (processes on this
+machine, or units of an orchestrator's pool) is `skillops.tuning_workers`' concern.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ import math
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -34,16 +31,13 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from skillops.config import Recipe, SearchConfig
-from skillops.errors import RecipeError
+from skillops.errors import RecipeError, TrainingError
 from skillops.evaluation import scorer
-from skillops.modeling import require_devices
 from skillops.preparation import PreparedPaths
 from skillops.reports import optuna_charts
 from skillops.tracking import (
-    download_artifacts,
     end_run,
     log_artifact,
-    log_artifacts,
     log_loss_history,
     log_metrics,
     metric_name,
@@ -59,8 +53,6 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
 MAX_RETRIES = 2
-# Where in the pipeline's MLflow run the prepared data wait for trial workers of the pool.
-DATA_ARTIFACT = "tuning/data"
 
 
 @contextlib.contextmanager
@@ -77,6 +69,11 @@ def _finished_states():
     from optuna.trial import TrialState
 
     return (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def finished_trials(study) -> list:
+    """The study's trials that count towards n_trials: complete or pruned, whoever ran them."""
+    return study.get_trials(deepcopy=False, states=_finished_states())
 
 
 def _in_space(params: dict[str, Any], search: SearchConfig) -> bool:
@@ -137,7 +134,7 @@ def _noise_aware_median(n_startup_trials: int):
             point = trial.last_step
             if point is None:
                 return False
-            finished = study.get_trials(deepcopy=False, states=_finished_states())
+            finished = finished_trials(study)
             earlier = [t.intermediate_values[point] for t in finished if point in t.intermediate_values]
             if len(finished) < n_startup_trials or not earlier:
                 return False
@@ -216,6 +213,7 @@ class TrialWorker(BaseModel):
     # Where the default storage is; each process resolves the URL itself, so a password given in
     # SKILLOPS_OPTUNA_STORAGE is never written into a job file. None: a worker of the pool.
     attempt_dir: Path | None
+    init_model: str | None = None  # models:/<name>/<version> when recipe.base_model is a copy of it
     name: str = ""  # who runs the trials (a trial's user attribute `worker`); default host and pid
 
     def study(self):
@@ -234,7 +232,7 @@ class TrialWorker(BaseModel):
     def objective(self):
         import optuna
 
-        from skillops.training import train_model
+        from skillops.training import TrainingSpec, train_model
 
         recipe, search, data = self.recipe, self.recipe.search, PreparedPaths(self.data_dir)
         metric = recipe.evaluation.primary_metric
@@ -270,17 +268,16 @@ class TrialWorker(BaseModel):
             callback = _pruning_callback(trial, evaluator, metric, run_id)
             trial_dir = self.output_dir / f"trial-{trial.number}"
             try:
-                result = train_model(
-                    recipe.base_model,
-                    data.train,
-                    config,
-                    recipe.loss,
-                    recipe.prompts,
-                    trial_dir,
-                    evaluator=evaluator,
-                    callbacks=[callback],
+                spec = TrainingSpec(
+                    base_model=recipe.base_model,
+                    train_path=data.train,
+                    config=config,
+                    loss=recipe.loss,
+                    prompts=recipe.prompts,
+                    output_dir=trial_dir,
                     label=f"tuning trial {trial.number + 1} (study {self.study_name}, {search.n_trials} to finish)",
                 )
+                result = train_model(spec, evaluator=evaluator, callbacks=[callback])
                 log_loss_history(run_id, result.log_history)
             except optuna.TrialPruned as pruned:
                 set_tags(run_id, {"skillops.trial_state": "pruned"})
@@ -311,7 +308,7 @@ class TrialWorker(BaseModel):
         from optuna.study import MaxTrialsCallback
 
         n_trials = self.recipe.search.n_trials
-        if len(study.get_trials(deepcopy=False, states=_finished_states())) >= n_trials:
+        if len(finished_trials(study)) >= n_trials:
             return
         study.optimize(
             objective,
@@ -340,20 +337,8 @@ def _finish_stale_trials(study, objective) -> None:
             time.sleep(HEARTBEAT_SECONDS)
 
 
-class StudyTicket(BaseModel):
-    """What a trial worker of the pool, on any machine, needs to join a study: nothing in it is a
-    path of the pipeline's machine, and it carries no password (it is a flow run parameter)."""
-
-    recipe: Recipe
-    experiment: str
-    parent_run_id: str
-    study_name: str
-    storage: str  # the study's storage URL without password: the worker's own must be the same
-    init_model: str | None = None  # models:/<name>/<version> when trials start from the champion
-
-
 class Workers(Protocol):
-    """The extra trial workers of one search, wherever they run."""
+    """The extra trial workers of one search, wherever they run (`skillops.tuning_workers`)."""
 
     def wait(self) -> None:
         """The pipeline's process is done with trials: let the workers end theirs."""
@@ -362,143 +347,30 @@ class Workers(Protocol):
         """Stop every worker that is still running or has not started yet."""
 
 
-# Starts `count` workers of the pool on the study of the ticket (the flow gives it: Prefect).
-PlaceWorkers = Callable[[StudyTicket, int], Workers]
-
-
-def check_parallel(search: SearchConfig, attempt_dir: Path | None = None) -> None:
-    """Settings the search cannot run, before any training: more local workers than GPUs (or
-    cores), or workers of the pool that could not reach the study."""
-    if search.parallel == 1:
-        return
-    if search.workers == "local":
-        require_devices(search.parallel, "search.parallel", "tuning worker")
-        return
-    url = storage_url(search, attempt_dir) or ""
-    if url.startswith("sqlite"):
-        raise RecipeError(
-            f"search.workers = pool, but the study is in {safe_uri(url)}, a file on this machine, and workers of "
-            "the pool may run on others: set search.storage (or SKILLOPS_OPTUNA_STORAGE on every machine) to a "
-            "database server they all reach, e.g. postgresql://skillops@<host>:5433/optuna, or use "
-            "search.workers: local."
-        )
-
-
-class _LocalWorkers:
-    """parallel - 1 processes that join the study (the pipeline's process is the first worker):
-    one GPU each, or an equal share of the CPU cores."""
-
-    def __init__(self, worker: TrialWorker, parallel: int) -> None:
-        import torch
-
-        job = worker.output_dir / "trial-worker.json"
-        job.parent.mkdir(parents=True, exist_ok=True)
-        job.write_text(worker.model_dump_json(), "utf-8")
-        threads = str(max(1, (os.cpu_count() or 1) // parallel))
-        # The GPUs this process may use, in its numbering: helper n takes the n-th (this process the first).
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(torch.cuda.device_count()))))
-        self.processes = []
-        for number in range(1, parallel):
-            env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-            if torch.cuda.is_available():
-                env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[number]
-            self.processes.append(subprocess.Popen([sys.executable, "-m", "skillops.tuning", str(job)], env=env))
-
-    def wait(self) -> None:
-        for process in self.processes:
-            if process.wait() != 0:  # its trial, if any, is failed by its heartbeat and run again
-                logger.warning("Tuning worker %d ended with exit code %d", process.pid, process.returncode)
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.kill()
-
-
-def join_study(ticket: StudyTicket, workdir: Path, name: str) -> int:
-    """Run trials of the ticket's study here, as a worker of the pool, until the study has
-    n_trials finished; returns how many trials this worker finished. The prepared data are the
-    pipeline's (from its MLflow run); the storage is the one this machine is configured with."""
-    from skillops import registry
-
-    recipe = ticket.recipe
-    url = storage_url(recipe.search, None)
-    if url is None or safe_uri(url) != ticket.storage:
-        raise RecipeError(
-            f"The study {ticket.study_name} is in {ticket.storage}, but this worker's storage is "
-            f"{safe_uri(url) if url else 'not set'}: set SKILLOPS_OPTUNA_STORAGE (and PGPASSFILE for its password) "
-            "in this worker's environment to the team's Optuna database."
-        )
-    data_dir = download_artifacts(ticket.parent_run_id, DATA_ARTIFACT, workdir)
-    if ticket.init_model:  # the champion, as the pipeline's trials start from it
-        start = registry.fetch(ticket.init_model, workdir / "init-from-champion")
-        recipe = recipe.model_copy(update={"base_model": str(start)})
-    worker = TrialWorker(
-        recipe=recipe,
-        data_dir=data_dir,
-        experiment=ticket.experiment,
-        parent_run_id=ticket.parent_run_id,
-        output_dir=workdir / "tuning",
-        study_name=ticket.study_name,
-        attempt_dir=None,
-        name=name,
-    )
-    study = worker.study()
-    worker.run_trials(study, worker.objective())
-    mine = [
-        t for t in study.get_trials(deepcopy=False, states=_finished_states()) if t.user_attrs.get("worker") == name
-    ]
-    logger.info("%s finished %d trials of study %s", name, len(mine), ticket.study_name)
-    return len(mine)
+# Starts the search's extra workers (search.parallel - 1) on the study of the pipeline's own worker.
+StartWorkers = Callable[[TrialWorker], Workers]
 
 
 def tune(
-    recipe: Recipe,
-    data: PreparedPaths,
-    experiment: str,
-    parent_run_id: str,
-    output_dir: Path,
-    study_name: str,
-    attempt_dir: Path,
-    first_trial: dict[str, Any] | None = None,
-    init_model: str | None = None,
-    place_workers: PlaceWorkers | None = None,
+    worker: TrialWorker, first_trial: dict[str, Any] | None = None, start_workers: StartWorkers | None = None
 ) -> dict[str, Any]:
-    """Run the search until the study `study_name` has `search.n_trials` finished (complete or
-    pruned) trials, with `search.parallel` workers; returns the best trial's parameters ({} when
-    the search is switched off). `first_trial`: parameters a new study tries first (the
-    champion's: the search then starts from what won last time). `init_model`: the registered
-    model `recipe.base_model` is a copy of, for workers of the pool. `place_workers` starts those
-    (`search.workers: pool`)."""
-    search = recipe.search
+    """Run the search until the worker's study has `search.n_trials` finished (complete or
+    pruned) trials; returns the best trial's parameters ({} when the search is switched off).
+    `first_trial`: parameters a new study tries first (the champion's: the search then starts
+    from what won last time). `start_workers` starts the other `search.parallel - 1` workers."""
+    recipe, search, parent_run_id = worker.recipe, worker.recipe.search, worker.parent_run_id
     if search.n_trials == 0:
         return {}
     import torch
     from optuna.trial import TrialState
 
-    check_parallel(search, attempt_dir)
-    pooled = search.parallel > 1 and search.workers == "pool"
-    if pooled and place_workers is None:
-        raise RecipeError(
-            "search.workers = pool needs an orchestrator that places the workers: run the train-esco flow on "
-            "a Prefect server with the tune-trials deployment (`make stack-up`), or use search.workers: local."
-        )
-    shown_storage = safe_uri(storage_url(search, attempt_dir))  # as tagged and as workers of the pool check it
-    worker = TrialWorker(
-        recipe=recipe,
-        data_dir=data.directory,
-        experiment=experiment,
-        parent_run_id=parent_run_id,
-        output_dir=output_dir,
-        study_name=study_name,
-        attempt_dir=attempt_dir,
-    )
     study = worker.study()
-    earlier = len(study.get_trials(deepcopy=False, states=_finished_states()))
+    earlier = len(finished_trials(study))
     set_tags(
         parent_run_id,
         {
-            "skillops.optuna_study": study_name,
-            "skillops.optuna_storage": shown_storage,
+            "skillops.optuna_study": worker.study_name,
+            "skillops.optuna_storage": safe_uri(storage_url(search, worker.attempt_dir)),
             "skillops.tuning_workers": search.parallel,
         },
     )
@@ -509,27 +381,12 @@ def tune(
         else:
             logger.info("The champion's parameters %s are outside the search space: not tried first", first_trial)
     if earlier:
-        note = f"continued study {study_name}: {earlier} of {search.n_trials} trials were already finished"
+        note = f"continued study {worker.study_name}: {earlier} of {search.n_trials} trials were already finished"
         set_tags(parent_run_id, {"skillops.tuning": note})
         logger.info("Tuning %s", note)
     objective = worker.objective()
     threads = torch.get_num_threads()
-    if pooled:
-        log_artifacts(parent_run_id, data.directory, DATA_ARTIFACT)  # what the workers of the pool train on
-        ticket = StudyTicket(
-            recipe=recipe,
-            experiment=experiment,
-            parent_run_id=parent_run_id,
-            study_name=study_name,
-            storage=shown_storage,
-            init_model=init_model,
-        )
-        workers = place_workers(ticket, search.parallel - 1)
-    elif search.parallel > 1:
-        workers = _LocalWorkers(worker, search.parallel)
-        torch.set_num_threads(max(1, threads // search.parallel))  # this process's share while they run
-    else:
-        workers = None
+    workers = start_workers(worker) if start_workers and search.parallel > 1 else None
     try:
         worker.run_trials(study, objective)
         if workers:
@@ -538,15 +395,15 @@ def tune(
     finally:
         if workers:
             workers.stop()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # local workers took a share of the cores while they ran
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not completed:
-        raise RuntimeError(
+        raise TrainingError(
             f"No tuning trial completed (states: {[t.state.name for t in study.trials]}); see the "
             "trial runs in MLflow. Widen search.learning_rate or set search.n_trials: 0 to skip tuning."
         )
     set_tags(parent_run_id, {"skillops.tuning_best": _best_against_noise(completed, recipe.evaluation.primary_metric)})
-    for chart in optuna_charts(study, output_dir):
+    for chart in optuna_charts(study, worker.output_dir):
         log_artifact(parent_run_id, chart, "tuning")
     return dict(study.best_params)
 
@@ -567,12 +424,3 @@ def _best_against_noise(completed: list, metric: str) -> str:
             text += ", within one standard error: the validation set cannot tell them apart"
     logger.info("Best %s", text)
     return text
-
-
-if __name__ == "__main__":  # a helper worker of `tune`: python -m skillops.tuning <job.json>
-    import torch
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s [tuning worker] %(message)s")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    helper = TrialWorker.model_validate_json(Path(sys.argv[1]).read_text("utf-8"))
-    helper.run_trials(helper.study(), helper.objective())

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterator
 from contextvars import ContextVar
 from html import escape
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,13 @@ from pydantic import BaseModel
 from skillops import checks
 from skillops.checks import MAX_EXAMPLES, Failure
 from skillops.config import Recipe, ValidationPolicy
-from skillops.errors import DataError
+from skillops.errors import DataValidationError
 from skillops.esco import OCCUPATIONS, RELATIONS, SKILLS, esco_files, load_esco
 from skillops.modeling import load_model, load_tokenizer, prompt_warnings
 from skillops.preparation import golden_sources
 from skillops.tables import read_table, text_columns
 
 logger = logging.getLogger(__name__)
-
-EXPECTATIONS_DIR = Path(__file__).parent / "expectations"
 
 
 class ValidationReport(BaseModel):
@@ -91,13 +90,6 @@ class ValidationReport(BaseModel):
     def _verdict(self, file: str) -> str:
         failed = self.failed_rules(file)
         return "passed" if not failed else f"<span class='bad'>{failed} rule(s) failed</span>"
-
-
-class DataValidationError(DataError):
-    def __init__(self, report: ValidationReport):
-        self.report = report
-        problems = "\n".join(f"  - {failure.describe()}" for failure in report.failures)
-        super().__init__(f"Data validation failed ({len(report.failures)} rule(s)); nothing was trained.\n{problems}")
 
 
 @functools.cache
@@ -165,8 +157,8 @@ def data_docs(root: Path) -> Iterator[DataDocs]:
 def load_suite(name: str):
     from great_expectations.core import ExpectationSuite
 
-    path = EXPECTATIONS_DIR / f"{name}.json"
-    return ExpectationSuite(**json.loads(path.read_text("utf-8")))
+    suite = resources.files("skillops.expectations") / f"{name}.json"
+    return ExpectationSuite(**json.loads(suite.read_text("utf-8")))
 
 
 def run_suite(

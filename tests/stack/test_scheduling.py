@@ -18,8 +18,6 @@ from helpers import REPO, free_port, tiny_recipe_yaml, wait_until
 
 BIN = Path(sys.executable).parent
 
-pytestmark = pytest.mark.slow  # real servers and flow runs
-
 
 @pytest.fixture
 def stack(tmp_path):

@@ -8,7 +8,6 @@ import subprocess
 import urllib.request
 
 import mlflow
-import pytest
 
 from helpers import BIN, REPO, tiny_recipe_yaml
 from skillops import registry
@@ -21,8 +20,6 @@ CANDIDATES = [
     {"max_steps": 10, "learning_rate": 5e-4, "seed": 3},
     {"max_steps": 1, "learning_rate": 1e-9, "seed": 4},
 ]
-
-pytestmark = pytest.mark.slow  # real servers and flow runs
 
 
 def test_four_runs_promoting_at_once(prefect_server, small_esco, tiny_bert, monkeypatch):

@@ -7,11 +7,7 @@ import subprocess
 import sys
 import sysconfig
 
-import pytest
-
 from helpers import REPO
-
-pytestmark = pytest.mark.slow  # builds a wheel and a venv
 
 
 def test_a_wheel_validates_the_bundled_sample_outside_the_checkout(tmp_path):

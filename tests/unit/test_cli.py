@@ -38,7 +38,7 @@ def test_validate_exit_codes(esco_copy, tmp_path, capsys):
 
 
 def test_validate_a_bare_data_file_with_html_report(tmp_path, capsys):
-    from test_bad_inputs import good_pairs
+    from bad_inputs import good_pairs
 
     good = tmp_path / "pairs.csv"
     good_pairs().rename(columns={"anchor": "title", "positive": "skill"}).to_csv(good, index=False)

@@ -24,12 +24,9 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pytest
 
 from helpers import BIN, REPO, free_port, tiny_recipe_yaml, wait_for_http, wait_until
 from skillops import registry
-
-pytestmark = pytest.mark.slow  # real servers and flow runs
 
 NAME = "tiny-esco"
 STRONG = {"training.max_steps": 80, "training.learning_rate": 2e-3}  # reliably beats the untrained model

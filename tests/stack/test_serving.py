@@ -7,7 +7,6 @@ import subprocess
 import urllib.request
 
 import numpy as np
-import pytest
 
 from helpers import BIN, free_port, wait_for_http
 from skillops import registry, tracking
@@ -15,8 +14,6 @@ from skillops.modeling import load_model
 
 NAME = "tiny-serving"
 TEXTS = ["data analyst", "manage ICT security", "develop web applications in JavaScript"]
-
-pytestmark = pytest.mark.slow  # real servers and flow runs
 
 
 def _post(url: str, body: dict) -> np.ndarray:

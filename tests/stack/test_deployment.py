@@ -7,13 +7,10 @@ import sys
 from pathlib import Path
 
 import optuna
-import pytest
 
 from helpers import REPO, tiny_recipe_yaml
 
 BIN = Path(sys.executable).parent
-
-pytestmark = pytest.mark.slow  # real servers and flow runs
 
 
 def _prefect(env, *args, timeout=120) -> subprocess.CompletedProcess:

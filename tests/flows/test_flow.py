@@ -6,11 +6,11 @@ import mlflow
 import pytest
 
 from helpers import set_cell, tiny_recipe_yaml
+from skillops.errors import DataValidationError
 from skillops.modeling import load_model
-from skillops.validation import DataValidationError
 from train_esco import train_esco
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _versions(name):

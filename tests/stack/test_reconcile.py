@@ -1,11 +1,7 @@
 """Runs left RUNNING by a flow run that died are closed by the next start on any machine that
 shares the Prefect server: the flow run's state on the server says so, not a local pid."""
 
-import pytest
-
 from skillops import tracking
-
-pytestmark = pytest.mark.slow  # a real Prefect server
 
 
 def test_a_run_whose_flow_run_crashed_is_marked_failed_from_another_machine(prefect_server, mlflow_store):

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from skillops import registry, tracking
+from skillops import registry, score_cache, tracking
 from skillops.cli import main as cli
 from skillops.config import PromotionPolicy
+from skillops.errors import RollbackError
 from skillops.evaluation import QueryScores
 from skillops.modeling import load_model
 from skillops.promotion import decide
-from skillops.registry import RollbackError
 
 NAME = "tiny-registry"
 QUERIES = 12
@@ -160,21 +160,21 @@ def test_a_versions_scores_are_found_in_the_shared_store_from_another_folder(tin
 
     version = _register(tiny_bert, "scored")
     scored = {"test": _scores(0.6), "golden-descriptions": _scores(0.5)}
-    registry.save_scores(NAME, version, "snap1", scored)
-    shutil.rmtree(mlflow_store / registry.SCORE_CACHE)
+    score_cache.save_scores(NAME, version, "snap1", scored)
+    shutil.rmtree(mlflow_store / score_cache.SCORE_CACHE)
     calls = []
 
     def score(model, eval_sets):
         calls.append(eval_sets)
         return {eval_set: _scores(0.4) for eval_set in eval_sets}
 
-    found, source = registry.version_scores(NAME, version, "snap1", list(scored), score)
+    found, source = score_cache.version_scores(NAME, version, "snap1", list(scored), score)
     assert found == scored and calls == []
     assert source == f"cached scores of version {version} on eval snapshot snap1 (from the shared store)"
-    again, source = registry.version_scores(NAME, version, "snap1", list(scored), score)
+    again, source = score_cache.version_scores(NAME, version, "snap1", list(scored), score)
     assert again == scored and source.endswith("snap1") and calls == []  # the local copy now
 
-    fresh, source = registry.version_scores(NAME, version, "snap2", ["test"], score)
+    fresh, source = score_cache.version_scores(NAME, version, "snap2", ["test"], score)
     assert calls == [["test"]] and source.startswith(f"version {version} re-scored on eval snapshot snap2")
     assert fresh["test"] == _scores(0.4)
 

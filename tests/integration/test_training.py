@@ -9,7 +9,7 @@ import pytest
 from skillops.config import EvaluationConfig, LossConfig, Prompts, TrainingConfig
 from skillops.evaluation import evaluate
 from skillops.modeling import load_model
-from skillops.training import train_model
+from skillops.training import TrainingSpec, train_model
 
 
 @pytest.mark.parametrize(
@@ -49,12 +49,14 @@ def test_two_steps_change_the_embeddings(tiny_bert, tmp_path, loss, columns):
     config = TrainingConfig(batch_size=4, max_steps=2, learning_rate=1e-3, max_seq_length=32)
     prompts = Prompts(query="query: ", document="passage: ")
     result = train_model(
-        str(tiny_bert),
-        tmp_path / "train.parquet",
-        config,
-        LossConfig(name=loss, mini_batch_size=2),
-        prompts,
-        tmp_path / "out",
+        TrainingSpec(
+            base_model=str(tiny_bert),
+            train_path=tmp_path / "train.parquet",
+            config=config,
+            loss=LossConfig(name=loss, mini_batch_size=2),
+            prompts=prompts,
+            output_dir=tmp_path / "out",
+        )
     )
 
     assert result.steps == 2
@@ -158,23 +160,43 @@ def test_an_interrupted_training_resumes_from_its_last_checkpoint(tiny_bert, tmp
 
     with pytest.raises(KeyboardInterrupt):
         train_model(
-            str(tiny_bert),
-            tmp_path / "train.parquet",
-            config,
-            LossConfig(),
-            Prompts(),
-            tmp_path / "out",
+            TrainingSpec(
+                base_model=str(tiny_bert),
+                train_path=tmp_path / "train.parquet",
+                config=config,
+                loss=LossConfig(),
+                prompts=Prompts(),
+                output_dir=tmp_path / "out",
+            ),
             callbacks=[Crash()],
         )
     assert (tmp_path / "out" / "checkpoints" / "checkpoint-4").is_dir()
     # A kill during a save leaves a checkpoint without trainer_state.json: it is passed over.
     (tmp_path / "out" / "checkpoints" / "checkpoint-5").mkdir()
 
-    result = train_model(str(tiny_bert), tmp_path / "train.parquet", config, LossConfig(), Prompts(), tmp_path / "out")
+    result = train_model(
+        TrainingSpec(
+            base_model=str(tiny_bert),
+            train_path=tmp_path / "train.parquet",
+            config=config,
+            loss=LossConfig(),
+            prompts=Prompts(),
+            output_dir=tmp_path / "out",
+        )
+    )
     assert result.resumed_from_step == 4 and result.steps == 6
     assert not (tmp_path / "out" / "checkpoints").exists()  # the saved model replaces them
     # Run once more: the finished training is not repeated.
-    again = train_model(str(tiny_bert), tmp_path / "train.parquet", config, LossConfig(), Prompts(), tmp_path / "out")
+    again = train_model(
+        TrainingSpec(
+            base_model=str(tiny_bert),
+            train_path=tmp_path / "train.parquet",
+            config=config,
+            loss=LossConfig(),
+            prompts=Prompts(),
+            output_dir=tmp_path / "out",
+        )
+    )
     assert again == result
 
 
@@ -223,12 +245,14 @@ def test_group_by_length_picks_the_cosine_trainings_batch_sampler(tiny_bert, tmp
 
     config = TrainingConfig(batch_size=4, max_steps=1, max_seq_length=32, group_by_length=group_by_length)
     train_model(
-        str(tiny_bert),
-        tmp_path / "train.parquet",
-        config,
-        LossConfig(name="cosine_similarity"),
-        Prompts(),
-        tmp_path / "out",
+        TrainingSpec(
+            base_model=str(tiny_bert),
+            train_path=tmp_path / "train.parquet",
+            config=config,
+            loss=LossConfig(name="cosine_similarity"),
+            prompts=Prompts(),
+            output_dir=tmp_path / "out",
+        ),
         callbacks=[SeeSampler()],
     )
     assert used == [sampler]

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from helpers import BUNDLED_ESCO, edit_csv, set_cell
-from skillops.validation import DataValidationError, require, validate_esco
+from skillops.errors import DataValidationError
+from skillops.validation import require, validate_esco
 
 
 def test_bundled_sample_passes_every_suite():

@@ -15,7 +15,7 @@ from skillops import preparation, registry
 from skillops.config import BUILTIN_RECIPES_DIR, load_recipe
 from train_esco import train_esco
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _builtin_recipe_on_a_copy(tmp_path: Path, name: str) -> tuple[Path, Path]:

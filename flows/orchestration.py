@@ -1,0 +1,145 @@
+"""Prefect's side of the train-esco flow, in one place: which Prefect server a run reports to,
+the states of its flow runs, trial workers as deployment runs, and the promotion slot.
+
+`train_esco.py` orders the stages and calls `skillops.stages`; what only Prefect can answer or
+provide lives here, so the library never imports Prefect.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.runtime import deployment as prefect_deployment
+from prefect.runtime import flow_run as prefect_flow_run
+from prefect.settings import get_current_settings
+from prefect.states import Cancelled
+
+from skillops.config import Recipe
+from skillops.context import FlowRun
+from skillops.errors import RecipeError
+from skillops.tuning_workers import StudyTicket
+from skillops.uris import safe_uri
+
+# How long a run waits for another run's promotion (a champion re-score on a big test set) to end.
+PROMOTION_WAIT_SECONDS = 1800
+# The deployment (in prefect.yaml and prefect.team.yaml) whose runs are trial workers of the pool.
+TRIALS_DEPLOYMENT = "tune-trials/pool"
+
+
+def shared_prefect_api() -> str | None:
+    """The Prefect server this run reports to, when it is one that outlives the run (not the
+    temporary server of a plain `python flows/train_esco.py`)."""
+    api = get_current_settings().api.url
+    return safe_uri(api) if api else None
+
+
+def this_flow_run() -> FlowRun | None:
+    """The flow run of the calling task, when it is on a shared Prefect server."""
+    api = shared_prefect_api()
+    if api is None:
+        return None
+    deployment = f"{prefect_flow_run.flow_name}/{prefect_deployment.name}" if prefect_deployment.id else None
+    return FlowRun(id=str(prefect_flow_run.id), api=api, name=prefect_flow_run.name, deployment=deployment)
+
+
+def flow_run_states(flow_run_ids: list[str]) -> dict[str, str]:
+    """Flow run id -> its state type (CRASHED, FAILED, RUNNING, ...) on this Prefect server."""
+    states = {}
+    with get_client(sync_client=True) as client:
+        for flow_run_id in flow_run_ids:
+            try:
+                state = client.read_flow_run(UUID(flow_run_id)).state
+            except ObjectNotFound:
+                continue
+            if state is not None:
+                states[flow_run_id] = state.type.value
+    return states
+
+
+class PoolTrialWorkers:
+    """Trial workers as runs of the tune-trials deployment: any worker of the pool may take one,
+    on any machine. Their trials report to the study, so the run does not wait on the flow runs
+    themselves; those no worker took by the time the study is done are cancelled."""
+
+    def __init__(self, ticket: StudyTicket, count: int) -> None:
+        parameters = {"ticket": ticket.model_dump(mode="json")}
+        self.flow_run_ids = [
+            run_deployment(
+                TRIALS_DEPLOYMENT,
+                parameters=parameters,
+                timeout=0,  # started, not awaited: this run tunes alongside them
+                flow_run_name=f"tune-trials {ticket.study_name} {number}/{count}",
+            ).id
+            for number in range(1, count + 1)
+        ]
+
+    def wait(self) -> None:
+        """Nothing to wait for here: the search waits for the study's running trials by heartbeat."""
+
+    def stop(self) -> None:
+        untaken = 0
+        with get_client(sync_client=True) as client:
+            for flow_run_id in self.flow_run_ids:
+                state = client.read_flow_run(flow_run_id).state
+                if state is not None and state.is_scheduled():
+                    client.set_flow_run_state(flow_run_id, Cancelled(message="the study has its trials"), force=True)
+                    untaken += 1
+        if untaken:
+            print(f"{untaken} of {len(self.flow_run_ids)} tune-trials runs were not taken by any worker: cancelled")
+
+
+def require_trial_pool(recipe: Recipe) -> None:
+    """With `search.workers: pool`, a shared Prefect server and the tune-trials deployment, before any compute."""
+    search = recipe.search
+    if search.parallel == 1 or search.workers != "pool":
+        return
+    if shared_prefect_api() is None:
+        raise RecipeError(
+            "search.workers = pool, but this run has no Prefect server that workers share: set PREFECT_API_URL "
+            "(`make stack-up` prints it) or use search.workers: local."
+        )
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(client.read_deployment_by_name(TRIALS_DEPLOYMENT).work_pool_name)
+        except ObjectNotFound:
+            raise RecipeError(
+                f"search.workers = pool, but the Prefect server has no deployment {TRIALS_DEPLOYMENT}: deploy "
+                "prefect.yaml (or prefect.team.yaml) again, e.g. `make stack-up`."
+            ) from None
+    if pool.concurrency_limit is not None and pool.concurrency_limit < search.parallel:
+        raise RecipeError(
+            f"search.parallel = {search.parallel} with search.workers = pool, but the work pool {pool.name} runs at "
+            f"most {pool.concurrency_limit} flow run(s) at a time, this run included: give search.parallel at most "
+            f"{pool.concurrency_limit}, raise the pool's limit (`prefect work-pool set-concurrency-limit`), or use "
+            "search.workers: local."
+        )
+
+
+def promotion_slot_name(model_name: str) -> str | None:
+    """The lock every machine takes before moving this model's champion: a global concurrency
+    limit of the shared Prefect server (None without one: the temporary server is this run's own)."""
+    api = shared_prefect_api()
+    return f"global concurrency limit skillops-promote-{model_name} on {api}" if api else None
+
+
+def promotion_slot(model_name: str):
+    """A strict Prefect global concurrency limit of 1 per registered model, created on first use:
+    runs on any worker that share this Prefect server promote one at a time. (The library re-reads
+    the champion before moving the alias.)"""
+    name = f"skillops-promote-{model_name}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            # Read first: a create that meets an existing limit is answered 409, but the server
+            # logs a database traceback for it, on every run after the first.
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:
+                pass  # a run starting at the same moment made it
+    return concurrency(name, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS)
