@@ -85,8 +85,8 @@ def record_skip(recipe: Recipe, fingerprints: Fingerprints, previous_run_id: str
 
 
 @task(name="start", task_run_name="start {recipe.name}")
-def start(recipe: Recipe, fingerprints: Fingerprints) -> RunContext:
-    return stages.start(recipe, fingerprints, this_flow_run())
+def start(recipe: Recipe, fingerprints: Fingerprints, source: str, overrides: dict[str, Any]) -> RunContext:
+    return stages.start(recipe, fingerprints, this_flow_run(), source, overrides)
 
 
 @task(name="validate-data", task_run_name="validate-data {run.recipe.name}")
@@ -160,7 +160,7 @@ def train_esco(
         create_markdown_artifact(text, key="train-esco-decision", description="Promotion decision")
         print(text)
         return {"run_id": run_id, "skipped": True, "same_as_run": previous}
-    run = start(config, fingerprints)
+    run = start(config, fingerprints, recipe, overrides or {})
     create_link_artifact(stages.run_link(run), link_text=f"MLflow run {run.run_id}", key="mlflow-run")
     try:
         validate_data(run)
@@ -185,8 +185,9 @@ def train_esco(
     return {
         "run_id": run.run_id,
         "skipped": False,
-        "version": version,
+        "version": version,  # of <model>-candidates
         "promoted": decision.promote,
+        "served_version": decision.served_version,  # of <model>, when promoted
         "reason": decision.reason,
     }
 

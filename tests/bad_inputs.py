@@ -298,6 +298,6 @@ def assert_refused(message: str, case: str, store: Path) -> None:
     for part in CASES[case][1]:
         assert part in message, f"{case}: {part!r} not in {message}"
     client = mlflow.MlflowClient()
-    assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL_NAME}'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{MODEL_NAME}-candidates'")] == ["1"]
     assert str(client.get_registered_model(MODEL_NAME).aliases["champion"]) == "1"
     assert not (store / "outputs" / "attempts").exists()  # no tuning, no training

@@ -24,7 +24,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
 import bad_inputs
-from helpers import BIN, REPO, build_tiny_model, free_port, small_esco_extract, wait_for_http
+from helpers import BIN, REPO, build_tiny_model, free_port, seed_champion, small_esco_extract, wait_for_http
 
 SLOW_TIERS = ("flows", "stack")
 
@@ -143,11 +143,6 @@ def store_with_champion(tmp_path_factory, tiny_bert):
     patch = pytest.MonkeyPatch()
     patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     patch.setenv("SKILLOPS_OUTPUTS_DIR", str(root / "outputs"))
-    from skillops import registry, tracking
-
-    run_id = tracking.start_run(bad_inputs.MODEL_NAME, "seed-champion", {})
-    registry.register(tiny_bert, run_id, bad_inputs.MODEL_NAME, {})
-    tracking.end_run(run_id)
-    tracking.client().set_registered_model_alias(bad_inputs.MODEL_NAME, registry.CHAMPION, "1")
+    seed_champion(tiny_bert, bad_inputs.MODEL_NAME)
     yield root
     patch.undo()

@@ -194,3 +194,38 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def seed_champion(model_dir: Path, name: str) -> str:
+    """The model a team had before skillops, registered as a candidate of `name` and made its
+    champion by the registry's own promotion step (a judge that lets it through); returns its
+    served version. Runs against the store MLFLOW_TRACKING_URI names."""
+    from skillops import registry, tracking
+    from skillops.promotion import Decision
+
+    adopted = Decision(
+        promote=True,
+        reason="the model before skillops",
+        metric="map",
+        candidate=0.0,
+        reference=0.0,
+        reference_name="base model",
+        delta=0.0,
+    )
+    run_id = tracking.start_run(name, "previous champion", {})
+    candidate = registry.register(model_dir, run_id, name, {})
+    tracking.end_run(run_id)
+    return registry.promote_if_better(name, candidate, lambda champion: adopted).served_version
+
+
+# The same in a process of its own (another machine's, with its own environment): argv is the
+# model folder and the model name; the tests folder is on its path.
+SEED_CHAMPION = "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; import helpers; helpers.seed_champion(Path(sys.argv[1]), sys.argv[2])"
+
+
+def served_candidates(client, name: str) -> dict[str, int]:
+    """Served version of `name` -> the candidate version it is a copy of."""
+    return {
+        str(v.version): int(v.tags["skillops.candidate_version"])
+        for v in client.search_model_versions(f"name = '{name}'")
+    }

@@ -115,26 +115,40 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_models(args) -> int:
+    from skillops import registry
     from skillops.tracking import client, tracking_uri
     from skillops.uris import safe_uri
 
     recipe = _recipe(args)
     mlflow_client = client()
     name = recipe.registered_model_name
-    versions = sorted(mlflow_client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
-    if not versions:
+    metric = f"test_{recipe.evaluation.primary_metric}"
+
+    def versions(model: str) -> list:
+        return sorted(mlflow_client.search_model_versions(f"name = '{model}'"), key=lambda v: int(v.version))
+
+    candidates, served = versions(registry.candidates(name)), versions(name)
+    if not candidates and not served:
         print(f"No versions of {name!r} in {safe_uri(tracking_uri())}.")
         return 0
-    aliases: dict[str, list[str]] = {}
-    for alias, version in mlflow_client.get_registered_model(name).aliases.items():
-        aliases.setdefault(str(version), []).append(alias)
-    metric = f"test_{recipe.evaluation.primary_metric}"
-    print(f"{'version':>7}  {'aliases':10} {metric:>10}  decision")
-    for version in versions:
+    champion = registry.champion_version(name)
+    print(f"{name}: the served model, every version a champion once (@champion = v{champion or '-'})")
+    print(f"{'version':>7}  {'aliases':10} {metric:>12}  {'candidate':>9}  promoted by")
+    for version in served:
+        tags = version.tags
+        alias = "champion" if str(version.version) == champion else "-"
+        # A served version the gate did not make (no candidate it copies) is named as such.
+        origin = tags.get(registry.CANDIDATE_TAG, "NOT FROM THE GATE")
+        print(
+            f"{version.version:>7}  {alias:10} {tags.get(metric, '-'):>12}  {origin:>9}  {tags.get('skillops.decision_by', '-')}"
+        )
+    print(f"\n{registry.candidates(name)}: every candidate and the gate's decision")
+    print(f"{'version':>7}  {metric:>12}  {'served as':>9}  decision")
+    for version in candidates:
         tags = version.tags
         print(
-            f"{version.version:>7}  {','.join(aliases.get(str(version.version), [])) or '-':10} {tags.get(metric, '-'):>10}  "
-            f"{tags.get('skillops.decision', '-')}: {tags.get('skillops.decision_reason', '')}"
+            f"{version.version:>7}  {tags.get(metric, '-'):>12}  {tags.get(registry.SERVED_TAG, '-'):>9}  "
+            f"{tags.get('skillops.decision', 'not judged')}: {tags.get('skillops.decision_reason', '')}"
         )
     return 0
 
@@ -168,7 +182,40 @@ def cmd_history(args) -> int:
             if numbers
             else ""
         )
-        print(f"{move['when']}  {move['kind']:9} v{move['from'] or '-'} -> v{move['to']}  {move['why']}{detail}")
+        by = f" by {move['by']}" if move.get("by") else ""
+        print(f"{move['when']}  {move['kind']:9} v{move['from'] or '-'} -> v{move['to']}{by}  {move['why']}{detail}")
+    return 0
+
+
+def cmd_policy(args) -> int:
+    import json
+
+    from skillops import registry, stages
+
+    recipe = _recipe(args)
+    name = recipe.registered_model_name
+    current = registry.model_policy(name)
+    if args.set:
+        from skillops.config import parse_overrides
+
+        base = current or stages.model_policy(recipe)
+        changed = {field.removeprefix("promotion."): value for field, value in parse_overrides(args.set).items()}
+        try:
+            policy = base.model_copy(update={"promotion": base.promotion.model_copy(update=changed)})
+            policy = type(base).model_validate(policy.model_dump())  # validated as a recipe's policy is
+        except ValueError as error:
+            print(f"skillops policy: {error}", file=sys.stderr)
+            return 2
+        change = registry.set_model_policy(name, policy, args.reason)
+        print(f"{name}: policy changed by {change['by']} ({args.reason}).")
+        current = policy
+    if current is None:
+        print(f"{name} has no policy yet: its first promotion stores the recipe's as written.")
+        return 0
+    print(f"{name} judges its candidates by:")
+    print(json.dumps(current.model_dump(mode="json"), indent=1))
+    for change in registry.policy_changes(name):
+        print(f"{change['when']}  changed by {change['by']}: {change['why']}")
     return 0
 
 
@@ -223,7 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("models", cmd_models, "List registered versions, their aliases and promotion decisions.")
     rollback = add("rollback", cmd_rollback, "Move the champion alias back to the version it replaced.")
     rollback.add_argument("--reason", default="manual rollback", help="recorded on both versions")
-    add("history", cmd_history, "Every move of the champion alias: from, to, when, why and the decision's numbers.")
+    add(
+        "history", cmd_history, "Every move of the champion alias: from, to, when, who, why and the decision's numbers."
+    )
+    policy = add("policy", cmd_policy, "The promotion policy stored with the served model, and its changes.")
+    policy.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="change a field of the policy, e.g. --set significance_level=0.01 (a maintainer's account; repeatable)",
+    )
+    policy.add_argument("--reason", default="changed by hand", help="recorded with the change")
     return parser
 
 

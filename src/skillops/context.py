@@ -60,6 +60,9 @@ class RunContext(BaseModel):
     recipe: Recipe
     fingerprints: Fingerprints
     run_id: str
+    # The recipe as it was named (a built-in name or a file), before this run's overrides: the
+    # served model's first policy is that file's, never an override's. None: given as an object.
+    recipe_source: str | None = None
 
     @property
     def output_dir(self) -> Path:

@@ -14,6 +14,9 @@ champion yet) on the same frozen test set, query by query:
 
 Every check is computed and kept in the decision, so a report shows all of them, and the reason
 names the first that failed.
+
+The policy a registered model is judged by belongs to the model (`ModelPolicy`, stored with it):
+a run whose own policy is weaker in any field (`weaker_than`) may register, never promote.
 """
 
 from __future__ import annotations
@@ -25,6 +28,60 @@ from skillops.config import PromotionPolicy
 from skillops.evaluation import QueryScores
 
 CONFIDENCE = 0.95  # of the bootstrap interval reported for the primary metric's difference
+
+
+class ModelPolicy(BaseModel):
+    """What a registered model's candidates are judged by, kept with the model: the gate's policy,
+    the metric it compares and the golden sets (by name, with the fingerprint of their content)
+    every candidate must be scored on."""
+
+    promotion: PromotionPolicy
+    evaluator: str
+    primary_metric: str
+    at_k: int
+    golden: dict[str, str] = {}  # golden set name -> fingerprint of its file
+
+
+# Fields where a higher value lets more candidates through ...
+_LOOSER_WHEN_HIGHER = ("secondary_tolerance", "slice_tolerance", "golden_tolerance", "min_slice_queries")
+# ... and where a lower one does (fewer resamples: a coarser p-value).
+_LOOSER_WHEN_LOWER = ("min_delta", "min_relative_delta", "resamples")
+
+
+def weaker_than(run: ModelPolicy, model: ModelPolicy) -> list[str]:
+    """Every field in which the run's policy would let through a candidate the model's would not,
+    each as `field: the run's value (the model's: value)`; empty when the run is at least as strict."""
+    ours, theirs = run.promotion, model.promotion
+    found = []
+
+    def weaker(field: str, value, required) -> None:
+        found.append(f"{field}: {value!r} (the model's: {required!r})")
+
+    for field in _LOOSER_WHEN_HIGHER:
+        if getattr(ours, field) > getattr(theirs, field):
+            weaker(f"promotion.{field}", getattr(ours, field), getattr(theirs, field))
+    for field in _LOOSER_WHEN_LOWER:
+        if getattr(ours, field) < getattr(theirs, field):
+            weaker(f"promotion.{field}", getattr(ours, field), getattr(theirs, field))
+    level, required_level = ours.significance_level, theirs.significance_level
+    if required_level is not None and (level is None or level > required_level):
+        weaker("promotion.significance_level", level, required_level)
+    dropped = sorted(set(theirs.require_golden_improvement) - set(ours.require_golden_improvement))
+    if dropped:
+        weaker(
+            "promotion.require_golden_improvement", ours.require_golden_improvement, theirs.require_golden_improvement
+        )
+    for field in ("evaluator", "primary_metric", "at_k"):
+        if getattr(run, field) != getattr(model, field):
+            weaker(f"evaluation.{field}", getattr(run, field), getattr(model, field))
+    for name, fingerprint in sorted(model.golden.items()):
+        if name not in run.golden:
+            found.append(f"evaluation.golden: no golden set {name!r} (the model's golden sets: {sorted(model.golden)})")
+        elif run.golden[name] != fingerprint:
+            found.append(
+                f"evaluation.golden {name!r}: another file (content {run.golden[name]}; the model's: {fingerprint})"
+            )
+    return found
 
 
 class Check(BaseModel):
@@ -52,6 +109,7 @@ class Decision(BaseModel):
     p_value: float | None = None  # one-sided paired permutation test, candidate > reference
     interval: tuple[float, float] | None = None  # paired bootstrap interval of the delta
     checks: list[Check] = []
+    served_version: str | None = None  # set by the registry: the served version the champion alias moved to
     metrics: dict[str, Comparison] = {}
     slices: dict[str, Comparison] = {}
     golden: dict[str, Comparison] = {}
@@ -175,9 +233,11 @@ def decide(
     policy: PromotionPolicy,
     reference_version: str | None = None,
     golden: dict[str, tuple[QueryScores, QueryScores]] | None = None,
+    weaker_policy: list[str] | None = None,
 ) -> Decision:
     """Promote only if every check of the policy passes (see the module docstring). `golden`:
-    golden set name -> (candidate's, reference's) per-query scores on it."""
+    golden set name -> (candidate's, reference's) per-query scores on it. `weaker_policy`: the
+    fields in which the run's policy is weaker than the model's (`weaker_than`); any fails the run."""
     _same_queries(candidate, reference, reference_name, "test sets")
     metrics = {}
     for name in dict.fromkeys([metric, *headline]):
@@ -188,13 +248,24 @@ def decide(
     versus = f"the {reference_name}'s {bar:.4f}"
 
     verdict = "beats" if delta > 0 else "is equal to" if delta == 0 else "is worse than"
-    checks = [
+    checks = []
+    if weaker_policy:
+        checks.append(
+            Check(
+                name="policy",
+                passed=False,
+                detail="this run's policy is weaker than the one the model is judged by, so it may register but not "
+                f"promote: {'; '.join(weaker_policy)}. Run with the model's policy (`skillops policy` shows it; a "
+                "maintainer changes it with `skillops policy set`)",
+            )
+        )
+    checks.append(
         Check(
             name="improvement",
             passed=delta > 0,
             detail=f"{metric} {score:.4f} {verdict} {versus}" + (f" by {delta:.4f}" if delta > 0 else ""),
         )
-    ]
+    )
     needed = max(policy.min_delta, policy.min_relative_delta * abs(bar))
     if needed > 0:
         checks.append(

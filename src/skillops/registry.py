@@ -1,5 +1,14 @@
 """MLflow model registry: register candidates, find the champion, move its alias under a lock.
 
+Two registered models per recipe. Every candidate is a version of `<name>-candidates`; the gate
+copies the one it promotes into `<name>`, the served model, and moves `<name>@champion` there. So
+the served model holds nothing the gate did not pass: whoever may move its alias (a maintainer's
+rollback) can only choose among versions that once beat the champion before them. (In MLflow's
+open-source server, creating a version and moving an alias both need EDIT on the registered
+model; one model could not tell "may register" from "may serve".) The policy candidates are
+judged by is a tag of the served model (`model_policy`), and every move records the account
+that made it.
+
 The lock: MLflow aliases are last-writer-wins, with no compare-and-set, so promoters must take
 turns. On one machine (a sqlite store) a file lock next to the store does it. With a tracking
 server, promoters on other machines never see that file: the caller must hold a lock that every
@@ -22,17 +31,22 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
 from skillops.errors import ModelNotFoundError, PromotionError, RollbackError
-from skillops.promotion import Decision
-from skillops.tracking import client, store_dir, tracking_uri, uses_server
+from skillops.promotion import Decision, ModelPolicy
+from skillops.tracking import account, client, store_dir, tracking_uri, uses_server
 from skillops.uris import safe_uri
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-MOVE_TAG_PREFIX = "skillops.champion_move."  # one tag per alias move, on both versions
+MOVE_TAG_PREFIX = "skillops.champion_move."  # one tag per alias move, on both served versions
+POLICY_TAG = "skillops.policy"  # on the served model: the ModelPolicy its candidates are judged by
+POLICY_CHANGE_PREFIX = "skillops.policy_change."  # one tag per change of it
+CANDIDATE_TAG = "skillops.candidate_version"  # on a served version: the candidate it is a copy of
+SERVED_TAG = "skillops.served_as"  # on a promoted candidate: the served version it became
 MAX_RECHECKS = 5  # judgements of one candidate while the champion keeps moving, before giving up
 
 # Written explicitly: MLflow's inference of requirements imports and inspects the model (slow)
@@ -40,28 +54,61 @@ MAX_RECHECKS = 5  # judgements of one candidate while the champion keeps moving,
 SERVING_REQUIREMENTS = ["sentence-transformers>=6.2,<7", "torch", "transformers>=5,<6"]
 
 
+def candidates(name: str) -> str:
+    """The registered model that holds every candidate of the served model `name`."""
+    return f"{name}-candidates"
+
+
 def register(model, run_id: str, name: str, tags: dict[str, Any], description: str = "") -> str:
-    """Log the model (a loaded SentenceTransformer, or its folder) to `run_id` and register it;
-    returns the new version number."""
+    """Log the model (a loaded SentenceTransformer, or its folder) to `run_id` and register it as a
+    candidate of `name`; returns its version of `<name>-candidates`.
+
+    Safe to run again for the same run (a retry after a lost answer): a candidate this run already
+    registered is returned as it is, and a model it already logged is registered without logging
+    it a second time."""
+    mlflow_client = client()
+    registered = _candidate_of_run(name, run_id)
+    if registered is not None:
+        logger.info("Run %s already registered candidate version %s of %s", run_id, registered, name)
+        return registered
+    model_uri = _logged_model(run_id) or _log_model(model, run_id)
+    all_tags = {**{key: str(value) for key, value in tags.items()}, "skillops.registered_by": account()}
+    version = str(mlflow.register_model(model_uri, candidates(name), tags=all_tags).version)
+    if description:
+        mlflow_client.update_model_version(candidates(name), version, description=description)
+    return version
+
+
+def _candidate_of_run(name: str, run_id: str) -> str | None:
+    try:
+        found = client().search_model_versions(f"name = '{candidates(name)}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None  # no candidates model yet
+    return str(min(int(v.version) for v in found)) if found else None
+
+
+def _logged_model(run_id: str) -> str | None:
+    """The model this run logged completely before (None if it has none)."""
+    mlflow_client = client()
+    run = mlflow_client.get_run(run_id)
+    for logged in mlflow_client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    ):
+        if logged.name == "model" and logged.status == LoggedModelStatus.READY:
+            return logged.model_uri
+    return None
+
+
+def _log_model(model, run_id: str) -> str:
     if isinstance(model, str | Path):
         from skillops.modeling import load_model
 
         model = load_model(str(model))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.sentence_transformers.log_model(
-            model,
-            name="model",
-            registered_model_name=name,
-            pip_requirements=SERVING_REQUIREMENTS,
-            signature=serving_signature(),
+            model, name="model", pip_requirements=SERVING_REQUIREMENTS, signature=serving_signature()
         )
-    mlflow_client = client()
-    version = str(info.registered_model_version)
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(name, version, key, str(value))
-    if description:
-        mlflow_client.update_model_version(name, version, description=description)
-    return version
+    return info.model_uri
 
 
 def fetch(uri: str, folder: Path) -> Path:
@@ -70,9 +117,11 @@ def fetch(uri: str, folder: Path) -> Path:
     return folder
 
 
-def describe(name: str, version: str, description: str) -> None:
-    """The version's description in the MLflow UI (markdown)."""
-    client().update_model_version(name, version, description=description)
+def describe(name: str, candidate: str, description: str, served: str | None = None) -> None:
+    """The description in the MLflow UI (markdown) of a candidate, and of its served copy."""
+    client().update_model_version(candidates(name), candidate, description=description)
+    if served:
+        client().update_model_version(name, served, description=description)
 
 
 def serving_signature():
@@ -141,9 +190,11 @@ def _file_lock(name: str) -> Iterator[None]:
 
 
 def promote_if_better(
-    name: str, version: str, judge: Callable[[str | None], Decision], shared_lock: str | None = None
+    name: str, candidate: str, judge: Callable[[str | None], Decision], shared_lock: str | None = None
 ) -> Decision:
-    """Decide and, if the decision says so, move the alias; the decision is recorded on the version.
+    """Decide on candidate version `candidate` of `<name>-candidates` and, if the decision says so,
+    copy it into the served model `name` and move `name@champion` to the copy. The decision is
+    recorded on the candidate (and so on its copy); the returned decision names the served version.
 
     `shared_lock` names a lock the caller holds that promoters on every machine take; without it,
     a file lock on this machine is taken, which only a store on this machine may rely on.
@@ -152,7 +203,8 @@ def promote_if_better(
     on the run's frozen test set. Under the lock, the champion is read, judged, and read again
     just before the alias moves: if it changed meanwhile (a promoter on another machine, a
     rollback), the candidate is judged again against the new champion. So a run can never move
-    the alias past a champion it did not beat.
+    the alias past a champion it did not beat. A retry after a crash between the copy and the
+    alias move finds the copy and does not make a second one.
     """
     require_shared_lock(shared_lock)
     mlflow_client = client()
@@ -164,23 +216,40 @@ def promote_if_better(
                 break
         else:
             raise PromotionError(
-                f"The champion of {name!r} moved {MAX_RECHECKS} times while version {version} was being "
+                f"The champion of {name!r} moved {MAX_RECHECKS} times while candidate {candidate} was being "
                 "judged; something else is moving the alias. Run again once it has stopped."
             )
-        if decision.promote:
-            mlflow_client.set_registered_model_alias(name, CHAMPION, version)
-            _record_move(name, current, version, "promotion", decision.reason, decision)
         record = {
             "skillops.decision": "promoted" if decision.promote else "not promoted",
             "skillops.decision_reason": decision.reason,
             "skillops.decision_time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "skillops.decision_by": account(),
             "skillops.previous_champion": current or "none",
             "skillops.decision_numbers": json.dumps(_numbers(decision)),
         }
         for key, value in record.items():
-            mlflow_client.set_model_version_tag(name, version, key, value)
-    logger.info("Version %s of %s: %s", version, name, decision.reason)
+            mlflow_client.set_model_version_tag(candidates(name), candidate, key, value)
+        if decision.promote:
+            served = _served_copy(name, candidate)
+            for key, value in record.items():  # a copy made by an earlier attempt has that attempt's
+                mlflow_client.set_model_version_tag(name, served, key, value)
+            mlflow_client.set_registered_model_alias(name, CHAMPION, served)
+            _record_move(name, current, served, "promotion", decision.reason, decision, candidate)
+            mlflow_client.set_model_version_tag(candidates(name), candidate, SERVED_TAG, served)
+            decision = decision.model_copy(update={"served_version": served})
+    logger.info("Candidate %s of %s: %s", candidate, name, decision.reason)
     return decision
+
+
+def _served_copy(name: str, candidate: str) -> str:
+    """The served model's version that is a copy of this candidate, made now unless it exists."""
+    with contextlib.suppress(MlflowException):  # no served model yet
+        for version in client().search_model_versions(f"name = '{name}'"):
+            if version.tags.get(CANDIDATE_TAG) == candidate:
+                return str(version.version)
+    copy = client().copy_model_version(model_uri(candidates(name), candidate), name)
+    client().set_model_version_tag(name, str(copy.version), CANDIDATE_TAG, candidate)
+    return str(copy.version)
 
 
 def _numbers(decision: Decision) -> dict[str, Any]:
@@ -194,15 +263,26 @@ def _numbers(decision: Decision) -> dict[str, Any]:
     }
 
 
-def _record_move(name: str, old: str | None, new: str, kind: str, why: str, decision: Decision | None = None) -> dict:
-    """One alias move, on both versions it concerns: from, to, when, why and the decision's numbers."""
+def _record_move(
+    name: str,
+    old: str | None,
+    new: str,
+    kind: str,
+    why: str,
+    decision: Decision | None = None,
+    candidate: str | None = None,
+) -> dict:
+    """One alias move, on both served versions it concerns: from, to, when, who, why, and for a
+    promotion the candidate it came from and the decision's numbers."""
     now = datetime.now(UTC)
     move = {
         "from": old,
         "to": new,
         "when": now.isoformat(timespec="seconds"),
         "kind": kind,
+        "by": account(),
         "why": why,
+        **({"candidate": candidate} if candidate else {}),
         **({"numbers": _numbers(decision)} if decision else {}),
     }
     value = json.dumps(move)
@@ -210,6 +290,46 @@ def _record_move(name: str, old: str | None, new: str, kind: str, why: str, deci
     for touched in {new, old} - {None}:
         client().set_model_version_tag(name, touched, key, value)
     return move
+
+
+def model_policy(name: str) -> ModelPolicy | None:
+    """The policy the served model `name` judges its candidates by (None: no model or no policy yet)."""
+    try:
+        tags = client().get_registered_model(name).tags
+    except MlflowException:
+        return None
+    return ModelPolicy.model_validate_json(tags[POLICY_TAG]) if POLICY_TAG in tags else None
+
+
+def set_model_policy(name: str, policy: ModelPolicy, reason: str) -> dict:
+    """Store `policy` with the served model (created if it is new) and record the change: who,
+    when, from, to and why. Returns the change."""
+    mlflow_client = client()
+    with contextlib.suppress(MlflowException):  # it exists already
+        mlflow_client.create_registered_model(name, description=f"The served model: candidates in {candidates(name)}")
+    old = model_policy(name)
+    now = datetime.now(UTC)
+    change = {
+        "when": now.isoformat(timespec="seconds"),
+        "by": account(),
+        "why": reason,
+        "from": None if old is None else old.model_dump(mode="json"),
+        "to": policy.model_dump(mode="json"),
+    }
+    mlflow_client.set_registered_model_tag(name, POLICY_TAG, policy.model_dump_json())
+    mlflow_client.set_registered_model_tag(
+        name, POLICY_CHANGE_PREFIX + now.strftime("%Y%m%dT%H%M%S%fZ"), json.dumps(change)
+    )
+    return change
+
+
+def policy_changes(name: str) -> list[dict]:
+    """Every recorded change of the served model's policy, oldest first."""
+    try:
+        tags = client().get_registered_model(name).tags
+    except MlflowException:
+        return []
+    return [json.loads(tags[key]) for key in sorted(tags) if key.startswith(POLICY_CHANGE_PREFIX)]
 
 
 TUNED_PARAMS = {"learning_rate": float, "batch_size": int, "warmup_ratio": float}

@@ -121,7 +121,8 @@ def summary(
         f" (version {decision.reference_version})" if decision.reference_version else ""
     )
     lines = [
-        f"## {model_name} version {version}: {'PROMOTED to champion' if decision.promote else 'not promoted'}",
+        f"## {model_name} candidate {version}: "
+        + (f"PROMOTED to champion as version {decision.served_version}" if decision.promote else "not promoted"),
         "",
         f"Why: {decision.reason}.",
         "",
@@ -194,7 +195,8 @@ def model_card(
     )
     trained = {k.removeprefix("best."): v for k, v in params.items() if k.startswith("best.")}
     lines = [
-        f"# {recipe.registered_model_name} version {version}",
+        f"# {recipe.registered_model_name} candidate {version}"
+        + (f" (served as version {decision.served_version})" if decision.served_version else ""),
         "",
         recipe.description
         or f"A sentence-embedding model for skills and occupations, trained by the skillops recipe `{recipe.name}`.",

@@ -27,22 +27,20 @@ from skillops.tracking import client, store_dir
 SCORE_CACHE = "score-cache"  # in the run that registered a version, and the local folder that mirrors it
 
 
-def _score_cache_file(name: str, version: str, eval_fingerprint: str, eval_set: str) -> Path:
-    """The local copy of a version's per-query scores on one frozen eval set: a version's weights
-    never change, so neither do its scores on the same snapshot."""
+def _score_cache_file(run_id: str, eval_fingerprint: str, eval_set: str) -> Path:
+    """The local copy of the per-query scores, on one frozen eval set, of the model a run
+    registered: its weights never change, so neither do its scores on the same snapshot. (By run,
+    so a candidate and its served copy share one entry.)"""
     stem = eval_fingerprint if eval_set == "test" else f"{eval_fingerprint}.{eval_set}"
-    return store_dir() / SCORE_CACHE / name / f"v{version}" / f"{stem}.json"
+    return store_dir() / SCORE_CACHE / run_id / f"{stem}.json"
 
 
-def save_scores(
-    name: str, version: str, eval_fingerprint: str, scores: dict[str, QueryScores], run_id: str | None = None
-) -> None:
-    """`scores`: eval set ("test", "golden-<name>") -> the version's per-query scores on it. Kept
-    as artifacts of the run that registered the version (`run_id`, read from the registry when
-    not given), where a run on any machine finds them, and locally as a read-through copy."""
-    run_id = run_id or client().get_model_version(name, version).run_id
+def save_scores(run_id: str, eval_fingerprint: str, scores: dict[str, QueryScores]) -> None:
+    """`scores`: eval set ("test", "golden-<name>") -> per-query scores of the model `run_id`
+    registered. Kept as artifacts of that run, where a run on any machine finds them, and locally
+    as a read-through copy."""
     for eval_set, values in scores.items():
-        path = _score_cache_file(name, version, eval_fingerprint, eval_set)
+        path = _score_cache_file(run_id, eval_fingerprint, eval_set)
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_whole(path, values)
         client().log_artifact(run_id, str(path), SCORE_CACHE)
@@ -72,9 +70,9 @@ def version_scores(
     """A registered version's per-query scores on the eval sets of one snapshot, and where they
     came from: the cache (local, else the shared store) for the sets that version was already
     scored on, `score(model, sets)` (the model loaded once) for the others."""
-    files = {eval_set: _score_cache_file(name, version, eval_fingerprint, eval_set) for eval_set in eval_sets}
+    registered = client().get_model_version(name, version)
+    files = {eval_set: _score_cache_file(registered.run_id, eval_fingerprint, eval_set) for eval_set in eval_sets}
     absent = [eval_set for eval_set, path in files.items() if not path.is_file()]
-    registered = client().get_model_version(name, version) if absent else None  # read once, only if needed
     shared = [eval_set for eval_set in absent if _fetch_shared_copy(files[eval_set], registered.run_id)]
     missing = [eval_set for eval_set in absent if eval_set not in shared]
     scores = {s: QueryScores.model_validate_json(files[s].read_text("utf-8")) for s in eval_sets if s not in missing}
@@ -83,7 +81,7 @@ def version_scores(
         return scores, f"cached scores of version {version} on eval snapshot {eval_fingerprint}{where}"
     scored_on = registered.tags.get("skillops.eval_fingerprint", "unknown")
     fresh = score(registry.load(registry.model_uri(name, version)), missing)
-    save_scores(name, version, eval_fingerprint, fresh, registered.run_id)
+    save_scores(registered.run_id, eval_fingerprint, fresh)
     return (
         scores | fresh,
         f"version {version} re-scored on eval snapshot {eval_fingerprint} ({', '.join(missing)}; "

@@ -18,14 +18,14 @@ from importlib import metadata
 from pathlib import Path
 
 from skillops import preparation, registry, score_cache, tracking, tuning_workers
-from skillops.config import Recipe
+from skillops.config import Recipe, load_recipe
 from skillops.context import Fingerprints, FlowRun, RunContext
 from skillops.context import fingerprint as fingerprint  # a stage of its own: the flow calls stages.fingerprint
 from skillops.evaluation import GoldenScores, QueryScores, Scores, evaluate, score_queries, scorer
 from skillops.modeling import load_model
 from skillops.paths import outputs_root
 from skillops.preparation import PreparedData
-from skillops.promotion import Decision, decide
+from skillops.promotion import Decision, ModelPolicy, decide, weaker_than
 from skillops.reports import card_summary, loss_curve_chart, rounds_chart, write_evaluation_report
 from skillops.training import Round, TrainingSpec, check_processes, train_rounds
 from skillops.tuning import TrialWorker
@@ -69,9 +69,16 @@ def record_skip(recipe: Recipe, fingerprints: Fingerprints, previous_run_id: str
     return tracking.record_skip(recipe.name, fingerprints.tags(), previous_run_id)
 
 
-def start(recipe: Recipe, fingerprints: Fingerprints, flow_run: FlowRun | None = None) -> RunContext:
-    """Open the pipeline's MLflow run with everything needed to reproduce or compare it, and the
-    flow run it belongs to when there is one on a shared server."""
+def start(
+    recipe: Recipe,
+    fingerprints: Fingerprints,
+    flow_run: FlowRun | None = None,
+    recipe_source: str | None = None,
+    overrides: dict | None = None,
+) -> RunContext:
+    """Open the pipeline's MLflow run with everything needed to reproduce or compare it: the
+    recipe as named (`recipe_source`) and the overrides it ran with, and the flow run it belongs
+    to when there is one on a shared server (the UI's Source column names it)."""
     versions = {f"version.{lib}": metadata.version(lib) for lib in TRACKED_LIBRARIES}
     params = {
         "recipe": recipe.name,
@@ -91,10 +98,17 @@ def start(recipe: Recipe, fingerprints: Fingerprints, flow_run: FlowRun | None =
         "skillops.kind": "pipeline",
         "skillops.python": platform.python_version(),
         **versions,
+        "skillops.overrides": json.dumps(overrides or {}),
+        "mlflow.source.name": (flow_run.deployment or flow_run.name) if flow_run else "flows/train_esco.py",
+        "mlflow.source.type": "JOB" if flow_run else "LOCAL",
+        "mlflow.source.git.commit": fingerprints.code.split("+")[0],
         **({tracking.FLOW_RUN_TAG: flow_run.id, tracking.PREFECT_API_TAG: flow_run.api} if flow_run else {}),
     }
     run = RunContext(
-        recipe=recipe, fingerprints=fingerprints, run_id=tracking.start_run(recipe.name, recipe.name, params, tags)
+        recipe=recipe,
+        fingerprints=fingerprints,
+        run_id=tracking.start_run(recipe.name, recipe.name, params, tags),
+        recipe_source=recipe_source,
     )
     recipe_file = run.output_dir / "recipe.json"
     recipe_file.parent.mkdir(parents=True, exist_ok=True)
@@ -426,8 +440,34 @@ def register(run: RunContext, data: PreparedData, candidate_dir: Path, scores: S
     candidate = {"test": scores.candidate} | {
         preparation.golden_part(golden): values.candidate for golden, values in scores.golden.items()
     }
-    score_cache.save_scores(name, version, data.eval_fingerprint, candidate)
+    score_cache.save_scores(run.run_id, data.eval_fingerprint, candidate)
     return version
+
+
+def model_policy(recipe: Recipe) -> ModelPolicy:
+    """What a recipe would judge the model's candidates by, golden sets fingerprinted by content."""
+    evaluation = recipe.evaluation
+    return ModelPolicy(
+        promotion=recipe.promotion,
+        evaluator=evaluation.evaluator,
+        primary_metric=evaluation.primary_metric,
+        at_k=evaluation.at_k,
+        golden={golden.name: preparation.fingerprint_files([golden.location]) for golden in evaluation.golden},
+    )
+
+
+def _policy_of_the_model(run: RunContext) -> ModelPolicy:
+    """The policy stored with the served model; a model without one yet gets the recipe's as
+    written (before this run's overrides), so overrides can never set it."""
+    name = run.recipe.registered_model_name
+    stored = registry.model_policy(name)
+    if stored is None:
+        written = load_recipe(run.recipe_source) if run.recipe_source else run.recipe
+        stored = model_policy(written)
+        registry.set_model_policy(
+            name, stored, f"first policy of the model: recipe {run.recipe_source or run.recipe.name} as written"
+        )
+    return stored
 
 
 def promote(
@@ -440,6 +480,7 @@ def promote(
     judged against instead (its scores usually come from the cache: that run registered them)."""
     recipe = run.recipe
     notes = {}
+    weaker = weaker_than(model_policy(recipe), _policy_of_the_model(run))
 
     def judge(champion: str | None) -> Decision:
         if champion is None:
@@ -460,6 +501,7 @@ def promote(
             recipe.promotion,
             champion,
             {golden_set: (values.candidate, golden[golden_set]) for golden_set, values in scores.golden.items()},
+            weaker_policy=weaker,
         )
 
     decision = registry.promote_if_better(recipe.registered_model_name, version, judge, shared_lock)
@@ -470,6 +512,7 @@ def promote(
             "skillops.decision_reason": decision.reason,
             "skillops.model_version": version,
             "skillops.judged_against": decision.reference_version or "base model",
+            **({"skillops.served_version": decision.served_version} if decision.served_version else {}),
             **notes,
         },
     )
@@ -496,5 +539,6 @@ def report(run: RunContext, data: PreparedData, version: str, scores: Scores, de
     for path in files:
         tracking.log_artifact(run.run_id, path, "report")
     table = scores.table(run.recipe.evaluation.headline_metrics())
-    registry.describe(run.recipe.registered_model_name, version, card_summary(run.recipe, table, decision, run.run_id))
+    summary = card_summary(run.recipe, table, decision, run.run_id)
+    registry.describe(run.recipe.registered_model_name, version, summary, decision.served_version)
     return text

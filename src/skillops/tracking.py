@@ -7,6 +7,7 @@ MLflow's active run is thread-local, so runs are passed around by id and written
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import logging
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 STORE_DIR = Path("mlruns")
 logger = logging.getLogger(__name__)
 _warned_local_artifacts: set[str] = set()  # one warning per experiment and process
+
+
+def account() -> str:
+    """Who this process acts as: its account on the tracking server, else the local user."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or f"{getpass.getuser()} (local store)"
 
 
 def tracking_uri() -> str:
@@ -155,9 +161,11 @@ def start_run(
     parent_run_id: str | None = None,
 ) -> str:
     mlflow_client = client()
-    # Who runs it: lets the next start tell a crashed run (process gone) from a live one.
+    # Who runs it: lets the next start tell a crashed run (process gone) from a live one; and the
+    # account, which the UI shows as the run's user.
     all_tags = {
         "mlflow.runName": run_name,
+        "mlflow.user": account(),
         "skillops.host": socket.gethostname(),
         "skillops.pid": str(os.getpid()),
         **(tags or {}),

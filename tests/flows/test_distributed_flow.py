@@ -24,7 +24,7 @@ def test_a_two_process_training_is_judged_like_any_other(small_esco, tiny_bert, 
     )
     result = train_esco(recipe=str(recipe))
     assert result["version"] == "1" and "the base model's" in result["reason"]
-    version = tracking.client().get_model_version("tiny-esco", "1")
+    version = tracking.client().get_model_version("tiny-esco-candidates", "1")
     assert version.tags["skillops.decision"] == ("promoted" if result["promoted"] else "not promoted")
     assert json.loads(version.tags["skillops.decision_numbers"])["reference_name"] == "base model"
     assert tracking.get_params(result["run_id"])["training.processes"] == "2"

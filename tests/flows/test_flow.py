@@ -14,11 +14,13 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _versions(name):
+    """The candidates' tags by version, and the served model's aliases."""
     from skillops.tracking import client
 
     mlflow_client = client()
-    versions = mlflow_client.search_model_versions(f"name = '{name}'")
-    aliases = mlflow_client.get_registered_model(name).aliases if versions else {}
+    versions = mlflow_client.search_model_versions(f"name = '{name}-candidates'")
+    served = mlflow_client.search_model_versions(f"name = '{name}'")
+    aliases = mlflow_client.get_registered_model(name).aliases if served else {}
     return {int(v.version): v.tags for v in versions}, aliases
 
 
@@ -41,7 +43,7 @@ def test_two_runs_register_two_versions_and_gate_the_champion(
     first = train_esco(recipe=str(recipe))
     versions, aliases = _versions("tiny-esco")
     assert first["promoted"], first["reason"]
-    assert first["version"] == "1" and set(versions) == {1}
+    assert first["version"] == "1" and set(versions) == {1} and first["served_version"] == "1"
     assert str(aliases["champion"]) == "1"
     assert versions[1]["skillops.decision"] == "promoted"
     assert "beats the base model's" in versions[1]["skillops.decision_reason"]
@@ -93,7 +95,7 @@ def test_two_runs_register_two_versions_and_gate_the_champion(
     assert report["decision"]["reference_version"] == "1" and report["decision"]["p_value"] is not None
     assert report["champion_scores"].startswith("cached scores of version 1")
     card = mlflow.artifacts.load_text(f"runs:/{first['run_id']}/report/model_card.md")
-    assert "# tiny-esco version 1" in card and "CC BY 4.0" in card
+    assert "# tiny-esco candidate 1 (served as version 1)" in card and "CC BY 4.0" in card
 
     # What the MLflow UI shows: a model-training experiment, the data sets each run used (the
     # Dataset column), GX's Data Docs, Optuna's views and a version description from the card.
@@ -112,6 +114,10 @@ def test_two_runs_register_two_versions_and_gate_the_champion(
     assert {f"tuning/optuna_{view}.png" for view in ("history", "importances", "parallel_coordinate")} <= tuning
     description = client.get_model_version("tiny-esco", "1").description
     assert "Promoted: map" in description and first["run_id"] in description
+    # The UI's user and Source columns: the account (the local user here) and what ran it.
+    tags = client.get_run(first["run_id"]).data.tags
+    assert tags["mlflow.user"].endswith("(local store)") and tags["mlflow.source.type"] in ("JOB", "LOCAL")
+    assert tags["mlflow.source.git.commit"] == versions[1]["skillops.git_commit"]
 
     # Warm start: from the champion, one vanishing step keeps the champion's weights, so the
     # candidate scores exactly as the champion does (not as the base model), and the gate keeps it.

@@ -66,7 +66,7 @@ def test_builtin_recipe_runs_end_to_end(recipe_name, tiny_models, small_esco, ml
         }
         assert -1 <= run[f"metrics.{model}_{primary}"] <= 1  # correlations can be negative
     assert len(runs) == 2  # the pipeline run and its one tuning trial
-    versions = mlflow.MlflowClient().search_model_versions(f"name = '{recipe.registered_model_name}'")
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{recipe.registered_model_name}-candidates'")
     assert [str(v.version) for v in versions] == ["1"]
     assert versions[0].tags["skillops.decision"] in {"promoted", "not promoted"}
 
@@ -79,5 +79,5 @@ def test_builtin_recipe_runs_end_to_end(recipe_name, tiny_models, small_esco, ml
     if recipe.prompts:
         from skillops.registry import load
 
-        served = load(f"models:/{recipe.registered_model_name}/1")
+        served = load(f"models:/{recipe.registered_model_name}-candidates/1")
         assert served.prompts["query"] == recipe.prompts.query

@@ -1,5 +1,6 @@
-"""Registry steps on a real sqlite MLflow store: promotion under the lock with a re-check of the
-champion, alias-move records, rollback round trip, stale runs."""
+"""Registry steps on a real sqlite MLflow store: candidates in `<name>-candidates`, promotion under
+the lock with a re-check of the champion, the served model holding only what the gate passed,
+alias-move records naming who moved it, rollback round trip, the model's own policy, stale runs."""
 
 import json
 
@@ -54,58 +55,121 @@ def judge_by(levels: dict[str | None, float], candidate: float, seen: list):
 
 
 def test_promotions_rollback_round_trip_and_history(tiny_bert, mlflow_store, capsys):
-    levels = {None: 0.4}  # the base model's level
-    v1 = _register(tiny_bert, "first")
-    assert registry.promote_if_better(NAME, v1, judge_by(levels, 0.5, [])).promote
-    levels[v1] = 0.5
-    v2 = _register(tiny_bert, "second")
-    assert registry.promote_if_better(NAME, v2, judge_by(levels, 0.6, [])).promote
-    levels[v2] = 0.6
-    assert registry.champion_version(NAME) == v2
+    levels = {None: 0.4}  # the base model's level, then each served version's
+    c1 = _register(tiny_bert, "first")
+    first = registry.promote_if_better(NAME, c1, judge_by(levels, 0.5, []))
+    assert first.promote and first.served_version == "1"
+    levels["1"] = 0.5
+    c2 = _register(tiny_bert, "second")
+    assert registry.promote_if_better(NAME, c2, judge_by(levels, 0.6, [])).served_version == "2"
+    levels["2"] = 0.6
+    assert registry.champion_version(NAME) == "2"
 
-    # A refused candidate leaves the champion where it is, with its reason and numbers recorded.
-    v3 = _register(tiny_bert, "third")
-    refused = registry.promote_if_better(NAME, v3, judge_by(levels, 0.55, []))
-    assert not refused.promote and registry.champion_version(NAME) == v2
-    tags = tracking.client().get_model_version(NAME, v3).tags
+    # A refused candidate leaves the champion where it is, with its reason and numbers recorded,
+    # and never enters the served model.
+    c3 = _register(tiny_bert, "third")
+    refused = registry.promote_if_better(NAME, c3, judge_by(levels, 0.55, []))
+    assert not refused.promote and refused.served_version is None and registry.champion_version(NAME) == "2"
+    tags = tracking.client().get_model_version(registry.candidates(NAME), c3).tags
     assert tags["skillops.decision"] == "not promoted" and json.loads(tags["skillops.decision_numbers"])[
         "reference"
     ] == pytest.approx(0.6)
+    served = tracking.client().search_model_versions(f"name = '{NAME}'")
+    assert sorted((str(v.version), v.tags[registry.CANDIDATE_TAG]) for v in served) == [("1", c1), ("2", c2)]
 
     # Rollback: v2 -> v1, recorded on both versions; the alias serves v1's weights again.
     assert cli(["rollback", "--reason", "bad feedback from recruiters", str(_recipe_file(mlflow_store))]) == 0
-    assert registry.champion_version(NAME) == v1
+    assert registry.champion_version(NAME) == "1"
     assert (
         "moved back from version 2: bad feedback"
-        in tracking.client().get_model_version(NAME, v1).tags["skillops.rollback"]
+        in tracking.client().get_model_version(NAME, "1").tags["skillops.rollback"]
     )
     loaded = registry.load(f"models:/{NAME}@champion")
     assert np.allclose(loaded.encode(["data analyst"]), load_model(str(tiny_bert)).encode(["data analyst"]), atol=1e-6)
     with pytest.raises(RollbackError, match="first champion"):
         registry.rollback(NAME, "again")
-    assert registry.champion_version(NAME) == v1
+    assert registry.champion_version(NAME) == "1"
 
     # ... and forward again: a new candidate is judged against v1, the champion after the rollback.
-    v4 = _register(tiny_bert, "fourth")
+    c4 = _register(tiny_bert, "fourth")
     seen = []
-    assert registry.promote_if_better(NAME, v4, judge_by(levels, 0.7, seen)).promote
-    assert seen == [v1] and registry.champion_version(NAME) == v4
+    assert registry.promote_if_better(NAME, c4, judge_by(levels, 0.7, seen)).served_version == "3"
+    assert seen == ["1"] and registry.champion_version(NAME) == "3"
 
     moves = registry.history(NAME)
-    assert [(m["kind"], m["from"], m["to"]) for m in moves] == [
-        ("promotion", None, v1),
-        ("promotion", v1, v2),
-        ("rollback", v2, v1),
-        ("promotion", v1, v4),
+    assert [(m["kind"], m["from"], m["to"], m.get("candidate")) for m in moves] == [
+        ("promotion", None, "1", c1),
+        ("promotion", "1", "2", c2),
+        ("rollback", "2", "1", None),
+        ("promotion", "1", "3", c4),
     ]
+    assert {m["by"] for m in moves} == {tracking.account()}  # who moved it, every time
     assert moves[1]["numbers"]["candidate"] == pytest.approx(0.6) and moves[1]["numbers"]["p_value"] < 0.05
     assert moves[2]["why"] == "bad feedback from recruiters" and moves[2]["when"]
-    v2_moves = [k for k in tracking.client().get_model_version(NAME, v2).tags if k.startswith(registry.MOVE_TAG_PREFIX)]
+    v2_moves = [
+        k for k in tracking.client().get_model_version(NAME, "2").tags if k.startswith(registry.MOVE_TAG_PREFIX)
+    ]
     assert len(v2_moves) == 2  # became champion, then was rolled back
     capsys.readouterr()
     assert cli(["history", str(_recipe_file(mlflow_store))]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 4 and "rollback  v2 -> v1  bad feedback from recruiters" in printed[2]
+    assert (
+        len(printed) == 4 and f"rollback  v2 -> v1 by {tracking.account()}  bad feedback from recruiters" in printed[2]
+    )
+    assert cli(["models", str(_recipe_file(mlflow_store))]) == 0
+    listed = capsys.readouterr().out
+    assert f"{NAME}-candidates: every candidate" in listed and "NOT FROM THE GATE" not in listed
+
+
+def test_registering_and_promoting_again_after_a_lost_answer_makes_no_second_version(tiny_bert, mlflow_store):
+    """A retry of register (the answer lost after MLflow made the version) returns the same
+    candidate; a retry of a promotion that copied the candidate but died before the alias moved
+    reuses that copy."""
+    run_id = tracking.start_run("registry-test", "retried", {})
+    candidate = registry.register(tiny_bert, run_id, NAME, {"skillops.run_id": run_id})
+    assert registry.register(tiny_bert, run_id, NAME, {"skillops.run_id": run_id}) == candidate
+    logged = tracking.client().search_logged_models(
+        experiment_ids=[tracking.experiment_id("registry-test")], filter_string=f"source_run_id = '{run_id}'"
+    )
+    assert len(logged) == 1
+    # The model was logged, but the version never made (the process died in between).
+    other = tracking.start_run("registry-test", "logged only", {})
+    registry._log_model(tiny_bert, other)
+    second = registry.register(tiny_bert, other, NAME, {})
+    assert (
+        len(
+            tracking.client().search_logged_models(
+                experiment_ids=[tracking.experiment_id("registry-test")], filter_string=f"source_run_id = '{other}'"
+            )
+        )
+        == 1
+        and second != candidate
+    )
+
+    copy = registry._served_copy(NAME, candidate)  # an attempt that died before moving the alias
+    decision = registry.promote_if_better(NAME, candidate, judge_by({None: 0.4}, 0.5, []))
+    assert decision.served_version == copy
+    assert len(tracking.client().search_model_versions(f"name = '{NAME}'")) == 1
+
+
+def test_the_policy_belongs_to_the_served_model_and_every_change_is_recorded(mlflow_store, capsys):
+    from skillops.promotion import ModelPolicy
+
+    policy = ModelPolicy(promotion=PromotionPolicy(), evaluator="reranking", primary_metric="map", at_k=100)
+    registry.set_model_policy(NAME, policy, "first policy")
+    assert registry.model_policy(NAME) == policy
+    assert (
+        cli(["policy", str(_recipe_file(mlflow_store)), "--set", "significance_level=0.01", "--reason", "stricter"])
+        == 0
+    )
+    assert registry.model_policy(NAME).promotion.significance_level == 0.01
+    changes = registry.policy_changes(NAME)
+    assert [c["why"] for c in changes] == ["first policy", "stricter"]
+    assert changes[1]["from"]["promotion"]["significance_level"] == 0.05 and changes[1]["by"] == tracking.account()
+    capsys.readouterr()
+    assert cli(["policy", str(_recipe_file(mlflow_store)), "--set", "significance_level=2"]) == 2
+    assert "significance_level" in capsys.readouterr().err
+    assert registry.model_policy(NAME).promotion.significance_level == 0.01
 
 
 def _recipe_file(store):
@@ -116,8 +180,9 @@ def _recipe_file(store):
 
 def test_a_champion_that_moves_while_judging_is_judged_again(tiny_bert, mlflow_store):
     levels = {None: 0.4}
-    v1, v2, v3 = (_register(tiny_bert, name) for name in ("first", "second", "third"))
-    registry.promote_if_better(NAME, v1, judge_by(levels, 0.5, []))
+    c1, c2, c3 = (_register(tiny_bert, name) for name in ("first", "second", "third"))
+    v1 = registry.promote_if_better(NAME, c1, judge_by(levels, 0.5, [])).served_version
+    v2 = registry._served_copy(NAME, c2)  # another machine's promotion, about to move the alias
     levels.update({v1: 0.5, v2: 0.8})
     seen = []
     judge = judge_by(levels, 0.7, seen)
@@ -128,8 +193,8 @@ def test_a_champion_that_moves_while_judging_is_judged_again(tiny_bert, mlflow_s
             tracking.client().set_registered_model_alias(NAME, registry.CHAMPION, v2)
         return decision
 
-    decision = registry.promote_if_better(NAME, v3, judge_while_another_run_promotes)
-    # v3 beat v1 (0.7 > 0.5), but the re-check saw v2 (0.8): judged again, and refused.
+    decision = registry.promote_if_better(NAME, c3, judge_while_another_run_promotes)
+    # c3 beat v1 (0.7 > 0.5), but the re-check saw v2 (0.8): judged again, and refused.
     assert seen == [v1, v2]
     assert not decision.promote and decision.reference_version == v2
     assert registry.champion_version(NAME) == v2
@@ -160,7 +225,8 @@ def test_a_versions_scores_are_found_in_the_shared_store_from_another_folder(tin
 
     version = _register(tiny_bert, "scored")
     scored = {"test": _scores(0.6), "golden-descriptions": _scores(0.5)}
-    score_cache.save_scores(NAME, version, "snap1", scored)
+    run_id = tracking.client().get_model_version(registry.candidates(NAME), version).run_id
+    score_cache.save_scores(run_id, "snap1", scored)
     shutil.rmtree(mlflow_store / score_cache.SCORE_CACHE)
     calls = []
 
@@ -168,14 +234,15 @@ def test_a_versions_scores_are_found_in_the_shared_store_from_another_folder(tin
         calls.append(eval_sets)
         return {eval_set: _scores(0.4) for eval_set in eval_sets}
 
-    found, source = score_cache.version_scores(NAME, version, "snap1", list(scored), score)
+    served = registry._served_copy(NAME, version)  # the copy shares its run's scores
+    found, source = score_cache.version_scores(NAME, served, "snap1", list(scored), score)
     assert found == scored and calls == []
-    assert source == f"cached scores of version {version} on eval snapshot snap1 (from the shared store)"
-    again, source = score_cache.version_scores(NAME, version, "snap1", list(scored), score)
+    assert source == f"cached scores of version {served} on eval snapshot snap1 (from the shared store)"
+    again, source = score_cache.version_scores(NAME, served, "snap1", list(scored), score)
     assert again == scored and source.endswith("snap1") and calls == []  # the local copy now
 
-    fresh, source = score_cache.version_scores(NAME, version, "snap2", ["test"], score)
-    assert calls == [["test"]] and source.startswith(f"version {version} re-scored on eval snapshot snap2")
+    fresh, source = score_cache.version_scores(NAME, served, "snap2", ["test"], score)
+    assert calls == [["test"]] and source.startswith(f"version {served} re-scored on eval snapshot snap2")
     assert fresh["test"] == _scores(0.4)
 
 
@@ -187,6 +254,7 @@ def test_a_version_says_what_it_was_trained_with(tiny_bert, mlflow_store):
         {"training.learning_rate": 5e-5, "training.batch_size": 32, "training.warmup_ratio": 0.0},
     )
     tracking.log_params(run_id, {"best.learning_rate": 3e-5, "best.batch_size": 16})
-    version = registry.register(tiny_bert, run_id, NAME, {})
+    candidate = registry.register(tiny_bert, run_id, NAME, {})
     tracking.end_run(run_id)
-    assert registry.trained_with(NAME, version) == {"learning_rate": 3e-5, "batch_size": 16, "warmup_ratio": 0.0}
+    served = registry._served_copy(NAME, candidate)
+    assert registry.trained_with(NAME, served) == {"learning_rate": 3e-5, "batch_size": 16, "warmup_ratio": 0.0}

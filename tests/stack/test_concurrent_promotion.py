@@ -9,7 +9,7 @@ import urllib.request
 
 import mlflow
 
-from helpers import BIN, REPO, tiny_recipe_yaml
+from helpers import BIN, REPO, SEED_CHAMPION, served_candidates, tiny_recipe_yaml
 from skillops import registry
 
 NAME = "tiny-esco"
@@ -29,20 +29,10 @@ def test_four_runs_promoting_at_once(prefect_server, small_esco, tiny_bert, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     client = mlflow.MlflowClient(tracking_uri, tracking_uri)
 
-    # The previous champion: the untrained base model, registered as version 1.
+    # The previous champion: the untrained base model, candidate 1, served as version 1.
     seed = subprocess.run(
-        [
-            str(BIN / "python"),
-            "-c",
-            (
-                "import sys; from pathlib import Path; from skillops import registry, tracking\n"
-                f"run = tracking.start_run('{NAME}', 'previous champion', {{}})\n"
-                f"registry.register(Path(sys.argv[1]), run, '{NAME}', {{}}); tracking.end_run(run)\n"
-                f"tracking.client().set_registered_model_alias('{NAME}', 'champion', '1')"
-            ),
-            str(tiny_bert),
-        ],
-        cwd=tmp_path,
+        [str(BIN / "python"), "-c", SEED_CHAMPION, str(tiny_bert), NAME],
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -79,7 +69,7 @@ def test_four_runs_promoting_at_once(prefect_server, small_esco, tiny_bert, monk
         assert process.wait(timeout=900) == 0, (tmp_path / f"run-{number}.log").read_text()[-5000:]
         log.close()
 
-    versions = {int(v.version): v for v in client.search_model_versions(f"name = '{NAME}'")}
+    versions = {int(v.version): v for v in client.search_model_versions(f"name = '{NAME}-candidates'")}
     assert sorted(versions) == [1, 2, 3, 4, 5]  # none lost
     candidates = {v: versions[v] for v in (2, 3, 4, 5)}
     for version in candidates.values():  # every decision recorded, with its numbers
@@ -93,20 +83,22 @@ def test_four_runs_promoting_at_once(prefect_server, small_esco, tiny_bert, monk
     assert len(pipeline) == 4 and {run.status for run in pipeline} == {"FINISHED"}
     assert max(run.start_time for run in pipeline) < min(run.end_time for run in pipeline)  # they did overlap
     previous = next(run.data.metrics["base_map"] for run in runs if "base_map" in run.data.metrics)
-    score[1] = previous  # version 1 holds the base model's weights
+    score[1] = previous  # candidate 1 holds the base model's weights
 
-    champion = int(client.get_registered_model(NAME).aliases["champion"])
+    # The served model holds the champions only: each a copy of a candidate the gate passed.
+    copy_of = served_candidates(client, NAME)
+    champion = copy_of[str(client.get_registered_model(NAME).aliases["champion"])]
     beat_previous = [v for v in candidates if score[v] > previous + 0.001]
     assert beat_previous, "no candidate beat the untrained model: the test proves nothing"
     assert champion == max(beat_previous, key=score.get)
 
     # The alias moved only forward, each time to a version that beat the champion it replaced.
-    moves = registry.history(NAME)
+    moves = registry.history(NAME)[1:]  # after the seed's
     chain = ["1"] + [m["to"] for m in moves]
-    assert [m["from"] for m in moves] == chain[:-1] and chain[-1] == str(champion)
-    assert all(score[int(m["to"])] > score[int(m["from"])] for m in moves)
+    assert [m["from"] for m in moves] == chain[:-1] and copy_of[chain[-1]] == champion
+    assert all(score[copy_of[m["to"]]] > score[copy_of[m["from"]]] for m in moves)
     promoted = {v for v, version in candidates.items() if version.tags["skillops.decision"] == "promoted"}
-    assert promoted == {int(m["to"]) for m in moves}
+    assert promoted == {copy_of[m["to"]] for m in moves} == set(copy_of.values()) - {1}
     print("scores", score, "moves", [(m["from"], m["to"]) for m in moves])
 
     # The promotions were serialised by a strict Prefect global concurrency limit of 1.

@@ -86,7 +86,7 @@ def test_deployment_run_tunes_with_pool_workers_and_registers_a_model(
     import mlflow
 
     mlflow_client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
-    versions = mlflow_client.search_model_versions("name = 'tiny-esco'")
+    versions = mlflow_client.search_model_versions("name = 'tiny-esco-candidates'")
     assert [v.version for v in versions] in (["1"], [1])
     assert versions[0].tags["skillops.decision"] in {"promoted", "not promoted"}
     schedules = _prefect(env, "deployment", "inspect", "train-esco/weekly")

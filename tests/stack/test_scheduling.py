@@ -98,7 +98,7 @@ def test_schedule_skip_resume_and_one_training_at_a_time(stack, small_esco, tiny
     runs = _mlflow_runs(env)
     assert runs["tags.skillops.kind"].tolist() == ["pipeline"] and runs.status.tolist() == ["FINISHED"]
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
-    assert [str(v.version) for v in client.search_model_versions("name = 'tiny-esco'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions("name = 'tiny-esco-candidates'")] == ["1"]
 
     # 2. The next scheduled run sees the same data, recipe and code: it records a skip.
     _wait(lambda: len(_completed(env)) >= 2, "the second scheduled run", env, tmp_path)
@@ -106,7 +106,7 @@ def test_schedule_skip_resume_and_one_training_at_a_time(stack, small_esco, tiny
     runs = _mlflow_runs(env)
     assert runs["tags.skillops.kind"].tolist()[:2] == ["pipeline", "skip"]
     assert runs["tags.skillops.same_as_run"].iloc[1] == runs.run_id.iloc[0]
-    assert len(client.search_model_versions("name = 'tiny-esco'")) == 1
+    assert len(client.search_model_versions("name = 'tiny-esco-candidates'")) == 1
     _wait(
         lambda: all(r["state_type"] in ("COMPLETED", "CANCELLED", "SCHEDULED") for r in _flow_runs(env)),
         "quiet",

@@ -8,8 +8,8 @@ import urllib.request
 
 import numpy as np
 
-from helpers import BIN, free_port, wait_for_http
-from skillops import registry, tracking
+from helpers import BIN, free_port, seed_champion, wait_for_http
+from skillops import tracking
 from skillops.modeling import load_model
 
 NAME = "tiny-serving"
@@ -26,10 +26,7 @@ def test_mlflow_models_serve_answers_with_the_champions_embeddings(tiny_bert, ml
     model = load_model(str(tiny_bert))
     model.prompts = {"query": "query: ", "document": "passage: "}  # as a recipe with prompts saves it
     model.save(str(tmp_path / "prompted"))
-    run_id = tracking.start_run("serving-test", "serve", {})
-    version = registry.register(tmp_path / "prompted", run_id, NAME, {})
-    tracking.end_run(run_id)
-    tracking.client().set_registered_model_alias(NAME, registry.CHAMPION, version)
+    seed_champion(tmp_path / "prompted", NAME)
 
     port = free_port()
     server = subprocess.Popen(

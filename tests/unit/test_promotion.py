@@ -6,7 +6,7 @@ import pytest
 
 from skillops.config import PromotionPolicy
 from skillops.evaluation import QueryScores
-from skillops.promotion import decide
+from skillops.promotion import ModelPolicy, decide, weaker_than
 
 N = 24
 REFERENCE = np.linspace(0.3, 0.7, N)  # mean 0.5
@@ -189,3 +189,45 @@ def test_golden_sets_in_the_gate(golden, policy, promote, reason_part):
     assert [check.name for check in decision.checks if check.name.startswith("golden")] == [
         f"golden {n}" for n in golden
     ]
+
+
+MODEL_POLICY = ModelPolicy(
+    promotion=PromotionPolicy(), evaluator="reranking", primary_metric="map", at_k=100, golden={"descriptions": "abc"}
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "weaker"),
+    [
+        ({}, []),
+        ({"promotion": {"significance_level": 0.01, "min_delta": 0.01}}, []),  # stricter is fine
+        ({"promotion": {"significance_level": None}}, ["promotion.significance_level: None (the model's: 0.05)"]),
+        ({"promotion": {"significance_level": 0.1}}, ["promotion.significance_level: 0.1 (the model's: 0.05)"]),
+        ({"promotion": {"golden_tolerance": 1.0}}, ["promotion.golden_tolerance: 1.0 (the model's: 0.01)"]),
+        ({"promotion": {"secondary_tolerance": 0.5}}, ["promotion.secondary_tolerance: 0.5 (the model's: 0.01)"]),
+        ({"promotion": {"resamples": 100}}, ["promotion.resamples: 100 (the model's: 10000)"]),
+        ({"primary_metric": "mrr_at_100"}, ["evaluation.primary_metric: 'mrr_at_100' (the model's: 'map')"]),
+        (
+            {"golden": {}},
+            ["evaluation.golden: no golden set 'descriptions' (the model's golden sets: ['descriptions'])"],
+        ),
+        (
+            {"golden": {"descriptions": "xyz"}},
+            ["evaluation.golden 'descriptions': another file (content xyz; the model's: abc)"],
+        ),
+    ],
+)
+def test_a_policy_weaker_than_the_models_names_each_field(change, weaker):
+    data = MODEL_POLICY.model_dump()
+    data["promotion"] |= change.pop("promotion", {})
+    run = ModelPolicy.model_validate(data | change)
+    assert weaker_than(run, MODEL_POLICY) == weaker
+
+
+def test_a_weaker_policy_refuses_even_a_clear_improvement():
+    candidate, reference = ranking(REFERENCE + 0.2), ranking(REFERENCE)
+    fields = ["promotion.significance_level: None (the model's: 0.05)"]
+    decision = decide(candidate, reference, "champion", "map", ["map"], PromotionPolicy(), weaker_policy=fields)
+    assert not decision.promote and decision.checks[0].name == "policy"
+    assert "weaker than the one the model is judged by" in decision.reason and fields[0] in decision.reason
+    assert decision.delta == pytest.approx(0.2)  # the other checks are still computed and reported
