@@ -1,12 +1,17 @@
 """Prefect's side of the train-esco flow, in one place: which Prefect server a run reports to,
-the states of its flow runs, trial workers as deployment runs, and the promotion slot.
+the states of its flow runs, trial workers as deployment runs, the promotion slot, and the
+automation that notices dead workers.
 
 `train_esco.py` orders the stages and calls `skillops.stages`; what only Prefect can answer or
 provide lives here, so the library never imports Prefect.
+
+    python flows/orchestration.py watch-heartbeats   # the dead-worker automation (make stack-up runs it)
 """
 
 from __future__ import annotations
 
+import sys
+from datetime import timedelta
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -29,6 +34,12 @@ from skillops.uris import safe_uri
 PROMOTION_WAIT_SECONDS = 1800
 # The deployment (in prefect.yaml and prefect.team.yaml) whose runs are trial workers of the pool.
 TRIALS_DEPLOYMENT = "tune-trials/pool"
+# Prefect's documented answer to a worker that dies with its flow run: every flow run of a
+# deployment sends heartbeat events (PREFECT_FLOWS_HEARTBEAT_FREQUENCY), and an automation marks one
+# CRASHED once they stop. Four missed heartbeats, so that a restart of the Prefect server of up to
+# a minute (no heartbeat arrives meanwhile) does not crash the runs it interrupted.
+HEARTBEAT_AUTOMATION = "skillops: crash flow runs whose worker stopped"
+MISSED_HEARTBEATS = 4
 
 
 def shared_prefect_api() -> str | None:
@@ -143,3 +154,88 @@ def promotion_slot(model_name: str):
             except ObjectAlreadyExists:
                 pass  # a run starting at the same moment made it
     return concurrency(name, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS)
+
+
+def _heartbeat_seconds() -> int | None:
+    return get_current_settings().flows.heartbeat_frequency
+
+
+def watch_heartbeats() -> str:
+    """The dead-worker automation on this Prefect server, made unless it is there; its window is
+    MISSED_HEARTBEATS of this machine's heartbeat period. Returns what it did."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        found = Automation.read(name=HEARTBEAT_AUTOMATION)
+        return f"{HEARTBEAT_AUTOMATION!r} is there (window {found.trigger.within})"
+    except ValueError:
+        pass  # not made yet
+    seconds = _heartbeat_seconds()
+    if not seconds:
+        raise RecipeError(
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY is off: flow runs send no heartbeats to watch; set it (30 or more)."
+        )
+    window = timedelta(seconds=seconds * MISSED_HEARTBEATS)
+    Automation(
+        name=HEARTBEAT_AUTOMATION,
+        description=f"Flow runs send a heartbeat every {seconds} s; one silent for {window} lost its worker.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=window,
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {window}: the flow run's worker or machine stopped. "
+                "`prefect flow-run retry <id>` runs it again on any worker of the pool; it resumes from its last "
+                "checkpoint.",
+            )
+        ],
+    ).create()
+    return f"made {HEARTBEAT_AUTOMATION!r} (window {window})"
+
+
+def require_heartbeat_watch() -> None:
+    """A deployment run on a shared server is watched for a dead worker, and sends heartbeats often
+    enough for the watch: refused before any compute otherwise, naming what to set."""
+    from prefect.automations import Automation
+
+    if shared_prefect_api() is None or not prefect_deployment.id:
+        return  # a run by hand: its own terminal shows whether it died
+    try:
+        found = Automation.read(name=HEARTBEAT_AUTOMATION)
+    except ValueError:
+        raise RecipeError(
+            f"The Prefect server {shared_prefect_api()} has no automation {HEARTBEAT_AUTOMATION!r}: a flow run "
+            "whose worker dies would stay RUNNING forever. Run `python flows/orchestration.py watch-heartbeats` "
+            "(make stack-up does) and start the run again."
+        ) from None
+    seconds = _heartbeat_seconds()
+    if not found.enabled or not seconds or seconds * MISSED_HEARTBEATS > found.trigger.within.total_seconds():
+        raise RecipeError(
+            f"This worker sends a heartbeat every {seconds} s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY), but "
+            f"{HEARTBEAT_AUTOMATION!r} crashes a flow run after {found.trigger.within} of silence"
+            + ("" if found.enabled else " and is paused")
+            + ": give this worker the stack's PREFECT_FLOWS_HEARTBEAT_FREQUENCY (make stack-up sets it) and resume it."
+        )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["watch-heartbeats"]:
+        sys.exit("usage: python flows/orchestration.py watch-heartbeats")
+    print(watch_heartbeats())

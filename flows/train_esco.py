@@ -19,6 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from skillops import servers  # light: what the clients below read when they are imported
+
 # skillops' own log lines (stage progress, warnings) go to the flow run's log next to Prefect's;
 # Prefect reads this when it sets up logging, so it is set before Prefect is imported. Outside a
 # flow run (a trial worker's process, the CLI) the same lines stay local, without Prefect warning
@@ -28,6 +30,10 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # Without PREFECT_API_URL the run starts Prefect's temporary server, which on a fresh HOME first
 # creates its database: 20 s (Prefect's default wait) was not enough on a busy machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# Heartbeats every 30 s (the stack's automation crashes a run silent for four of them), and
+# clients that wait out a restart of the servers (SKILLOPS_SERVER_WAIT_SECONDS).
+os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
+os.environ.update({**servers.client_settings(), **os.environ})
 
 from prefect import flow
 from prefect import task as prefect_task
@@ -40,8 +46,8 @@ from orchestration import (
     flow_run_states,
     promotion_slot,
     promotion_slot_name,
+    require_heartbeat_watch,
     require_trial_pool,
-    shared_prefect_api,
     this_flow_run,
 )
 from skillops import stages
@@ -66,7 +72,7 @@ io_task = partial(task, retries=2, retry_delay_seconds=[5, 30])
 
 @task(name="reconcile", task_run_name="reconcile {recipe.name}")
 def reconcile(recipe: Recipe) -> list[str]:
-    return stages.reconcile(recipe, shared_prefect_api(), flow_run_states)
+    return stages.reconcile(recipe, this_flow_run(), flow_run_states)
 
 
 @task(name="fingerprint", task_run_name="fingerprint {recipe.name}")
@@ -149,20 +155,22 @@ def train_esco(
     unless `force`. A run killed mid-training resumes from its last checkpoint when run again.
     """
     config = load_recipe(recipe).with_overrides(overrides or {})
-    stages.require_promotion_lock(config, promotion_slot_name(config.registered_model_name))
-    require_trial_pool(config)
-    reconcile(config)
-    fingerprints = fingerprint(config)
-    previous = None if force else unchanged_since(config, fingerprints)
-    if previous:
-        run_id = record_skip(config, fingerprints, previous)
-        text = f"## {config.name}: skipped\n\nData, recipe and code equal those of MLflow run `{previous}`: nothing to retrain. Run with `force=True` to retrain anyway.\n"
-        create_markdown_artifact(text, key="train-esco-decision", description="Promotion decision")
-        print(text)
-        return {"run_id": run_id, "skipped": True, "same_as_run": previous}
-    run = start(config, fingerprints, recipe, overrides or {})
-    create_link_artifact(stages.run_link(run), link_text=f"MLflow run {run.run_id}", key="mlflow-run")
+    run = None
     try:
+        stages.require_promotion_lock(config, promotion_slot_name(config.registered_model_name))
+        require_trial_pool(config)
+        require_heartbeat_watch()
+        reconcile(config)
+        fingerprints = fingerprint(config)
+        previous = None if force else unchanged_since(config, fingerprints)
+        if previous:
+            run_id = record_skip(config, fingerprints, previous)
+            text = f"## {config.name}: skipped\n\nData, recipe and code equal those of MLflow run `{previous}`: nothing to retrain. Run with `force=True` to retrain anyway.\n"
+            create_markdown_artifact(text, key="train-esco-decision", description="Promotion decision")
+            print(text)
+            return {"run_id": run_id, "skipped": True, "same_as_run": previous}
+        run = start(config, fingerprints, recipe, overrides or {})
+        create_link_artifact(stages.run_link(run), link_text=f"MLflow run {run.run_id}", key="mlflow-run")
         validate_data(run)
         data = prepare_data(run)
         best_params = tune(run, data)
@@ -172,8 +180,11 @@ def train_esco(
         decision = promote(run, data, version, scores)
         summary = report(run, data, version, scores, decision)
     except BaseException as error:
-        stages.fail(run, error)
-        raise
+        # The MLflow run closed FAILED with the reason; a server that did not answer is named.
+        explained = stages.fail(run, error, config) if run else stages.explain(error, config)
+        if explained is error:
+            raise
+        raise explained from error
     stages.finish(run)
     create_markdown_artifact(summary, key="train-esco-decision", description="Promotion decision")
     create_table_artifact(

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# A PostgreSQL server of Debian's package on 127.0.0.1, with its data in a folder of its own.
+# A PostgreSQL server of Debian's package, with its data in a folder of its own.
 #
-#   scripts/postgres.sh up DIR PORT [DATABASE...]   start it (idempotent); the role `skillops` owns each database
+#   scripts/postgres.sh up DIR PORT [DATABASE...]   start it (idempotent); each database has a role of its own
 #   scripts/postgres.sh down DIR                   stop it
 #
-# The password of `skillops` is SKILLOPS_DB_PASSWORD, else one made on the first `up` and kept in
-# DIR/db-password; DIR/pgpass holds it for clients (PGPASSFILE=DIR/pgpass), so no address and no
-# command line carries it. As root, the server runs as the `postgres` user (it refuses root).
+# Each DATABASE is owned by the role skillops_<DATABASE> (one per service: prefect, mlflow,
+# mlflow_auth, optuna), which may connect to it alone, with scram-sha-256. Its password is made on
+# the first `up` and kept in DIR/secrets/pg-<DATABASE> (mode 600); DIR/pgpass holds them all for
+# the servers of this machine (PGPASSFILE=DIR/pgpass), so no address and no command line carries
+# one. As root, the server runs as the `postgres` user (it refuses root).
+#
+# It listens on 127.0.0.1, and also on PG_HOST when that is set to another address: there TLS is
+# on (PG_TLS_DIR holds server.crt and server.key) and pg_hba.conf admits only the databases in
+# PG_REMOTE, from PG_NETWORK (a CIDR, default PG_HOST/32), over TLS (hostssl).
 set -euo pipefail
-DB_USER=skillops
 
 pg_bin() {
   local bin
   bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
   [[ -x $bin/postgres ]] || {
     echo "PostgreSQL is not installed: apt-get install postgresql (Debian's package), or give the URLs of"
-    echo "servers that run elsewhere (PREFECT_API_URL and MLFLOW_TRACKING_URI=http://...)."
+    echo "servers that run elsewhere (PREFECT_API_URL and MLFLOW_TRACKING_URI=https://...)."
     exit 1
   } >&2
   echo "$bin"
@@ -23,39 +28,79 @@ pg_bin() {
 
 as_postgres() { if [[ $EUID -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
+secret() {  # path: a random password made once, mode 600
+  [[ -s $1 ]] || (umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$1")
+  cat "$1"
+}
+
+write_hba() {  # data folder, databases...
+  local data=$1 database remote=" ${PG_REMOTE:-} "
+  shift
+  {
+    echo "# Written by scripts/postgres.sh on every up: each database, its own role, nothing else."
+    echo "local all postgres trust"  # the socket sits in a folder only postgres may enter
+    for database in "$@"; do
+      echo "host $database skillops_$database 127.0.0.1/32 scram-sha-256"
+      if [[ -n ${PG_HOST:-} && $PG_HOST != 127.0.0.1 && $remote == *" $database "* ]]; then
+        echo "hostssl $database skillops_$database ${PG_NETWORK:-$PG_HOST/32} scram-sha-256"
+      fi
+    done
+  } >"$data/pg_hba.conf"
+}
+
 up() {
-  local state=$1 port=$2 bin data=$1/postgres socket=$1/postgres-socket
+  local state=$1 port=$2 bin data=$1/postgres socket=$1/postgres-socket listen=127.0.0.1 ssl=()
   shift 2
   bin=$(pg_bin)
-  mkdir -p "$data" "$socket"
+  mkdir -p "$data" "$socket" "$state/secrets"
+  chmod 700 "$state/secrets"
   if [[ $EUID -eq 0 ]]; then
     chown postgres: "$data" "$socket"
     as_postgres test -x "$state" || { echo "user postgres cannot enter $state: give a folder it can reach (STACK_DIR)" >&2; exit 1; }
   fi
   chmod 700 "$data" "$socket"
   if [[ ! -f $data/PG_VERSION ]]; then
-    # Password logins over TCP; the socket, in a folder only the database's owner can enter, trusts.
     as_postgres "$bin/initdb" -D "$data" -U postgres --auth-host=scram-sha-256 --auth-local=trust >"$state/initdb.log"
   fi
-  if ! as_postgres "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+  if [[ -n ${PG_HOST:-} && $PG_HOST != 127.0.0.1 ]]; then
+    [[ -f ${PG_TLS_DIR:-}/server.crt ]] || { echo "PG_HOST=$PG_HOST is not loopback: PG_TLS_DIR must hold server.crt and server.key" >&2; exit 1; }
+    listen="127.0.0.1,$PG_HOST"
+    # PostgreSQL reads its key only when it is the server's own and mode 600.
+    install -m 600 "$PG_TLS_DIR/server.key" "$data/server.key"
+    install -m 644 "$PG_TLS_DIR/server.crt" "$data/server.crt"
+    [[ $EUID -eq 0 ]] && chown postgres: "$data/server.key" "$data/server.crt"
+    ssl=(-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c ssl_min_protocol_version=TLSv1.2)
+  fi
+  write_hba "$data" "$@"
+  [[ $EUID -eq 0 ]] && chown postgres: "$data/pg_hba.conf"
+  if as_postgres "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    as_postgres "$bin/pg_ctl" -D "$data" reload >/dev/null  # the new pg_hba.conf
+  else
     as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 120 \
-      -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$socket" start >/dev/null
+      -o "-c listen_addresses=$listen -p $port -c unix_socket_directories=$socket -c password_encryption=scram-sha-256 ${ssl[*]}" \
+      start >/dev/null
   fi
-  local password=${SKILLOPS_DB_PASSWORD:-}
-  if [[ -z $password ]]; then
-    [[ -f $state/db-password ]] || (umask 077 && od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$state/db-password")
-    password=$(cat "$state/db-password")
-  fi
-  (umask 077 && echo "127.0.0.1:$port:*:$DB_USER:$password" >"$state/pgpass")
-  # On stdin, not in psql's arguments, so `ps` never shows the password.
-  {
-    echo "SELECT 'CREATE ROLE $DB_USER LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$DB_USER')\\gexec"
-    echo "ALTER ROLE $DB_USER PASSWORD '$password';"
-    for database in "$@"; do
-      echo "SELECT 'CREATE DATABASE $database OWNER $DB_USER' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$database')\\gexec"
-    done
-  } | as_postgres "$bin/psql" -h "$socket" -p "$port" -U postgres -d postgres -q -v ON_ERROR_STOP=1 >/dev/null
-  echo "postgresql running on 127.0.0.1:$port (data $data)"
+  local database role password
+  (umask 077 && : >"$state/pgpass")
+  for database in "$@"; do
+    role=skillops_$database
+    password=$(secret "$state/secrets/pg-$database")
+    # On stdin, not in psql's arguments, so `ps` never shows the password.
+    {
+      echo "SELECT 'CREATE ROLE $role LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role')\\gexec"
+      echo "ALTER ROLE $role NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$password';"
+      echo "SELECT 'CREATE DATABASE $database OWNER $role' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$database')\\gexec"
+      echo "REVOKE CONNECT ON DATABASE $database FROM PUBLIC;"
+      echo "GRANT CONNECT ON DATABASE $database TO $role;"
+    } | as_postgres "$bin/psql" -h "$socket" -p "$port" -U postgres -d postgres -q -v ON_ERROR_STOP=1 >/dev/null
+    # A folder of an earlier stack (one role `skillops` for every database): hand its objects over.
+    echo "SELECT 'REASSIGN OWNED BY skillops TO $role' FROM pg_roles WHERE rolname = 'skillops'\\gexec
+ALTER DATABASE $database OWNER TO $role;" \
+      | as_postgres "$bin/psql" -h "$socket" -p "$port" -U postgres -d "$database" -q -v ON_ERROR_STOP=1 >/dev/null
+    (umask 077 && echo "127.0.0.1:$port:$database:$role:$password" >>"$state/pgpass")
+    [[ -n ${PG_HOST:-} && $PG_HOST != 127.0.0.1 ]] && echo "$PG_HOST:$port:$database:$role:$password" >>"$state/pgpass"
+  done
+  echo "postgresql running on $listen port $port (data $data)"
 }
 
 down() {

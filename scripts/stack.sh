@@ -1,48 +1,70 @@
 #!/usr/bin/env bash
-# The skillops stack on 127.0.0.1.
+# The skillops stack.
 #
 #   scripts/stack.sh up      start everything (idempotent), print the addresses
 #   scripts/stack.sh down    stop everything this script started
 #   scripts/stack.sh status  what is running
 #
-# One machine (the default): a Prefect server, a process worker on the `skillops` pool (one flow
-# run at a time: one training per GPU), the deployments of prefect.yaml, and the MLflow UI on the
-# sqlite store under mlruns/ (MLFLOW_TRACKING_URI for another store).
+# One machine (the default): on 127.0.0.1, a Prefect server, a process worker on the `skillops`
+# pool (one flow run at a time: one training per GPU), the deployments of prefect.yaml, and the
+# MLflow UI on the sqlite store under mlruns/ (MLFLOW_TRACKING_URI for another store).
 #
-# A team (TEAM=1): PostgreSQL (Debian's package, data under the state folder), a Prefect server and
-# an MLflow tracking server (artifact proxying) on it, the pool, the deployments of
-# prefect.team.yaml (workers clone the code from SKILLOPS_GIT_URL at SKILLOPS_GIT_REF) and a
-# worker. Servers someone else runs are used, not started: give PREFECT_API_URL and an http(s)
-# MLFLOW_TRACKING_URI, and `up` only deploys and starts this machine's worker. The database
-# password (scripts/postgres.sh) reaches the servers through a .pgpass file (PGPASSFILE), never a
-# command line.
+# A team (TEAM=1): servers that other machines reach at HOST (default 127.0.0.1), every one behind
+# TLS and accounts. nginx (Debian's package) terminates TLS on HOST:PREFECT_PORT and
+# HOST:MLFLOW_PORT and forwards to the Prefect server and the MLflow tracking server, which listen
+# on 127.0.0.1 only; PostgreSQL (one role per service) listens on HOST for the shared Optuna
+# studies, over TLS, from NETWORK only. MLflow runs its basic-auth app (`skillops users` adds
+# accounts and roles), Prefect its API auth string with CSRF protection. The CA and the server
+# certificate are made for HOST (and HOST_NAMES), or given (TLS_CERT, TLS_KEY, TLS_CA). Then the
+# pool, the deployments of prefect.team.yaml (workers clone the code from SKILLOPS_GIT_URL at
+# SKILLOPS_GIT_REF), the automation that marks flow runs whose heartbeats stopped CRASHED, and a
+# worker. Every secret is made once into a mode-600 file under STATE/secrets and reaches the
+# processes through their environment or a file, never a command line.
 #
-# Logs, process ids and PostgreSQL's data live in .stack/ (git-ignored; STACK_DIR elsewhere).
-# Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000), PG_PORT (5433).
+# Servers someone else runs are used, not started: source an account's env file of `skillops
+# users add` (the URLs, the CA, the credentials), and `up` only deploys and starts this machine's
+# worker against them.
+#
+# Logs, process ids, secrets and PostgreSQL's data live in .stack/ (git-ignored; STACK_DIR elsewhere).
+# Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000), PG_PORT (5433); behind nginx, the servers use
+# PREFECT_BACKEND_PORT and MLFLOW_BACKEND_PORT (each 10000 above) on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 STATE=$(mkdir -p "${STACK_DIR:-.stack}" && cd "${STACK_DIR:-.stack}" && pwd)
 TEAM=${TEAM:-}
+HOST=${HOST:-127.0.0.1}
 PREFECT_PORT=${PREFECT_PORT:-4200}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
 PG_PORT=${PG_PORT:-5433}
-DB_USER=skillops
+PREFECT_BACKEND_PORT=${PREFECT_BACKEND_PORT:-$((PREFECT_PORT + 10000))}
+MLFLOW_BACKEND_PORT=${MLFLOW_BACKEND_PORT:-$((MLFLOW_PORT + 10000))}
+# A worker sends a heartbeat this often; a flow run silent for three of them is marked CRASHED.
+export PREFECT_FLOWS_HEARTBEAT_FREQUENCY=${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_ENABLE_TELEMETRY=false HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+SERVICES=(mlflow-ui worker nginx mlflow-server prefect-server)  # in the order `down` stops them
+
+if [[ -z $TEAM && $HOST != 127.0.0.1 ]]; then
+  echo "HOST=$HOST needs TEAM=1: only the team stack has the TLS and the accounts a network address needs." >&2
+  exit 2
+fi
 
 # Which servers this machine runs: none that the caller already names.
 OWN_PREFECT=1; [[ -n ${PREFECT_API_URL:-} ]] && OWN_PREFECT=
-export PREFECT_API_URL=${PREFECT_API_URL:-http://127.0.0.1:${PREFECT_PORT}/api}
+OWN_MLFLOW=1; [[ ${MLFLOW_TRACKING_URI:-} == http* ]] && OWN_MLFLOW=
 if [[ -n $TEAM ]]; then
-  OWN_MLFLOW=1; [[ ${MLFLOW_TRACKING_URI:-} == http* ]] && OWN_MLFLOW=
-  export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-http://127.0.0.1:${MLFLOW_PORT}}
+  PUBLIC_PREFECT=https://$HOST:$PREFECT_PORT
+  PUBLIC_MLFLOW=https://$HOST:$MLFLOW_PORT
+  export PREFECT_API_URL=${PREFECT_API_URL:-$PUBLIC_PREFECT/api}
+  export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-$PUBLIC_MLFLOW}
   # Flow runs start in a fresh folder of their own: checkpoints outlive them here.
   export SKILLOPS_OUTPUTS_DIR=${SKILLOPS_OUTPUTS_DIR:-$STATE/outputs}
 else
+  export PREFECT_API_URL=${PREFECT_API_URL:-http://127.0.0.1:${PREFECT_PORT}/api}
   export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlruns/mlflow.db}
+  OWN_MLFLOW=
 fi
-SERVICES=(mlflow-ui mlflow-server worker prefect-server)  # in the order `down` stops them
 
 running() { [[ -f "$STATE/$1.pid" ]] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
 
@@ -56,8 +78,10 @@ start() {  # name, command...
 }
 
 wait_for() {  # url, name
+  local ca=()
+  [[ -n ${MLFLOW_TRACKING_SERVER_CERT_PATH:-} ]] && ca=(--cacert "$MLFLOW_TRACKING_SERVER_CERT_PATH")
   for _ in $(seq 1 180); do
-    if curl -fsS "$1" >/dev/null 2>&1; then return 0; fi
+    if curl -fsS "${ca[@]}" "$1" >/dev/null 2>&1; then return 0; fi
     if [[ -f $STATE/$2.pid ]] && ! running "$2"; then
       echo "$2 exited; last lines of $STATE/$2.log:"; tail -20 "$STATE/$2.log"; exit 1
     fi
@@ -66,35 +90,155 @@ wait_for() {  # url, name
   echo "$2 did not answer at $1 within 180 s"; exit 1
 }
 
+secret() {  # name [generator]: a secret made once, kept in STATE/secrets/<name> (mode 600)
+  local file=$STATE/secrets/$1
+  mkdir -p "$STATE/secrets" && chmod 700 "$STATE/secrets"
+  [[ -s $file ]] || (umask 077 && ${2:-random_hex} >"$file")
+  cat "$file"
+}
+random_hex() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
+
+# --- the team's servers ------------------------------------------------------------------------
+
+nginx_conf() {  # TLS in front of the two servers: the only ports other machines reach
+  local conf=$STATE/nginx tls=$STATE/tls
+  mkdir -p "$conf/tmp"
+  [[ $EUID -eq 0 ]] && chown nobody "$conf/tmp"
+  cat >"$conf/nginx.conf" <<EOF
+# Written by scripts/stack.sh on every up.
+pid $conf/nginx.pid;
+error_log $conf/error.log warn;
+events { worker_connections 1024; }
+http {
+  # Who called what: the account of each request (basic auth), for every write to the registry too.
+  log_format skillops '\$remote_addr \$remote_user [\$time_local] "\$request" \$status \$body_bytes_sent';
+  access_log $conf/access.log skillops;
+  client_body_temp_path $conf/tmp/body; proxy_temp_path $conf/tmp/proxy;
+  fastcgi_temp_path $conf/tmp/fastcgi; uwsgi_temp_path $conf/tmp/uwsgi; scgi_temp_path $conf/tmp/scgi;
+  client_max_body_size 0;          # models and checkpoints are artifacts of any size
+  proxy_request_buffering off;
+  proxy_buffering off;
+  proxy_read_timeout 3600s;
+  # MLflow's basic auth has no limit on password guesses: one here, per address, generous for workers.
+  limit_req_zone \$binary_remote_addr zone=per_address:10m rate=50r/s;
+  limit_req zone=per_address burst=500 nodelay;
+  ssl_certificate $tls/server.crt;
+  ssl_certificate_key $tls/server.key;
+  ssl_protocols TLSv1.2 TLSv1.3;
+  add_header Strict-Transport-Security "max-age=31536000" always;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  server {
+    listen $HOST:$MLFLOW_PORT ssl;
+    location / {
+      proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT;
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-Proto https;
+    }
+  }
+  server {
+    listen $HOST:$PREFECT_PORT ssl;
+    location / {
+      proxy_pass http://127.0.0.1:$PREFECT_BACKEND_PORT;
+      proxy_http_version 1.1;  # Prefect's events and logs go over websockets
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Forwarded-Proto https;
+    }
+  }
+}
+EOF
+}
+
+mlflow_auth_ini() {
+  cat >"$STATE/mlflow-auth.ini" <<EOF
+# Written by scripts/stack.sh: accounts of the tracking server (the MLflow basic-auth app).
+[mlflow]
+# Unknown users, and known users on what no role grants them, get nothing.
+default_permission = NO_PERMISSIONS
+database_uri = postgresql://skillops_mlflow_auth@127.0.0.1:$PG_PORT/mlflow_auth
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+EOF
+}
+
+own_servers() {
+  local names=("$HOST")
+  IFS=, read -ra extra <<<"${HOST_NAMES:-}"
+  names+=("${extra[@]}")
+  scripts/tls.sh "$STATE/tls" "${names[@]}"
+  export MLFLOW_TRACKING_SERVER_CERT_PATH=$STATE/tls/ca.crt PREFECT_API_SSL_CERT_FILE=$STATE/tls/ca.crt
+  PG_HOST=$HOST PG_NETWORK=${NETWORK:-$HOST/32} PG_REMOTE=optuna PG_TLS_DIR=$STATE/tls \
+    scripts/postgres.sh up "$STATE" "$PG_PORT" prefect mlflow mlflow_auth optuna
+  local admin_password prefect_auth
+  admin_password=$(secret mlflow-admin)
+  prefect_auth=skillops:$(secret prefect-auth)
+  if [[ -n $OWN_PREFECT ]]; then
+    # Exported for this child alone: the server's own settings, read from the environment.
+    (
+      export PGPASSFILE=$STATE/pgpass
+      export PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://skillops_prefect@127.0.0.1:$PG_PORT/prefect"
+      export PREFECT_SERVER_API_AUTH_STRING=$prefect_auth
+      export PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true
+      export PREFECT_SERVER_CORS_ALLOWED_ORIGINS=$PUBLIC_PREFECT
+      export PREFECT_UI_API_URL=$PUBLIC_PREFECT/api PREFECT_UI_URL=$PUBLIC_PREFECT
+      # Slots of the promotion lock outlive a restart of the server (in memory they would not).
+      export PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem
+      export PREFECT_HOME=$STATE/prefect-server
+      start prefect-server "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_BACKEND_PORT"
+    )
+  fi
+  if [[ -n $OWN_MLFLOW ]]; then
+    mkdir -p "$STATE/artifacts"
+    mlflow_auth_ini
+    local allowed=$HOST:$MLFLOW_PORT name
+    for name in "${extra[@]}"; do allowed+=",$name:$MLFLOW_PORT"; done
+    (
+      export PGPASSFILE=$STATE/pgpass MLFLOW_AUTH_CONFIG_PATH=$STATE/mlflow-auth.ini
+      export MLFLOW_AUTH_ADMIN_USERNAME=admin MLFLOW_AUTH_ADMIN_PASSWORD=$admin_password
+      # The same key for every worker process of the server: sessions and CSRF tokens hold across them.
+      MLFLOW_FLASK_SERVER_SECRET_KEY=$(secret mlflow-secret-key)
+      export MLFLOW_FLASK_SERVER_SECRET_KEY
+      # Only a role with the workspace's USE (the pipeline's) may create experiments and models.
+      export MLFLOW_ENABLE_WORKSPACES=true
+      start mlflow-server "$VENV/bin/mlflow" server --app-name basic-auth \
+        --backend-store-uri "postgresql://skillops_mlflow@127.0.0.1:$PG_PORT/mlflow" \
+        --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_BACKEND_PORT" --workers 2 \
+        --allowed-hosts "$allowed" --cors-allowed-origins "$PUBLIC_MLFLOW"
+    )
+  fi
+  nginx_conf
+  start nginx nginx -c "$STATE/nginx/nginx.conf" -p "$STATE/nginx" -g "daemon off;"
+  wait_for "$PUBLIC_PREFECT/api/health" prefect-server
+  wait_for "$PUBLIC_MLFLOW/health" mlflow-server
+  cat >"$STATE/stack.json" <<EOF
+{"host": "$HOST", "prefect_api_url": "$PUBLIC_PREFECT/api", "mlflow_tracking_uri": "$PUBLIC_MLFLOW",
+ "optuna_storage": "postgresql://skillops_optuna@$HOST:$PG_PORT/optuna?sslmode=verify-full", "pg_port": $PG_PORT}
+EOF
+  # The roles, the stack owner's account (admin) and this machine's worker account.
+  MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$admin_password \
+    "$VENV/bin/skillops" users setup --stack-dir "$STATE" >/dev/null
+  local worker_account=worker-$(hostname)
+  [[ -f $STATE/accounts/$worker_account/env ]] || \
+    MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$admin_password \
+      "$VENV/bin/skillops" users add "$worker_account" --role pipeline --stack-dir "$STATE" >/dev/null
+  # shellcheck source=/dev/null
+  source "$STATE/accounts/$worker_account/env"  # this machine's worker runs as that account
+}
+
 # --- up / down / status ------------------------------------------------------------------------
 
 up() {
   mkdir -p mlruns
   if [[ -n $TEAM && ( -n $OWN_PREFECT || -n $OWN_MLFLOW ) ]]; then
-    scripts/postgres.sh up "$STATE" "$PG_PORT" prefect mlflow optuna
-    export PGPASSFILE=$STATE/pgpass
-  fi
-  if [[ -n $OWN_PREFECT ]]; then
-    if [[ -n $TEAM ]]; then
-      # The database's address without its password; asyncpg reads the password from PGPASSFILE.
-      export PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://$DB_USER@127.0.0.1:$PG_PORT/prefect"
-    fi
+    own_servers
+  elif [[ -n $OWN_PREFECT ]]; then
     start prefect-server "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
-    unset PREFECT_SERVER_DATABASE_CONNECTION_URL
+    wait_for "${PREFECT_API_URL%/}/health" prefect-server
   fi
-  wait_for "${PREFECT_API_URL%/}/health" prefect-server
-  if [[ -n $TEAM && -n $OWN_MLFLOW ]]; then
-    mkdir -p "$STATE/artifacts"
-    start mlflow-server "$VENV/bin/mlflow" server --backend-store-uri "postgresql://$DB_USER@127.0.0.1:$PG_PORT/mlflow" \
-      --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 2
-    wait_for "${MLFLOW_TRACKING_URI%/}/health" mlflow-server
-  fi
-  if [[ -n $TEAM && -n ${PGPASSFILE:-} && -z ${SKILLOPS_OPTUNA_STORAGE:-} ]]; then
-    # This machine's worker keeps PGPASSFILE: its flow runs share tuning studies in PostgreSQL
-    # (search.workers: pool needs that; the password stays in the file).
-    export SKILLOPS_OPTUNA_STORAGE="postgresql://$DB_USER@127.0.0.1:$PG_PORT/optuna"
-  else
-    unset PGPASSFILE
+  if [[ -n $TEAM && -z ${MLFLOW_TRACKING_USERNAME:-} ]]; then
+    echo "The team stack at $MLFLOW_TRACKING_URI needs an account: source the env file that \`skillops users add\` made for this machine." >&2
+    exit 2
   fi
   if ! "$VENV/bin/prefect" work-pool inspect skillops >/dev/null 2>&1; then
     "$VENV/bin/prefect" work-pool create skillops --type process >/dev/null
@@ -112,6 +256,7 @@ up() {
     prefect_file=prefect.yaml worker_limit=()
   fi
   "$VENV/bin/prefect" --no-prompt deploy --all --prefect-file "$prefect_file" >"$STATE/deploy.log" 2>&1 || { cat "$STATE/deploy.log"; exit 1; }
+  "$VENV/bin/python" flows/orchestration.py watch-heartbeats
   start worker "$VENV/bin/prefect" worker start --pool skillops "${worker_limit[@]}"
   if [[ $MLFLOW_TRACKING_URI != http* ]]; then
     start mlflow-ui "$VENV/bin/mlflow" ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port "$MLFLOW_PORT"
@@ -120,14 +265,27 @@ up() {
   else
     ui=${MLFLOW_TRACKING_URI%/}  # a tracking server is its own UI
   fi
-  # What every shell (and every other machine) needs to use this stack; no password in it.
-  echo "export PREFECT_API_URL=$PREFECT_API_URL" >"$STATE/env"
-  [[ -n $TEAM ]] && echo "export MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI" >>"$STATE/env"
-  [[ -n ${SKILLOPS_OPTUNA_STORAGE:-} ]] && echo "export SKILLOPS_OPTUNA_STORAGE=$SKILLOPS_OPTUNA_STORAGE" >>"$STATE/env"
+  write_env
   echo
   echo "Prefect UI:  ${PREFECT_API_URL%/api}   (deployments: $(grep -c '^  - name:' "$prefect_file") in $prefect_file)"
   echo "MLflow UI:   $ui"
+  [[ -n $TEAM ]] && echo "TLS:         clients verify with ${MLFLOW_TRACKING_SERVER_CERT_PATH:-the system's CAs}"
+  [[ -n $TEAM && -d $STATE/accounts ]] && echo "Accounts:    skillops users add NAME --role reader|maintainer|pipeline --stack-dir $STATE"
   echo "In another shell: source $STATE/env"
+}
+
+write_env() {  # what every shell of this machine needs to use this stack: addresses, never a secret
+  {
+    echo "export PREFECT_API_URL=$PREFECT_API_URL"
+    if [[ -n $TEAM ]]; then
+      echo "export MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI"
+      [[ -n ${MLFLOW_TRACKING_SERVER_CERT_PATH:-} ]] && echo "export MLFLOW_TRACKING_SERVER_CERT_PATH=$MLFLOW_TRACKING_SERVER_CERT_PATH PREFECT_API_SSL_CERT_FILE=$MLFLOW_TRACKING_SERVER_CERT_PATH PGSSLROOTCERT=$MLFLOW_TRACKING_SERVER_CERT_PATH"
+      [[ -n ${SKILLOPS_OPTUNA_STORAGE:-} ]] && echo "export SKILLOPS_OPTUNA_STORAGE='$SKILLOPS_OPTUNA_STORAGE'"
+      # The account: a credentials file (mode 600) read when this file is sourced; the stack owner's by default.
+      local credentials=${SKILLOPS_CREDENTIALS:-$STATE/accounts/admin/credentials}
+      echo "set -a; . \"\${SKILLOPS_CREDENTIALS:-$credentials}\"; set +a"
+    fi
+  } >"$STATE/env"
 }
 
 down() {
@@ -155,5 +313,5 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: [TEAM=1] $0 up|down|status"; exit 2 ;;
+  *) echo "usage: [TEAM=1] [HOST=address] $0 up|down|status"; exit 2 ;;
 esac

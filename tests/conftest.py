@@ -130,7 +130,7 @@ def postgres():
     started = subprocess.run([script, "up", str(state), str(port), "optuna"], capture_output=True, text=True)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        yield f"postgresql://skillops@127.0.0.1:{port}/optuna", state / "pgpass"
+        yield f"postgresql://skillops_optuna@127.0.0.1:{port}/optuna", state / "pgpass"
     finally:
         subprocess.run([script, "down", str(state)], capture_output=True, timeout=120)
         shutil.rmtree(state, ignore_errors=True)

@@ -219,6 +219,28 @@ def cmd_policy(args) -> int:
     return 0
 
 
+def cmd_users(args) -> int:
+    from skillops import accounts
+
+    stack_dir = Path(args.stack_dir).resolve()
+    if args.action == "setup":
+        accounts.setup(stack_dir)
+        print(
+            f"Roles {', '.join(accounts.ROLES)} are on the tracking server; the admin's folder is {stack_dir / 'accounts' / 'admin'}."
+        )
+    elif args.action == "add":
+        if not args.name or not args.role:
+            print("skillops users add: give a NAME and --role (reader, maintainer or pipeline).", file=sys.stderr)
+            return 2
+        folder = accounts.add(stack_dir, args.name, args.role)
+        print(f"Account {args.name} ({args.role}): its folder is {folder} (credentials mode 600).")
+        print(f"Copy it to that machine, then: source {folder.name}/env")
+    else:
+        for name, roles in accounts.users(stack_dir):
+            print(f"{name:24} {', '.join(roles) or '-'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skillops",
@@ -281,6 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="change a field of the policy, e.g. --set significance_level=0.01 (a maintainer's account; repeatable)",
     )
     policy.add_argument("--reason", default="changed by hand", help="recorded with the change")
+    users = commands.add_parser(
+        "users",
+        help="Accounts of the team stack's tracking server (on the server machine, as its admin).",
+        description="Accounts of the team stack's tracking server: `setup` the roles, `add` an account "
+        "(its password is generated into a mode-600 file of its folder), `list` them. Run on the server "
+        "machine with the admin's credentials (source .stack/env).",
+    )
+    users.add_argument("action", choices=["setup", "add", "list"])
+    users.add_argument("name", nargs="?", help="the account to add, e.g. alice or worker-gpu1")
+    users.add_argument("--role", choices=["reader", "maintainer", "pipeline"], help="what the account may do")
+    users.add_argument("--stack-dir", default=".stack", help="the team stack's state folder (default .stack)")
+    users.set_defaults(handler=cmd_users)
     return parser
 
 

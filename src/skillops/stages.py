@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import platform
 import shutil
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from skillops import preparation, registry, score_cache, tracking, tuning_workers
+from skillops import checkpoints, preparation, registry, score_cache, servers, tracking, tuning, tuning_workers
 from skillops.config import Recipe, load_recipe
 from skillops.context import Fingerprints, FlowRun, RunContext
 from skillops.context import fingerprint as fingerprint  # a stage of its own: the flow calls stages.fingerprint
@@ -47,12 +48,15 @@ TRACKED_LIBRARIES = ("sentence-transformers", "transformers", "torch", "mlflow",
 
 def reconcile(
     recipe: Recipe,
-    prefect_api: str | None = None,
+    flow_run: FlowRun | None = None,
     flow_run_states: Callable[[list[str]], dict[str, str]] | None = None,
 ) -> list[str]:
     """Runs of this recipe left RUNNING by a run that died are marked FAILED, with the reason
-    (`tracking.fail_stale_runs`: by their Prefect flow run's state, else by their process)."""
-    stale = tracking.fail_stale_runs(recipe.name, prefect_api, flow_run_states)
+    (`tracking.fail_stale_runs`: by their Prefect flow run's state, else by their process; a run
+    of `flow_run` itself is an earlier attempt of this retried flow run)."""
+    stale = tracking.fail_stale_runs(
+        recipe.name, flow_run.api if flow_run else None, flow_run_states, flow_run.id if flow_run else None
+    )
     if stale:
         logger.warning("Marked %d run(s) left RUNNING by a dead process as FAILED: %s", len(stale), stale)
     return stale
@@ -99,6 +103,7 @@ def start(
         "skillops.python": platform.python_version(),
         **versions,
         "skillops.overrides": json.dumps(overrides or {}),
+        checkpoints.ATTEMPT_TAG: fingerprints.attempt,
         "mlflow.source.name": (flow_run.deployment or flow_run.name) if flow_run else "flows/train_esco.py",
         "mlflow.source.type": "JOB" if flow_run else "LOCAL",
         "mlflow.source.git.commit": fingerprints.code.split("+")[0],
@@ -128,9 +133,27 @@ def run_link(run: RunContext, artifact: str | None = None) -> str:
     return tracking.run_url(run.run_id, artifact)
 
 
-def fail(run: RunContext, error: BaseException) -> None:
-    """Close the run FAILED with what went wrong: MLflow would leave it FINISHED (or RUNNING)."""
-    tracking.end_run(run.run_id, failure=f"{type(error).__name__}: {error}")
+def explain(error: BaseException, recipe: Recipe) -> BaseException:
+    """The error to show: a `ServerError` naming the server and the setting when a server the run
+    needs did not answer in time, else `error` itself."""
+    addresses = {
+        "MLflow tracking server": tracking.tracking_uri(),
+        "Optuna database": tuning.storage_url(recipe.search, None) or "",
+        "Prefect server": os.environ.get("PREFECT_API_URL", ""),
+    }
+    return servers.explain(error, addresses) or error
+
+
+def fail(run: RunContext, error: BaseException, recipe: Recipe) -> BaseException:
+    """Close the run FAILED with what went wrong (MLflow would leave it FINISHED, or RUNNING), and
+    return the error to show (`explain`). With the tracking server away the run stays RUNNING,
+    and the next start closes it."""
+    explained = explain(error, recipe)
+    try:
+        tracking.end_run(run.run_id, failure=f"{type(explained).__name__}: {explained}")
+    except Exception as closing:
+        logger.warning("Could not close run %s (%s); the next start marks it FAILED", run.run_id, closing)
+    return explained
 
 
 def finish(run: RunContext) -> None:
@@ -253,6 +276,9 @@ def tune(run: RunContext, data: PreparedData, place_workers: PlaceWorkers | None
     `place_workers` starts trial workers in the orchestrator's pool (`search.workers: pool`)."""
     check_processes(run.recipe.training)  # the final training's processes, before any trial trains
     tuning_workers.check_parallel(run.recipe.search, run.attempt_dir)
+    restored = checkpoints.restore(run.run_id, run.recipe.name, run.fingerprints.attempt, run.attempt_dir)
+    if restored:
+        tracking.set_tags(run.run_id, {"skillops.restored_from": f"run {restored} (the attempt's files in the store)"})
     saved = run.attempt_dir / "best_params.json"
     if saved.is_file():
         best = json.loads(saved.read_text("utf-8"))
@@ -279,6 +305,7 @@ def tune(run: RunContext, data: PreparedData, place_workers: PlaceWorkers | None
         )
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(best), "utf-8")
+        tracking.log_artifact(run.run_id, saved, checkpoints.ARTIFACT_PATH)  # a restart elsewhere reuses it
     tracking.log_params(run.run_id, {f"best.{k}": v for k, v in best.items()})
     return best
 
@@ -304,6 +331,7 @@ def train(run: RunContext, data: PreparedData, params: dict) -> Path:
 
     def log_round(done: Round) -> None:
         result = done.result
+        mirror.keep(result.model_dir.parent)  # the finished round: a restart elsewhere does not train it again
         if result.resumed_from_step is not None:
             tracking.log_metrics(run.run_id, {"resumed_from_step": result.resumed_from_step}, step=done.number)
             tracking.set_tags(
@@ -327,14 +355,18 @@ def train(run: RunContext, data: PreparedData, params: dict) -> Path:
         prompts=recipe.prompts,
         output_dir=run.attempt_dir / "train",
     )
-    rounds = train_rounds(
-        spec,
-        evaluator=scorer(validation_set, recipe.evaluation, recipe.prompts),
-        score_round=lambda model_dir: evaluate(
-            load_model(str(model_dir)), validation_set, recipe.evaluation, recipe.prompts
-        ),
-        on_round=log_round,
-    )
+    with checkpoints.Mirror(run.run_id, run.attempt_dir) as mirror:
+        rounds = train_rounds(
+            spec,
+            evaluator=scorer(validation_set, recipe.evaluation, recipe.prompts),
+            score_round=lambda model_dir: evaluate(
+                load_model(str(model_dir)), validation_set, recipe.evaluation, recipe.prompts
+            ),
+            on_round=log_round,
+        )
+    if mirror.seconds:  # what keeping the checkpoints in the store took, in the uploading thread
+        uploads = {"checkpoint_uploads": len(mirror.seconds), "checkpoint_upload_seconds_max": max(mirror.seconds)}
+        tracking.log_metrics(run.run_id, uploads)
     if config.rounds > 1:
         chart = rounds_chart([done.validation for done in rounds], metric, run.output_dir / "rounds.png")
         tracking.log_artifact(run.run_id, chart, "charts")

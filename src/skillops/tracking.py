@@ -24,6 +24,7 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from skillops import servers
 from skillops.uris import safe_uri
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def artifact_location(experiment: str) -> str | None:
 
 
 def client() -> MlflowClient:
+    servers.ride_out_restarts()  # MLflow reads its retry settings at each request
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -319,12 +321,14 @@ def fail_stale_runs(
     experiment: str,
     prefect_api: str | None = None,
     flow_run_states: Callable[[list[str]], dict[str, str]] | None = None,
+    current_flow_run: str | None = None,
 ) -> list[str]:
     """Mark FAILED, with the reason, the runs left RUNNING by a run that died (killed, out of
     memory, machine rebooted): MLflow itself would show them RUNNING forever. A run tagged with a
     flow run of the Prefect server at `prefect_api` is judged by `flow_run_states` (flow run id ->
-    state type, from that server), from any machine; other runs by whether their process still
-    exists, which only the machine that started them can tell."""
+    state type, from that server), from any machine; a run of `current_flow_run` (the caller's
+    own flow run) belongs to an earlier attempt of it, retried after it crashed; other runs are
+    judged by whether their process still exists, which only the machine that started them can tell."""
     mlflow_client = client()
     found = mlflow_client.get_experiment_by_name(experiment)
     if found is None:
@@ -334,7 +338,11 @@ def fail_stale_runs(
     asked: dict[str, str] = {}  # flow run id -> MLflow run id
     for run in mlflow_client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         tags, run_id = run.data.tags, run.info.run_id
-        if flow_run_states and prefect_api and tags.get(PREFECT_API_TAG) == prefect_api and FLOW_RUN_TAG in tags:
+        if current_flow_run and tags.get(FLOW_RUN_TAG) == current_flow_run:
+            reasons[run_id] = (
+                f"an earlier attempt of Prefect flow run {current_flow_run}, which crashed and was retried"
+            )
+        elif flow_run_states and prefect_api and tags.get(PREFECT_API_TAG) == prefect_api and FLOW_RUN_TAG in tags:
             asked[tags[FLOW_RUN_TAG]] = run_id
         elif tags.get("skillops.host") == host and tags.get("skillops.pid", "").isdigit():
             pid = int(tags["skillops.pid"])

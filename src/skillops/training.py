@@ -25,6 +25,8 @@ from skillops.modeling import device, load_model, mixed_precision, require_devic
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_COMPLETE = "skillops-complete.json"  # in a checkpoint the trainer finished writing: {"step": N}
+
 
 class TrainingSpec(BaseModel):
     """One training, whole: what it starts from, what it trains on and how, and where it writes.
@@ -201,7 +203,10 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
         train_dataset=dataset,
         loss=build_loss(model, loss),
         evaluator=evaluator,
-        callbacks=[*(callbacks or []), *([progress.training_progress(spec.label)] if main_process else [])],
+        callbacks=[
+            *(callbacks or []),
+            *([progress.training_progress(spec.label), _mark_complete_callback()] if main_process else []),
+        ],
     )
     if not progress.interactive():
         # Without bars the trainer prints every logged loss as a dict; the curve is in MLflow.
@@ -209,7 +214,7 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
     logger.info("Training %s with %s on %d rows for %d steps", spec.base_model, loss.name, len(dataset), total_steps)
     checkpoint = _last_checkpoint(output_dir / "checkpoints")
     if checkpoint is not None:
-        logger.info("Resuming %s from %s", spec.base_model, checkpoint)
+        logger.info("Resuming %s from step %s (%s)", spec.label, checkpoint.name.rsplit("-", 1)[1], checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     # Every process is done writing its part of the last checkpoint before process 0 removes them.
     trainer.accelerator.wait_for_everyone()
@@ -241,6 +246,20 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
     )
     done.write_text(result.model_dump_json(), "utf-8")
     return result
+
+
+def _mark_complete_callback():
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        """The trainer calls this once it has written a whole checkpoint: only a checkpoint with the
+        marker is copied to the artifact store (`skillops.checkpoints`)."""
+
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            (checkpoint / CHECKPOINT_COMPLETE).write_text(json.dumps({"step": state.global_step}), "utf-8")
+
+    return MarkComplete()
 
 
 def _process_zero_saves(trainer_class):

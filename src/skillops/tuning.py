@@ -16,6 +16,7 @@ machine, or units of an orchestrator's pool) is `skillops.tuning_workers`' conce
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from skillops import servers
 from skillops.config import Recipe, SearchConfig
 from skillops.errors import RecipeError, TrainingError
 from skillops.evaluation import scorer
@@ -49,9 +51,11 @@ from skillops.uris import safe_uri
 logger = logging.getLogger(__name__)
 
 # A trial whose heartbeat is older than the grace period is taken for dead (its process was
-# killed), marked FAIL, and run again with the same parameters, at most MAX_RETRIES times.
+# killed), marked FAIL, and run again with the same parameters, at most MAX_RETRIES times. The
+# grace period also outlasts the database outage the storage waits for (`servers.wait_seconds`):
+# no heartbeat is written while the database is away, and a live trial must not be taken for dead.
 HEARTBEAT_SECONDS = 10
-GRACE_SECONDS = 30
+MIN_GRACE_SECONDS = 30
 MAX_RETRIES = 2
 
 
@@ -96,19 +100,25 @@ def storage_url(search: SearchConfig, attempt_dir: Path | None) -> str | None:
     return search.storage or os.environ.get("SKILLOPS_OPTUNA_STORAGE") or default
 
 
+def grace_seconds() -> int:
+    return int(max(MIN_GRACE_SECONDS, servers.wait_seconds() + 2 * HEARTBEAT_SECONDS))
+
+
 def open_storage(url: str):
-    """The Optuna storage at `url`, with heartbeats; a clear error names the setting if it cannot
-    be opened."""
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    """The Optuna storage at `url`, with heartbeats, that waits out a restart of its database; a
+    clear error names the setting if it cannot be opened."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         with _heartbeats_are_experimental():
-            return RDBStorage(
+            return _patient_storage()(
                 url,
+                # A connection that died with a restart of the server is found and replaced before use.
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
                 heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
+                grace_period=grace_seconds(),
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
             )
     except Exception as error:  # whatever the database driver raises: bad URL, refused, no such database
@@ -118,6 +128,45 @@ def open_storage(url: str):
             "(sqlite:///path/optuna.db, postgresql://user@host/db with the password in PGPASSFILE), or leave "
             "search.storage and SKILLOPS_OPTUNA_STORAGE unset for a file in the run's attempt folder."
         ) from error
+
+
+# Storage calls whose commit may have landed although its answer was lost: tried again only when
+# the database refused before doing anything (a new trial twice would be a trial nobody runs).
+_ONCE_ONLY = {"create_new_trial"}
+
+
+@functools.cache
+def _patient_storage():
+    """Optuna's RDBStorage whose every call waits for its database (a restart of PostgreSQL) for
+    up to `servers.wait_seconds()`, trying again every few seconds; Optuna itself gives up at once."""
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+    from optuna.storages import RDBStorage
+
+    def patient(method):
+        once_only = method.__name__ in _ONCE_ONLY
+
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            deadline = time.monotonic() + servers.wait_seconds()
+            while True:
+                try:
+                    return method(self, *args, **kwargs)
+                except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, StorageInternalError) as error:
+                    unknown_outcome = isinstance(error, StorageInternalError)  # raised by a failed commit
+                    if (once_only and unknown_outcome) or time.monotonic() > deadline:
+                        raise
+                    logger.warning("The Optuna database does not answer (%s); trying again", type(error).__name__)
+                    time.sleep(3)
+
+        return call
+
+    methods = {
+        name: patient(getattr(RDBStorage, name))
+        for name, value in vars(RDBStorage).items()
+        if callable(value) and not name.startswith("_") and name not in ("upgrade", "remove_session")
+    }
+    return type("PatientRDBStorage", (RDBStorage,), {"__module__": __name__, **methods})
 
 
 def _noise_aware_median(n_startup_trials: int):

@@ -62,7 +62,7 @@ def check_parallel(search: SearchConfig, attempt_dir: Path | None = None) -> Non
         raise RecipeError(
             f"search.workers = pool, but the study is in {safe_uri(url)}, a file on this machine, and workers of "
             "the pool may run on others: set search.storage (or SKILLOPS_OPTUNA_STORAGE on every machine) to a "
-            "database server they all reach, e.g. postgresql://skillops@<host>:5433/optuna, or use "
+            "database server they all reach, e.g. postgresql://skillops_optuna@<host>:5433/optuna?sslmode=verify-full, or use "
             "search.workers: local."
         )
 

@@ -1,0 +1,147 @@
+"""Accounts and roles of the team stack's tracking server (MLflow's basic-auth app).
+
+Four kinds of account, each an MLflow role (granted on every experiment and registered model):
+
+| role | may | Prefect |
+|---|---|---|
+| admin | everything (the stack owner; MLflow's own admin) | yes |
+| pipeline | create experiments, runs and registered models; register candidates; move `@champion` (the gate) | yes |
+| maintainer | read everything; move `@champion` back (`skillops rollback`) and change a model's policy | yes |
+| reader | read runs, compare them in the UI, load and serve `models:/<name>@champion` | no |
+
+Unknown users get nothing (`default_permission = NO_PERMISSIONS`), and only a role with the
+workspace's USE may create anything (the server runs with MLFLOW_ENABLE_WORKSPACES). Prefect has one
+shared credential and no roles: whoever holds it can start any deployment, so it goes to the
+pipeline and the maintainers only.
+
+`add` writes an account's folder under STATE/accounts/<name>: `credentials` (mode 600: the
+MLflow password, and the Prefect auth string where the role has it), `ca.crt`, `env` (the URLs
+and the CA, and it reads `credentials` when sourced) and, for the pipeline, `pgpass` with the
+password of the Optuna database. Copy the folder to the account's machine; nothing in it is
+printed. Needs the admin's credentials (MLFLOW_TRACKING_USERNAME / _PASSWORD in the environment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+ROLES: dict[str, list[tuple[str, str, str]]] = {
+    "pipeline": [
+        ("workspace", "*", "USE"),  # creates experiments and registered models
+        ("experiment", "*", "EDIT"),
+        ("registered_model", "*", "EDIT"),
+    ],
+    "maintainer": [("experiment", "*", "READ"), ("registered_model", "*", "EDIT")],
+    "reader": [("experiment", "*", "READ"), ("registered_model", "*", "READ")],
+}
+# The roles whose members hold Prefect's shared credential.
+PREFECT_ROLES = ("admin", "pipeline", "maintainer")
+WORKSPACE = "default"
+
+
+def _role_name(role: str) -> str:
+    return f"skillops-{role}"
+
+
+def _admin(stack: dict):
+    from mlflow.server import get_app_client
+
+    return get_app_client("basic-auth", tracking_uri=stack["mlflow_tracking_uri"])
+
+
+def _stack(stack_dir: Path) -> dict:
+    found = stack_dir / "stack.json"
+    if not found.is_file():
+        from skillops.errors import RecipeError
+
+        raise RecipeError(
+            f"{found} is missing: --stack-dir must be the state folder of a team stack this machine runs "
+            "(`make stack-up TEAM=1` writes it; default .stack)."
+        )
+    return json.loads(found.read_text("utf-8"))
+
+
+def setup(stack_dir: Path) -> None:
+    """The roles, each with its grants (idempotent), and the admin's own account folder."""
+    stack = _stack(stack_dir)
+    admin = _admin(stack)
+    existing = {role.name: role for role in admin.list_roles(WORKSPACE)}
+    for role, grants in ROLES.items():
+        found = existing.get(_role_name(role)) or admin.create_role(WORKSPACE, _role_name(role))
+        granted = {(p.resource_type, p.resource_pattern, p.permission) for p in admin.list_role_permissions(found.id)}
+        for grant in grants:
+            if grant not in granted:
+                admin.add_role_permission(found.id, *grant)
+    _write_account(stack_dir, stack, "admin", "admin", os.environ["MLFLOW_TRACKING_PASSWORD"])
+
+
+def add(stack_dir: Path, name: str, role: str) -> Path:
+    """A new account with a generated password, given `role`; returns its folder."""
+    stack = _stack(stack_dir)
+    admin = _admin(stack)
+    password = secrets.token_urlsafe(24)
+    admin.create_user(name, password)
+    role_id = next(r.id for r in admin.list_roles(WORKSPACE) if r.name == _role_name(role))
+    admin.assign_role(name, role_id)
+    return _write_account(stack_dir, stack, name, role, password)
+
+
+def _private(path: Path, text: str) -> None:
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text, "utf-8")
+
+
+def _write_account(stack_dir: Path, stack: dict, name: str, role: str, password: str) -> Path:
+    folder = stack_dir / "accounts" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    shutil.copyfile(stack_dir / "tls" / "ca.crt", folder / "ca.crt")
+    credentials = [f"MLFLOW_TRACKING_USERNAME='{name}'", f"MLFLOW_TRACKING_PASSWORD='{password}'"]
+    if role in PREFECT_ROLES:
+        auth = (stack_dir / "secrets" / "prefect-auth").read_text("utf-8").strip()
+        credentials.append(f"PREFECT_API_AUTH_STRING='skillops:{auth}'")
+    _private(
+        folder / "credentials",
+        f"# skillops account {name} ({role}): keep this file private.\n" + "\n".join(credentials) + "\n",
+    )
+    lines = [
+        f"# skillops team stack at {stack['host']}, account {name} ({role}). Source this file (bash): it",
+        "# sets the addresses and the CA, and reads this folder's credentials file; it prints nothing.",
+        'here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)',
+        f"export MLFLOW_TRACKING_URI={stack['mlflow_tracking_uri']}",
+        'export MLFLOW_TRACKING_SERVER_CERT_PATH="$here/ca.crt"',
+    ]
+    if role in PREFECT_ROLES:
+        lines += [
+            f"export PREFECT_API_URL={stack['prefect_api_url']}",
+            'export PREFECT_API_SSL_CERT_FILE="$here/ca.crt"',
+        ]
+    if role in ("admin", "pipeline"):
+        database = (stack_dir / "secrets" / "pg-optuna").read_text("utf-8").strip()
+        _private(folder / "pgpass", f"{stack['host']}:{stack['pg_port']}:optuna:skillops_optuna:{database}\n")
+        lines += [
+            f"export SKILLOPS_OPTUNA_STORAGE='{stack['optuna_storage']}'",
+            'export PGPASSFILE="$here/pgpass" PGSSLROOTCERT="$here/ca.crt"',
+        ]
+    lines.append('set -a; . "$here/credentials"; set +a')
+    (folder / "env").write_text("\n".join(lines) + "\n", "utf-8")
+    return folder
+
+
+def users(stack_dir: Path) -> list[tuple[str, list[str]]]:
+    """Every account folder of this stack and its roles on the server."""
+    stack = _stack(stack_dir)
+    admin = _admin(stack)
+    found = []
+    for folder in sorted((stack_dir / "accounts").glob("*/credentials")):
+        name = folder.parent.name
+        roles = (
+            ["admin"] if name == "admin" else [r.name.removeprefix("skillops-") for r in admin.list_user_roles(name)]
+        )
+        found.append((name, roles))
+    return found
