@@ -6,8 +6,11 @@ export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_TELEMETRY ?= false
+# Prefect's state of this checkout's runs and local stack (its temporary server's database) stays
+# here: another project's Prefect, migrating ~/.prefect/prefect.db, cannot break it.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: install postgres lint format train test test-fast ui serve stack-up stack-down clean
+.PHONY: install team-packages lint format train test test-fast ui serve stack-up stack-down clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,13 +23,14 @@ install: $(VENV)/.installed
 train: install  ## the main job: validate -> tune -> train -> evaluate -> register -> promote; SET="training.epochs=1 ..." overrides
 	$(PY) flows/train_esco.py $(RECIPE) $(if $(FORCE),--force) $(foreach field,$(SET),--set $(field))
 
-# The team-stack tests and `make stack-up TEAM=1` start PostgreSQL from Debian's package.
-postgres:
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
-		echo "Installing PostgreSQL (Debian's package postgresql)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+# The team-stack tests and `make stack-up TEAM=1` start PostgreSQL and nginx (TLS in front of the
+# servers) from Debian's packages.
+team-packages:
+	@{ ls /usr/lib/postgresql/*/bin/postgres && command -v nginx; } >/dev/null 2>&1 || { \
+		echo "Installing PostgreSQL and nginx (Debian's packages postgresql, nginx)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql nginx >/dev/null; }
 
-test: install postgres  ## every test, as CI runs them
+test: install team-packages  ## every test, as CI runs them
 	$(PY) -m pytest
 
 test-fast: install  ## the edit loop: everything but the slow tier (servers, flows, schedules)
@@ -55,8 +59,8 @@ serve: install  ## the champion over HTTP on 127.0.0.1: POST /invocations {"inpu
 	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}" \
 		$(VENV)/bin/mlflow models serve -m models:/$(MODEL)@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
-stack-up: install $(if $(TEAM),postgres)  ## Prefect server + worker + deployments + MLflow UI on 127.0.0.1; TEAM=1: on PostgreSQL, with an MLflow server
-	VENV=$(VENV) TEAM=$(TEAM) scripts/stack.sh up
+stack-up: install $(if $(TEAM),team-packages)  ## Prefect server + worker + deployments + MLflow UI on 127.0.0.1; TEAM=1 [HOST=10.0.0.5]: behind TLS and accounts, on PostgreSQL
+	VENV=$(VENV) TEAM=$(TEAM) $(if $(HOST),HOST=$(HOST)) scripts/stack.sh up
 
 stack-down:  ## stop what stack-up started
 	VENV=$(VENV) scripts/stack.sh down

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import sys
 from datetime import timedelta
+from pathlib import Path
 from uuid import UUID
 
+import prefect
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
@@ -154,6 +156,40 @@ def promotion_slot(model_name: str):
             except ObjectAlreadyExists:
                 pass  # a run starting at the same moment made it
     return concurrency(name, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS)
+
+
+def require_readable_temporary_database() -> None:
+    """Without a Prefect server, a run starts Prefect's temporary one on PREFECT_HOME's database. A
+    database another project's newer Prefect migrated cannot be read by this one: its server never
+    answers, and the cause would show only in that server's log. Named here, with the fix."""
+    import re
+    import sqlite3
+
+    import prefect.server.database as database
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return
+    url = settings.server.database.connection_url.get_secret_value()
+    path = Path(url.split(":///", 1)[1]) if url.startswith("sqlite") and ":///" in url else None
+    if path is None or not path.is_file():
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+            (revision,) = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    except (sqlite3.Error, TypeError):
+        return  # no schema yet: Prefect makes it
+    migrations = Path(database.__file__).parent / "_migrations" / "versions" / "sqlite"
+    known = {
+        m.group(1) for f in migrations.glob("*.py") if (m := re.search(r'^revision = "(\w+)"', f.read_text(), re.M))
+    }
+    if revision not in known:
+        raise RecipeError(
+            f"Prefect's database {path} is at revision {revision!r}, which this Prefect ({prefect.__version__}) does "
+            "not know: a newer Prefect (another project's) migrated it, and this one's temporary server cannot "
+            "start on it. Fix: give this project a Prefect home of its own (`make train` uses .prefect/ in the "
+            "checkout: PREFECT_HOME=$PWD/.prefect), or move that file away."
+        )
 
 
 def _heartbeat_seconds() -> int | None:

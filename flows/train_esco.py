@@ -47,6 +47,7 @@ from orchestration import (
     promotion_slot,
     promotion_slot_name,
     require_heartbeat_watch,
+    require_readable_temporary_database,
     require_trial_pool,
     this_flow_run,
 )
@@ -224,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     arguments = cli.parse_args(argv)
     try:
-        # The recipe and its overrides are checked before Prefect starts its temporary server.
+        # The recipe, its overrides and Prefect's database are checked before Prefect starts its
+        # temporary server.
         overrides = parse_overrides(arguments.overrides)
         load_recipe(arguments.recipe).with_overrides(overrides)
+        require_readable_temporary_database()
         train_esco(arguments.recipe, overrides=overrides, force=arguments.force)
     except SkillopsError as error:
         print(f"{Path(__file__).name}: {error}", file=sys.stderr)

@@ -50,12 +50,14 @@ if [[ -z $TEAM && $HOST != 127.0.0.1 ]]; then
   exit 2
 fi
 
-# Which servers this machine runs: none that the caller already names.
-OWN_PREFECT=1; [[ -n ${PREFECT_API_URL:-} ]] && OWN_PREFECT=
-OWN_MLFLOW=1; [[ ${MLFLOW_TRACKING_URI:-} == http* ]] && OWN_MLFLOW=
+# Which servers this machine runs: none that the caller names, unless they are this stack's own
+# (a shell that sourced .stack/env starting the stack again after a reboot).
+if [[ -n $TEAM ]]; then scheme=https; else scheme=http; fi
+PUBLIC_PREFECT=$scheme://$HOST:$PREFECT_PORT
+PUBLIC_MLFLOW=$scheme://$HOST:$MLFLOW_PORT
+OWN_PREFECT=1; [[ -n ${PREFECT_API_URL:-} && ${PREFECT_API_URL%/api} != "$PUBLIC_PREFECT" ]] && OWN_PREFECT=
+OWN_MLFLOW=1; [[ ${MLFLOW_TRACKING_URI:-} == http* && ${MLFLOW_TRACKING_URI%/} != "$PUBLIC_MLFLOW" ]] && OWN_MLFLOW=
 if [[ -n $TEAM ]]; then
-  PUBLIC_PREFECT=https://$HOST:$PREFECT_PORT
-  PUBLIC_MLFLOW=https://$HOST:$MLFLOW_PORT
   export PREFECT_API_URL=${PREFECT_API_URL:-$PUBLIC_PREFECT/api}
   export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-$PUBLIC_MLFLOW}
   # Flow runs start in a fresh folder of their own: checkpoints outlive them here.
@@ -173,40 +175,36 @@ own_servers() {
   local admin_password prefect_auth
   admin_password=$(secret mlflow-admin)
   prefect_auth=skillops:$(secret prefect-auth)
-  if [[ -n $OWN_PREFECT ]]; then
-    # Exported for this child alone: the server's own settings, read from the environment.
-    (
-      export PGPASSFILE=$STATE/pgpass
-      export PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://skillops_prefect@127.0.0.1:$PG_PORT/prefect"
-      export PREFECT_SERVER_API_AUTH_STRING=$prefect_auth
-      export PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true
-      export PREFECT_SERVER_CORS_ALLOWED_ORIGINS=$PUBLIC_PREFECT
-      export PREFECT_UI_API_URL=$PUBLIC_PREFECT/api PREFECT_UI_URL=$PUBLIC_PREFECT
-      # Slots of the promotion lock outlive a restart of the server (in memory they would not).
-      export PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem
-      export PREFECT_HOME=$STATE/prefect-server
-      start prefect-server "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_BACKEND_PORT"
-    )
-  fi
-  if [[ -n $OWN_MLFLOW ]]; then
-    mkdir -p "$STATE/artifacts"
-    mlflow_auth_ini
-    local allowed=$HOST:$MLFLOW_PORT name
-    for name in "${extra[@]}"; do allowed+=",$name:$MLFLOW_PORT"; done
-    (
-      export PGPASSFILE=$STATE/pgpass MLFLOW_AUTH_CONFIG_PATH=$STATE/mlflow-auth.ini
-      export MLFLOW_AUTH_ADMIN_USERNAME=admin MLFLOW_AUTH_ADMIN_PASSWORD=$admin_password
-      # The same key for every worker process of the server: sessions and CSRF tokens hold across them.
-      MLFLOW_FLASK_SERVER_SECRET_KEY=$(secret mlflow-secret-key)
-      export MLFLOW_FLASK_SERVER_SECRET_KEY
-      # Only a role with the workspace's USE (the pipeline's) may create experiments and models.
-      export MLFLOW_ENABLE_WORKSPACES=true
-      start mlflow-server "$VENV/bin/mlflow" server --app-name basic-auth \
-        --backend-store-uri "postgresql://skillops_mlflow@127.0.0.1:$PG_PORT/mlflow" \
-        --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_BACKEND_PORT" --workers 2 \
-        --allowed-hosts "$allowed" --cors-allowed-origins "$PUBLIC_MLFLOW"
-    )
-  fi
+  # Exported for each server alone (a subshell): its own settings, read from the environment.
+  (
+    export PGPASSFILE=$STATE/pgpass
+    export PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://skillops_prefect@127.0.0.1:$PG_PORT/prefect"
+    export PREFECT_SERVER_API_AUTH_STRING=$prefect_auth
+    export PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true
+    export PREFECT_SERVER_CORS_ALLOWED_ORIGINS=$PUBLIC_PREFECT
+    export PREFECT_UI_API_URL=$PUBLIC_PREFECT/api PREFECT_UI_URL=$PUBLIC_PREFECT
+    # Slots of the promotion lock outlive a restart of the server (in memory they would not).
+    export PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem
+    export PREFECT_HOME=$STATE/prefect-server
+    start prefect-server "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_BACKEND_PORT"
+  )
+  mkdir -p "$STATE/artifacts"
+  mlflow_auth_ini
+  local allowed=$HOST:$MLFLOW_PORT name
+  for name in "${extra[@]}"; do allowed+=",$name:$MLFLOW_PORT"; done
+  (
+    export PGPASSFILE=$STATE/pgpass MLFLOW_AUTH_CONFIG_PATH=$STATE/mlflow-auth.ini
+    export MLFLOW_AUTH_ADMIN_USERNAME=admin MLFLOW_AUTH_ADMIN_PASSWORD=$admin_password
+    # The same key for every worker process of the server: sessions and CSRF tokens hold across them.
+    MLFLOW_FLASK_SERVER_SECRET_KEY=$(secret mlflow-secret-key)
+    export MLFLOW_FLASK_SERVER_SECRET_KEY
+    # Only a role with the workspace's USE (the pipeline's) may create experiments and models.
+    export MLFLOW_ENABLE_WORKSPACES=true
+    start mlflow-server "$VENV/bin/mlflow" server --app-name basic-auth \
+      --backend-store-uri "postgresql://skillops_mlflow@127.0.0.1:$PG_PORT/mlflow" \
+      --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_BACKEND_PORT" --workers 2 \
+      --allowed-hosts "$allowed" --cors-allowed-origins "$PUBLIC_MLFLOW"
+  )
   nginx_conf
   start nginx nginx -c "$STATE/nginx/nginx.conf" -p "$STATE/nginx" -g "daemon off;"
   wait_for "$PUBLIC_PREFECT/api/health" prefect-server
@@ -224,15 +222,19 @@ EOF
       "$VENV/bin/skillops" users add "$worker_account" --role pipeline --stack-dir "$STATE" >/dev/null
   # shellcheck source=/dev/null
   source "$STATE/accounts/$worker_account/env"  # this machine's worker runs as that account
+  STACK_CA=$STATE/tls/ca.crt
 }
 
 # --- up / down / status ------------------------------------------------------------------------
 
 up() {
   mkdir -p mlruns
-  if [[ -n $TEAM && ( -n $OWN_PREFECT || -n $OWN_MLFLOW ) ]]; then
+  if [[ -n $TEAM && -n $OWN_PREFECT && -n $OWN_MLFLOW ]]; then
     own_servers
-  elif [[ -n $OWN_PREFECT ]]; then
+  elif [[ -n $TEAM && ( -n $OWN_PREFECT || -n $OWN_MLFLOW ) ]]; then
+    echo "Give both servers' URLs (PREFECT_API_URL and MLFLOW_TRACKING_URI) to join a team stack, or neither to run one." >&2
+    exit 2
+  elif [[ -z $TEAM && -n $OWN_PREFECT ]]; then
     start prefect-server "$VENV/bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
     wait_for "${PREFECT_API_URL%/}/health" prefect-server
   fi
@@ -269,7 +271,7 @@ up() {
   echo
   echo "Prefect UI:  ${PREFECT_API_URL%/api}   (deployments: $(grep -c '^  - name:' "$prefect_file") in $prefect_file)"
   echo "MLflow UI:   $ui"
-  [[ -n $TEAM ]] && echo "TLS:         clients verify with ${MLFLOW_TRACKING_SERVER_CERT_PATH:-the system's CAs}"
+  [[ -n $TEAM ]] && echo "TLS:         clients verify with ${MLFLOW_TRACKING_SERVER_CERT_PATH:-the system CA store}"
   [[ -n $TEAM && -d $STATE/accounts ]] && echo "Accounts:    skillops users add NAME --role reader|maintainer|pipeline --stack-dir $STATE"
   echo "In another shell: source $STATE/env"
 }
@@ -279,7 +281,8 @@ write_env() {  # what every shell of this machine needs to use this stack: addre
     echo "export PREFECT_API_URL=$PREFECT_API_URL"
     if [[ -n $TEAM ]]; then
       echo "export MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI"
-      [[ -n ${MLFLOW_TRACKING_SERVER_CERT_PATH:-} ]] && echo "export MLFLOW_TRACKING_SERVER_CERT_PATH=$MLFLOW_TRACKING_SERVER_CERT_PATH PREFECT_API_SSL_CERT_FILE=$MLFLOW_TRACKING_SERVER_CERT_PATH PGSSLROOTCERT=$MLFLOW_TRACKING_SERVER_CERT_PATH"
+      local ca=${STACK_CA:-${MLFLOW_TRACKING_SERVER_CERT_PATH:-}}
+      [[ -n $ca ]] && echo "export MLFLOW_TRACKING_SERVER_CERT_PATH=$ca PREFECT_API_SSL_CERT_FILE=$ca PGSSLROOTCERT=$ca"
       [[ -n ${SKILLOPS_OPTUNA_STORAGE:-} ]] && echo "export SKILLOPS_OPTUNA_STORAGE='$SKILLOPS_OPTUNA_STORAGE'"
       # The account: a credentials file (mode 600) read when this file is sourced; the stack owner's by default.
       local credentials=${SKILLOPS_CREDENTIALS:-$STATE/accounts/admin/credentials}

@@ -48,9 +48,13 @@ def _role_name(role: str) -> str:
 
 
 def _admin(stack: dict):
-    from mlflow.server import get_app_client
+    import warnings
 
-    return get_app_client("basic-auth", tracking_uri=stack["mlflow_tracking_uri"])
+    with warnings.catch_warnings():  # the server's own modules warn about their imports; not ours
+        warnings.simplefilter("ignore")
+        from mlflow.server import get_app_client
+
+        return get_app_client("basic-auth", tracking_uri=stack["mlflow_tracking_uri"])
 
 
 def _stack(stack_dir: Path) -> dict:
