@@ -56,6 +56,7 @@ from skillops.config import Recipe, load_recipe, parse_overrides
 from skillops.context import Fingerprints, RunContext
 from skillops.errors import SkillopsError
 from skillops.evaluation import Scores
+from skillops.index_churn import Churn
 from skillops.preparation import PreparedData
 from skillops.promotion import Decision
 from skillops.reports import score_rows
@@ -139,9 +140,18 @@ def promote(run: RunContext, data: PreparedData, version: str, scores: Scores) -
         return stages.promote(run, data, version, scores, shared_lock=promotion_slot_name(name))
 
 
+@task(name="index-churn", task_run_name="index-churn {run.recipe.name} v{version}")
+def index_churn(
+    run: RunContext, data: PreparedData, model_dir: Path, version: str, scores: Scores, decision: Decision
+) -> Churn | None:
+    return stages.index_churn(run, data, model_dir, scores, decision)
+
+
 @io_task(name="report", task_run_name="report {run.recipe.name} v{version}")
-def report(run: RunContext, data: PreparedData, version: str, scores: Scores, decision: Decision) -> str:
-    return stages.report(run, data, version, scores, decision)
+def report(
+    run: RunContext, data: PreparedData, version: str, scores: Scores, decision: Decision, churn: Churn | None
+) -> str:
+    return stages.report(run, data, version, scores, decision, churn)
 
 
 @flow(name="train-esco", flow_run_name="train-esco {recipe}", log_prints=True)
@@ -179,7 +189,8 @@ def train_esco(
         scores = evaluate_models(run, data, model_dir)
         version = register(run, data, model_dir, scores)
         decision = promote(run, data, version, scores)
-        summary = report(run, data, version, scores, decision)
+        churn = index_churn(run, data, model_dir, version, scores, decision)
+        summary = report(run, data, version, scores, decision, churn)
     except BaseException as error:
         # The MLflow run closed FAILED with the reason; a server that did not answer is named.
         explained = stages.fail(run, error, config) if run else stages.explain(error, config)

@@ -10,9 +10,11 @@
 # the servers of this machine (PGPASSFILE=DIR/pgpass), so no address and no command line carries
 # one. As root, the server runs as the `postgres` user (it refuses root).
 #
-# It listens on 127.0.0.1, and also on PG_HOST when that is set to another address: there TLS is
-# on (PG_TLS_DIR holds server.crt and server.key) and pg_hba.conf admits only the databases in
-# PG_REMOTE, from PG_NETWORK (a CIDR, default PG_HOST/32), over TLS (hostssl).
+# Without PG_TLS_DIR it listens on 127.0.0.1 alone and admits each role there. With PG_TLS_DIR
+# (server.crt and server.key) it is a team's: it listens on PG_HOST, with TLS, and admits over TCP
+# only the databases in PG_REMOTE, from PG_NETWORK (a CIDR, default PG_HOST/32), over TLS
+# (hostssl); the servers of this machine reach their databases through the socket folder
+# (DIR/postgres-socket, host=that folder in their URLs), which no other machine can.
 set -euo pipefail
 
 pg_bin() {
@@ -40,9 +42,11 @@ write_hba() {  # data folder, databases...
     echo "# Written by scripts/postgres.sh on every up: each database, its own role, nothing else."
     echo "local all postgres trust"  # the socket sits in a folder only postgres may enter
     for database in "$@"; do
-      echo "host $database skillops_$database 127.0.0.1/32 scram-sha-256"
-      if [[ -n ${PG_HOST:-} && $PG_HOST != 127.0.0.1 && $remote == *" $database "* ]]; then
-        echo "hostssl $database skillops_$database ${PG_NETWORK:-$PG_HOST/32} scram-sha-256"
+      if [[ -n ${PG_TLS_DIR:-} ]]; then
+        echo "local $database skillops_$database scram-sha-256"
+        [[ $remote == *" $database "* ]] && echo "hostssl $database skillops_$database ${PG_NETWORK:-$PG_HOST/32} scram-sha-256"
+      else
+        echo "host $database skillops_$database 127.0.0.1/32 scram-sha-256"
       fi
     done
   } >"$data/pg_hba.conf"
@@ -62,9 +66,9 @@ up() {
   if [[ ! -f $data/PG_VERSION ]]; then
     as_postgres "$bin/initdb" -D "$data" -U postgres --auth-host=scram-sha-256 --auth-local=trust >"$state/initdb.log"
   fi
-  if [[ -n ${PG_HOST:-} && $PG_HOST != 127.0.0.1 ]]; then
-    [[ -f ${PG_TLS_DIR:-}/server.crt ]] || { echo "PG_HOST=$PG_HOST is not loopback: PG_TLS_DIR must hold server.crt and server.key" >&2; exit 1; }
-    listen="127.0.0.1,$PG_HOST"
+  if [[ -n ${PG_TLS_DIR:-} ]]; then
+    [[ -f $PG_TLS_DIR/server.crt && -n ${PG_HOST:-} ]] || { echo "PG_TLS_DIR must hold server.crt and server.key, and PG_HOST be set" >&2; exit 1; }
+    listen=$PG_HOST
     # PostgreSQL reads its key only when it is the server's own and mode 600.
     install -m 600 "$PG_TLS_DIR/server.key" "$data/server.key"
     install -m 644 "$PG_TLS_DIR/server.crt" "$data/server.crt"
@@ -97,10 +101,12 @@ up() {
     echo "SELECT 'REASSIGN OWNED BY skillops TO $role' FROM pg_roles WHERE rolname = 'skillops'\\gexec
 ALTER DATABASE $database OWNER TO $role;" \
       | as_postgres "$bin/psql" -h "$socket" -p "$port" -U postgres -d "$database" -q -v ON_ERROR_STOP=1 >/dev/null
-    (umask 077 && echo "127.0.0.1:$port:$database:$role:$password" >>"$state/pgpass")
-    [[ -n ${PG_HOST:-} && $PG_HOST != 127.0.0.1 ]] && echo "$PG_HOST:$port:$database:$role:$password" >>"$state/pgpass"
+    # Socket connections match `localhost` (libpq) or the socket folder (asyncpg).
+    for host in 127.0.0.1 localhost "$socket" ${PG_HOST:+"$PG_HOST"}; do
+      echo "$host:$port:$database:$role:$password" >>"$state/pgpass"
+    done
   done
-  echo "postgresql running on $listen port $port (data $data)"
+  echo "postgresql running on $listen port $port (data $data, socket $socket)"
 }
 
 down() {

@@ -158,7 +158,7 @@ mlflow_auth_ini() {
 [mlflow]
 # Unknown users, and known users on what no role grants them, get nothing.
 default_permission = NO_PERMISSIONS
-database_uri = postgresql://skillops_mlflow_auth@127.0.0.1:$PG_PORT/mlflow_auth
+database_uri = postgresql://skillops_mlflow_auth@/mlflow_auth?host=$STATE/postgres-socket&port=$PG_PORT
 admin_username = admin
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 EOF
@@ -178,7 +178,7 @@ own_servers() {
   # Exported for each server alone (a subshell): its own settings, read from the environment.
   (
     export PGPASSFILE=$STATE/pgpass
-    export PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://skillops_prefect@127.0.0.1:$PG_PORT/prefect"
+    export PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://skillops_prefect@/prefect?host=$STATE/postgres-socket&port=$PG_PORT"
     export PREFECT_SERVER_API_AUTH_STRING=$prefect_auth
     export PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true
     export PREFECT_SERVER_CORS_ALLOWED_ORIGINS=$PUBLIC_PREFECT
@@ -201,7 +201,7 @@ own_servers() {
     # Only a role with the workspace's USE (the pipeline's) may create experiments and models.
     export MLFLOW_ENABLE_WORKSPACES=true
     start mlflow-server "$VENV/bin/mlflow" server --app-name basic-auth \
-      --backend-store-uri "postgresql://skillops_mlflow@127.0.0.1:$PG_PORT/mlflow" \
+      --backend-store-uri "postgresql://skillops_mlflow@/mlflow?host=$STATE/postgres-socket&port=$PG_PORT" \
       --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_BACKEND_PORT" --workers 2 \
       --allowed-hosts "$allowed" --cors-allowed-origins "$PUBLIC_MLFLOW"
   )
@@ -271,7 +271,7 @@ up() {
   echo
   echo "Prefect UI:  ${PREFECT_API_URL%/api}   (deployments: $(grep -c '^  - name:' "$prefect_file") in $prefect_file)"
   echo "MLflow UI:   $ui"
-  [[ -n $TEAM ]] && echo "TLS:         clients verify with ${MLFLOW_TRACKING_SERVER_CERT_PATH:-the system CA store}"
+  [[ -n $TEAM ]] && echo "TLS:         clients verify with ${STACK_CA:-${MLFLOW_TRACKING_SERVER_CERT_PATH:-the system CA store}}"
   [[ -n $TEAM && -d $STATE/accounts ]] && echo "Accounts:    skillops users add NAME --role reader|maintainer|pipeline --stack-dir $STATE"
   echo "In another shell: source $STATE/env"
 }

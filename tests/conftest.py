@@ -24,7 +24,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 
 import bad_inputs
-from helpers import BIN, REPO, build_tiny_model, free_port, seed_champion, small_esco_extract, wait_for_http
+from helpers import BIN, REPO, build_tiny_model, free_port, seed_champion, small_esco_extract, start_prefect_server
 
 SLOW_TIERS = ("flows", "stack")
 
@@ -75,27 +75,30 @@ def mlflow_store(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def prefect_server(tmp_path):
-    """A real Prefect server on a free 127.0.0.1 port, with its own home, MLflow store and outputs."""
+    """A real Prefect server on a free 127.0.0.1 port, with its own home, MLflow store and outputs,
+    and the automation that crashes flow runs whose heartbeats stopped (as `make stack-up` makes it).
+    `processes[0]` is the server; a test may restart it with `start_prefect_server`."""
     port = free_port()
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # As the team stack sets it: held slots of the promotion lock outlive a restart of the server.
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
         "SKILLOPS_OUTPUTS_DIR": str(tmp_path / "outputs"),
         "HF_HUB_OFFLINE": "1",
     }
-    logs = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=logs,
-        stderr=subprocess.STDOUT,
-    )
-    processes = [server]
+    processes = [start_prefect_server(env, tmp_path / "server.log")]
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/api/health", server, tmp_path / "server.log", "Prefect server")
+        watch = subprocess.run(
+            [str(BIN / "python"), str(REPO / "flows" / "orchestration.py"), "watch-heartbeats"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert watch.returncode == 0, watch.stdout + watch.stderr
         yield env, processes, tmp_path
     finally:
         for process in reversed(processes):
@@ -104,7 +107,6 @@ def prefect_server(tmp_path):
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        logs.close()
 
 
 @pytest.fixture(scope="session")
@@ -118,21 +120,40 @@ def prefect_harness():
         yield
 
 
+class PostgresServer:
+    """A PostgreSQL server of scripts/postgres.sh with a database `optuna`: its URL (no password
+    in it), the pgpass file that has the password, and a way to stop it and start it again."""
+
+    def __init__(self, state: Path, port: int):
+        self.state, self.port = state, port
+        self.url = f"postgresql://skillops_optuna@127.0.0.1:{port}/optuna"
+        self.pgpass = state / "pgpass"
+
+    def _script(self, *args):
+        done = subprocess.run(
+            [str(REPO / "scripts" / "postgres.sh"), *args], capture_output=True, text=True, timeout=180
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def up(self):
+        self._script("up", str(self.state), str(self.port), "optuna")
+
+    def down(self):
+        self._script("down", str(self.state))
+
+
 @pytest.fixture
 def postgres():
-    """A real PostgreSQL on a free 127.0.0.1 port (scripts/postgres.sh, Debian's package) with a
-    database `optuna`: (its URL, which carries no password, and the pgpass file that has it)."""
+    """A real PostgreSQL on a free 127.0.0.1 port (scripts/postgres.sh, Debian's package)."""
     # Outside pytest's private tmp folder: as root, the server runs as `postgres`, who must enter it.
     state = Path(tempfile.mkdtemp(prefix="skillops-postgres-"))
     state.chmod(0o711)
-    port = free_port()
-    script = str(REPO / "scripts" / "postgres.sh")
-    started = subprocess.run([script, "up", str(state), str(port), "optuna"], capture_output=True, text=True)
+    server = PostgresServer(state, free_port())
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield f"postgresql://skillops_optuna@127.0.0.1:{port}/optuna", state / "pgpass"
+        server.up()
+        yield server
     finally:
-        subprocess.run([script, "down", str(state)], capture_output=True, timeout=120)
+        subprocess.run([str(REPO / "scripts" / "postgres.sh"), "down", str(state)], capture_output=True, timeout=120)
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -179,6 +179,35 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, what: str, tim
             time.sleep(1)
 
 
+def start_mlflow_server(folder: Path, port: int, log: Path) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port`, its runs in folder/server.db and its artifacts (proxied)
+    in folder/served-artifacts, answering before this returns; a second start reuses both."""
+    env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"}
+    with open(log, "a") as output:
+        server = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder}/server.db",
+             "--artifacts-destination", (folder / "served-artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    wait_for_http(f"http://127.0.0.1:{port}/health", server, log, "MLflow server")
+    return server
+
+
+def start_prefect_server(env: dict, log: Path) -> subprocess.Popen:
+    """`prefect server start` on the port of env's PREFECT_API_URL (its state in env's PREFECT_HOME),
+    answering before this returns; its output is appended to `log`."""
+    port = env["PREFECT_API_URL"].rsplit(":", 1)[1].split("/")[0]
+    with open(log, "a") as output:
+        server = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for_http(f"http://127.0.0.1:{port}/api/health", server, log, "Prefect server")
+    return server
+
+
 def wait_until(condition, what: str, timeout: float = 300, explain=lambda: ""):
     """condition()'s first truthy value, polled every 2 s; fails with `explain()` after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -215,7 +244,9 @@ def seed_champion(model_dir: Path, name: str) -> str:
     run_id = tracking.start_run(name, "previous champion", {})
     candidate = registry.register(model_dir, run_id, name, {})
     tracking.end_run(run_id)
-    return registry.promote_if_better(name, candidate, lambda champion: adopted).served_version
+    # Nothing else promotes while a test seeds its champion: that is the lock every machine holds.
+    lock = "the test seeding the champion"
+    return registry.promote_if_better(name, candidate, lambda champion: adopted, shared_lock=lock).served_version
 
 
 # The same in a process of its own (another machine's, with its own environment): argv is the

@@ -102,8 +102,9 @@ def _delete(run_id: str, path: str) -> None:
 
 
 def restore(run_id: str, experiment: str, attempt: str, attempt_dir: Path) -> str | None:
-    """When this machine has nothing of the attempt, bring the newest earlier run's `attempt/`
-    here (its checkpoints only where complete); returns the run it came from, or None."""
+    """When this machine has nothing of the attempt, bring here the `attempt/` of its newest earlier
+    run that did not finish (killed, crashed, failed; its checkpoints only where complete); returns
+    that run, or None. A finished attempt is over: a forced retrain of it starts afresh."""
     if attempt_dir.exists() and any(attempt_dir.iterdir()):
         return None  # this machine ran the attempt before: its own files are newer or the same
     client = tracking.client()
@@ -111,7 +112,9 @@ def restore(run_id: str, experiment: str, attempt: str, attempt_dir: Path) -> st
     if found is None:
         return None
     earlier = client.search_runs(
-        [found.experiment_id], f"tags.`{ATTEMPT_TAG}` = '{attempt}'", order_by=["attributes.start_time DESC"]
+        [found.experiment_id],
+        f"tags.`{ATTEMPT_TAG}` = '{attempt}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
     )
     for run in earlier:
         if run.info.run_id == run_id or not client.list_artifacts(run.info.run_id, ARTIFACT_PATH):

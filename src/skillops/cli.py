@@ -103,7 +103,7 @@ def cmd_evaluate(args) -> int:
         )
         return 2
     if args.model.startswith("models:/"):
-        model = registry.load(args.model)
+        model = registry.load(args.model, as_served=True)  # scored as it is served
     else:
         model = load_model(args.model, recipe.training.max_seq_length)
     with tempfile.TemporaryDirectory() as tmp:

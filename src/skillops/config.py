@@ -440,6 +440,38 @@ class PromotionPolicy(_Strict):
     seed: int = 0
 
 
+class ServingConfig(_Strict):
+    """What the champion is served as. Every candidate gets the listed ONNX variants, and the gate
+    scores each on the test and golden sets like the fp32 model; the one served is judged."""
+
+    variants: list[Literal["onnx", "int8"]] = Field(
+        ["onnx", "int8"],
+        description="Built for every candidate: onnx (the transformer exported to ONNX, graph optimised), int8 "
+        "(the same, weights quantised to int8 for CPUs). [] builds none.",
+    )
+    prefer: Literal["int8", "onnx", "fp32"] = Field(
+        "int8",
+        description="The variant to serve when it is within max_relative_drop of fp32; else the next one that is "
+        "(int8, then onnx), else fp32. fp32 serves the PyTorch weights.",
+    )
+    max_relative_drop: float = Field(
+        0.005,
+        ge=0,
+        lt=1,
+        description="A variant whose primary metric is lower than the fp32 candidate's by more than this share, on "
+        "the test set or any golden set, is not served (0.005: 0.5%).",
+    )
+
+    @model_validator(mode="after")
+    def _preferred_is_built(self) -> ServingConfig:
+        if self.prefer != "fp32" and self.prefer not in self.variants:
+            raise ValueError(
+                f"serving.prefer = {self.prefer!r}, but serving.variants {self.variants} does not build it; add it "
+                "to serving.variants or prefer fp32."
+            )
+        return self
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -456,6 +488,7 @@ class Recipe(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     validation: ValidationPolicy = ValidationPolicy()
     promotion: PromotionPolicy = PromotionPolicy()
+    serving: ServingConfig = ServingConfig()
 
     @model_validator(mode="after")
     def _parts_fit_together(self) -> Recipe:

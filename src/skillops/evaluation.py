@@ -68,9 +68,20 @@ class GoldenScores(BaseModel):
     champion: QueryScores | None
 
 
+class VariantCheck(BaseModel):
+    """One served variant (onnx, int8) of the candidate against its fp32 weights, on every gate set."""
+
+    variant: str
+    served: bool
+    primary: dict[str, float]  # eval set -> the variant's primary metric
+    drop: dict[str, float]  # eval set -> its relative drop below fp32 (negative: above)
+    detail: str
+
+
 class Scores(BaseModel):
     """Per-query scores of base, candidate and champion on the run's frozen test set, and on each
-    golden set of the recipe (by name)."""
+    golden set of the recipe (by name). The candidate's are those of the variant it is served as
+    (`served_variant`); `variants` says how each built variant compared with fp32."""
 
     base: QueryScores
     candidate: QueryScores
@@ -78,6 +89,8 @@ class Scores(BaseModel):
     champion_version: str | None
     champion_source: str | None = None  # how the champion's scores were obtained (cache or re-scored)
     golden: dict[str, GoldenScores] = {}
+    served_variant: str = "fp32"
+    variants: list[VariantCheck] = []
 
     def table(self, metrics: list[str]) -> dict[str, dict[str, float]]:
         rows = {"base": self.base, "candidate": self.candidate}

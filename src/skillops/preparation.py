@@ -6,6 +6,7 @@ On disk (what flows pass around instead of DataFrames):
     train.parquet      pairs (anchor, positive), triplets (+ negative_1..n) or scored pairs
     validation.json    the evaluation set the tuner and the training curves score on
     test.json          the frozen set the promotion gate scores base, candidate and champion on
+    documents.parquet  the document side (id, text): what downstream indexes embed
     manifest.json      fingerprints, counts and the split
 """
 
@@ -44,6 +45,10 @@ class PreparedPaths:
         return self.directory / f"{part}.json"
 
     @property
+    def documents(self) -> Path:
+        return self.directory / "documents.parquet"
+
+    @property
     def manifest(self) -> Path:
         return self.directory / "manifest.json"
 
@@ -66,6 +71,7 @@ class Task:
     train: pd.DataFrame
     eval_sets: dict[str, Any]  # "validation"/"test" -> the evaluator's input, JSON-serialisable
     split: dict[str, list[str]]  # part -> the groups (occupation URIs, anchors) in it
+    documents: pd.DataFrame  # (id, text): the document side a downstream index holds
 
     @property
     def counts(self) -> dict[str, int]:
@@ -168,13 +174,16 @@ def _query_column(recipe: Recipe) -> str:
 
 def _esco_task(recipe: Recipe) -> Task:
     data = recipe.data
-    anchors, positives, skill_labels = esco.occupation_skills(esco.load_esco(data.location, data.language), data)
+    tables = esco.load_esco(data.location, data.language)
+    anchors, positives, skill_labels = esco.occupation_skills(tables, data)
     split = split_groups(list(anchors), data.split.validation, data.split.test, data.split.seed)
     train = pd.DataFrame(
         [{"anchor": anchors[uri], "positive": label} for uri in split["train"] for label in positives[uri]]
     ).drop_duplicates(ignore_index=True)
     queries = {part: {anchors[uri]: positives[uri] for uri in split[part]} for part in EVAL_PARTS}
-    return Task(train, _ranking_eval_sets(queries, skill_labels, recipe, {}), split)
+    skills = tables[esco.SKILLS]
+    documents = pd.DataFrame({"id": skills["conceptUri"], "text": skills["preferredLabel"].str.strip()})
+    return Task(train, _ranking_eval_sets(queries, skill_labels, recipe, {}), split, documents)
 
 
 def _table_task(recipe: Recipe) -> Task:
@@ -190,7 +199,7 @@ def _table_task(recipe: Recipe) -> Task:
     if data.shape == "scored_pairs":
         kept = ["sentence1", "sentence2", "score", *([SLICE_COLUMN] if slices else [])]
         eval_sets = {part: parts[part][kept].to_dict(orient="list") for part in EVAL_PARTS}
-        return Task(train, eval_sets, split)
+        return Task(train, eval_sets, split, _documents(frame["sentence2"]))
     # Documents: every positive and negative text of the data set, so held-out queries are ranked
     # against the same collection whichever part they are in.
     negative_columns = [c for c in frame.columns if c.startswith("negative_")]
@@ -199,14 +208,20 @@ def _table_task(recipe: Recipe) -> Task:
         part: {anchor: sorted(set(rows["positive"])) for anchor, rows in parts[part].groupby("anchor", sort=True)}
         for part in EVAL_PARTS
     }
-    return Task(train, _ranking_eval_sets(queries, pool, recipe, slices), split)
+    return Task(train, _ranking_eval_sets(queries, pool, recipe, slices), split, _documents(pool))
 
 
 def build_task(recipe: Recipe) -> Task:
     """The split and its eval sets, plus one eval set per golden set of the recipe."""
     task = _esco_task(recipe) if recipe.data.format == "esco" else _table_task(recipe)
     golden = {golden_part(g.name): _golden_eval_set(recipe, g) for g in recipe.evaluation.golden}
-    return Task(task.train, {**task.eval_sets, **golden}, task.split)
+    return Task(task.train, {**task.eval_sets, **golden}, task.split, task.documents)
+
+
+def _documents(texts) -> pd.DataFrame:
+    """Each distinct document text once, with an id that is the same on every machine."""
+    unique = sorted(set(texts))
+    return pd.DataFrame({"id": [hashlib.sha256(t.encode()).hexdigest()[:16] for t in unique], "text": unique})
 
 
 def fingerprint_files(paths: list[Path], extra: str = "") -> str:
@@ -267,6 +282,7 @@ def write_task(task: Task, directory: Path, manifest: dict) -> PreparedPaths:
     paths = PreparedPaths(directory)
     directory.mkdir(parents=True, exist_ok=True)
     task.train.to_parquet(paths.train, index=False)
+    task.documents.to_parquet(paths.documents, index=False)
     for part, eval_set in task.eval_sets.items():
         paths.eval_set(part).write_text(json.dumps(eval_set, ensure_ascii=False, indent=1), "utf-8")
     paths.manifest.write_text(json.dumps({**manifest, "counts": task.counts, "split": task.split}, indent=1), "utf-8")

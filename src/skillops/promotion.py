@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from skillops.config import PromotionPolicy
-from skillops.evaluation import QueryScores
+from skillops.evaluation import QueryScores, VariantCheck
 
 CONFIDENCE = 0.95  # of the bootstrap interval reported for the primary metric's difference
 
@@ -40,6 +40,7 @@ class ModelPolicy(BaseModel):
     primary_metric: str
     at_k: int
     golden: dict[str, str] = {}  # golden set name -> fingerprint of its file
+    max_variant_drop: float = 0.005  # serving.max_relative_drop: how far below fp32 a served variant may be
 
 
 # Fields where a higher value lets more candidates through ...
@@ -71,6 +72,8 @@ def weaker_than(run: ModelPolicy, model: ModelPolicy) -> list[str]:
         weaker(
             "promotion.require_golden_improvement", ours.require_golden_improvement, theirs.require_golden_improvement
         )
+    if run.max_variant_drop > model.max_variant_drop:
+        weaker("serving.max_relative_drop", run.max_variant_drop, model.max_variant_drop)
     for field in ("evaluator", "primary_metric", "at_k"):
         if getattr(run, field) != getattr(model, field):
             weaker(f"evaluation.{field}", getattr(run, field), getattr(model, field))
@@ -350,3 +353,32 @@ def decide(
         slices=slices,
         golden=golden_comparisons,
     )
+
+
+SERVING_ORDER = ("int8", "onnx")  # fastest first
+
+
+def choose_variant(
+    fp32: dict[str, float], built: dict[str, dict[str, float]], prefer: str, max_relative_drop: float, metric: str
+) -> tuple[str, list[VariantCheck]]:
+    """The variant to serve and the check of each built one. `fp32` and each of `built`: eval set
+    -> primary metric. The preferred variant is served if, on every set, its primary metric is at
+    most `max_relative_drop` below fp32's; else the next faster one that is; else fp32."""
+    checks = []
+    for variant, scores in built.items():
+        drop = {s: (fp32[s] - value) / abs(fp32[s]) if fp32[s] else fp32[s] - value for s, value in scores.items()}
+        worst = max(drop, key=drop.get)
+        detail = (
+            f"{variant}: {metric} on {worst} {scores[worst]:.4f} vs fp32's {fp32[worst]:.4f} "
+            f"({-drop[worst]:+.2%}; tolerance -{max_relative_drop:.2%})"
+        )
+        checks.append(VariantCheck(variant=variant, served=False, primary=scores, drop=drop, detail=detail))
+    within = {c.variant for c in checks if max(c.drop.values()) <= max_relative_drop}
+    order = SERVING_ORDER[SERVING_ORDER.index(prefer) :] if prefer in SERVING_ORDER else ()
+    served = next((variant for variant in order if variant in within), "fp32")
+    for check in checks:
+        check.served = check.variant == served
+        if not check.served:
+            why = "more than the tolerance below fp32" if check.variant not in within else f"{served} is served"
+            check.detail += f": not served, {why}"
+    return served, checks

@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import yaml
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
@@ -51,7 +53,7 @@ MAX_RECHECKS = 5  # judgements of one candidate while the champion keeps moving,
 
 # Written explicitly: MLflow's inference of requirements imports and inspects the model (slow)
 # and cannot reach PyPI offline anyway.
-SERVING_REQUIREMENTS = ["sentence-transformers>=6.2,<7", "torch", "transformers>=5,<6"]
+SERVING_REQUIREMENTS = ["sentence-transformers>=6.2,<7", "torch", "transformers>=5,<6", "onnxruntime>=1.20"]
 
 
 def candidates(name: str) -> str:
@@ -59,9 +61,11 @@ def candidates(name: str) -> str:
     return f"{name}-candidates"
 
 
-def register(model, run_id: str, name: str, tags: dict[str, Any], description: str = "") -> str:
-    """Log the model (a loaded SentenceTransformer, or its folder) to `run_id` and register it as a
-    candidate of `name`; returns its version of `<name>-candidates`.
+def register(
+    model_dir: Path, run_id: str, name: str, tags: dict[str, Any], description: str = "", variant: str = "fp32"
+) -> str:
+    """Log the model folder (with its ONNX variants, if built) to `run_id`, to be served as
+    `variant`, and register it as a candidate of `name`; returns its version of `<name>-candidates`.
 
     Safe to run again for the same run (a retry after a lost answer): a candidate this run already
     registered is returned as it is, and a model it already logged is registered without logging
@@ -71,8 +75,12 @@ def register(model, run_id: str, name: str, tags: dict[str, Any], description: s
     if registered is not None:
         logger.info("Run %s already registered candidate version %s of %s", run_id, registered, name)
         return registered
-    model_uri = _logged_model(run_id) or _log_model(model, run_id)
-    all_tags = {**{key: str(value) for key, value in tags.items()}, "skillops.registered_by": account()}
+    model_uri = _logged_model(run_id) or _log_model(Path(model_dir), run_id, variant)
+    all_tags = {
+        **{key: str(value) for key, value in tags.items()},
+        "skillops.registered_by": account(),
+        "skillops.served_variant": variant,
+    }
     version = str(mlflow.register_model(model_uri, candidates(name), tags=all_tags).version)
     if description:
         mlflow_client.update_model_version(candidates(name), version, description=description)
@@ -99,14 +107,24 @@ def _logged_model(run_id: str) -> str | None:
     return None
 
 
-def _log_model(model, run_id: str) -> str:
-    if isinstance(model, str | Path):
-        from skillops.modeling import load_model
+def _log_model(model_dir: Path, run_id: str, variant: str) -> str:
+    """The model as MLflow's pyfunc `skillops.serving.EmbeddingModel`: `mlflow models serve` and
+    `mlflow.pyfunc.load_model` encode with `variant` (prompts applied), from the model folder."""
+    import warnings
 
-        model = load_model(str(model))
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.sentence_transformers.log_model(
-            model, name="model", pip_requirements=SERVING_REQUIREMENTS, signature=serving_signature()
+    from skillops.serving import EmbeddingModel
+
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # The signature is given (with the prompt_name parameter): MLflow's hint about inferring one
+        # from an input example concerns models without it.
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=EmbeddingModel(),
+            artifacts={"model": str(model_dir)},
+            model_config={"variant": variant},
+            pip_requirements=SERVING_REQUIREMENTS,
+            signature=serving_signature(),
         )
     return info.model_uri
 
@@ -150,17 +168,26 @@ def model_uri(name: str, version: str) -> str:
     return f"models:/{name}/{version}"
 
 
-def load(uri: str):
-    """A registered model as a SentenceTransformer, from a URI like models:/<name>@champion."""
+def load(uri: str, as_served: bool = False):
+    """A registered model as a SentenceTransformer, from a URI like models:/<name>@champion: its
+    fp32 weights, or with `as_served` the variant it is served as (what the gate scores)."""
+    from skillops import serving
+
     client()  # resolve models:/ against the skillops store, not MLflow's default
-    try:
-        return mlflow.sentence_transformers.load_model(uri)
-    except MlflowException as error:
-        raise ModelNotFoundError(
-            f"{uri}: not in the registry of {safe_uri(tracking_uri())} ({error.message.splitlines()[0]}). "
-            "Run `skillops models` to list the versions and aliases there, or set MLFLOW_TRACKING_URI to the store "
-            "that holds it."
-        ) from None
+    with tempfile.TemporaryDirectory(prefix="skillops-model-") as folder:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder))
+        except MlflowException as error:
+            raise ModelNotFoundError(
+                f"{uri}: not in the registry of {safe_uri(tracking_uri())} ({error.message.splitlines()[0]}). "
+                "Run `skillops models` to list the versions and aliases there, or set MLFLOW_TRACKING_URI to the "
+                "store that holds it."
+            ) from None
+        described = yaml.safe_load((local / "MLmodel").read_text("utf-8"))
+        if "sentence_transformers" in described["flavors"]:  # logged by skillops before the pyfunc
+            return mlflow.sentence_transformers.load_model(str(local))
+        variant = described["flavors"]["python_function"].get("model_config", {}).get("variant", "fp32")
+        return serving.load(local / "artifacts" / "model", variant if as_served else "fp32")
 
 
 def require_shared_lock(held: str | None) -> None:

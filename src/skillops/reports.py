@@ -104,6 +104,13 @@ def _score_table(scores: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def served_lines(served: str, variants: list) -> list[str]:
+    """How the candidate is served, and how each variant compared with its fp32 weights."""
+    kind = {"fp32": "the PyTorch weights", "onnx": "ONNX in onnxruntime", "int8": "ONNX with int8 weights"}
+    lines = [f"Served as: {served} ({kind[served]}); SKILLOPS_SERVING_VARIANT=fp32 at serve time serves fp32 instead."]
+    return lines + [f"- {check.detail}" + (" (served)" if check.served else "") for check in variants]
+
+
 def summary(
     model_name: str,
     version: str,
@@ -113,6 +120,7 @@ def summary(
     ui_command: str,
     golden: dict[str, dict[str, dict[str, float]]] | None = None,
     champion_scores: str | None = None,
+    served: list[str] | None = None,
 ) -> str:
     """The evaluation report: decision, scores (test set, then each golden set), every check of
     the policy, and where the champion's scores came from (`champion_scores`: cache or re-scored).
@@ -138,6 +146,7 @@ def summary(
         *(f"- {'pass' if check.passed else 'FAIL'}: {check.detail}" for check in decision.checks),
         "",
         *([f"Champion's scores: {champion_scores}.", ""] if champion_scores else []),
+        *([*served, ""] if served else []),
         f"Champion now: version {champion or 'none'} (`models:/{model_name}@champion`).",
         f"Compare runs: {ui_command}",
     ]
@@ -179,9 +188,10 @@ def model_card(
     scores: dict[str, dict[str, float]],
     decision: Decision,
     params: dict[str, str],
+    served: list[str],
 ) -> str:
     """What a user of the registered model needs: what it is, how to call it, what it was trained
-    and tested on, how it scored, and the licence of the data."""
+    and tested on, how it scored, what it is served as, and the licence of the data."""
     prompts = recipe.prompts
     usage = (
         'model.encode(texts, prompt_name="query")  # and prompt_name="document" for skill texts'
@@ -204,8 +214,8 @@ def model_card(
         "## Use",
         "",
         "```python",
-        "import mlflow",
-        f'model = mlflow.sentence_transformers.load_model("models:/{recipe.registered_model_name}@champion")',
+        "from skillops import registry",
+        f'model = registry.load("models:/{recipe.registered_model_name}@champion", as_served=True)  # a SentenceTransformer',
         usage,
         "```",
         "",
@@ -232,6 +242,8 @@ def model_card(
         "",
         f"Promotion decision: {'promoted' if decision.promote else 'not promoted'}: {decision.reason}.",
         "",
+        *served,
+        "",
         "## Limitations",
         "",
         "- Scored on a held-out part of the same data source; other taxonomies, languages or text styles may score lower.",
@@ -251,14 +263,27 @@ def write_evaluation_report(
     champion: str | None,
     params: dict[str, str],
     ui_command: str,
+    churn=None,
 ) -> tuple[str, list[Path]]:
     """The evaluation report (markdown and JSON), per-query scores, the comparison chart and the
-    model card, written under `directory`; returns the report's markdown and the files."""
+    model card, written under `directory`; returns the report's markdown and the files. `churn`:
+    how a promotion moves the documents' neighbourhoods (`index_churn.Churn`)."""
     table = scores.table(recipe.evaluation.headline_metrics())
     golden = scores.golden_table(recipe.evaluation.headline_metrics())
+    served = served_lines(scores.served_variant, scores.variants)
     text = summary(
-        recipe.registered_model_name, version, table, decision, champion, ui_command, golden, scores.champion_source
+        recipe.registered_model_name,
+        version,
+        table,
+        decision,
+        champion,
+        ui_command,
+        golden,
+        scores.champion_source,
+        served,
     )
+    if churn is not None:
+        text += "\n" + churn.markdown()
     per_query = [("base", scores.base), ("candidate", scores.candidate), ("champion", scores.champion)]
     for name, sets in scores.golden.items():
         per_query += [
@@ -278,11 +303,16 @@ def write_evaluation_report(
                 "scores": table,
                 "golden": golden,
                 "decision": decision.model_dump(),
+                "served_variant": scores.served_variant,
+                "variants": [check.model_dump() for check in scores.variants],
+                "index_churn": churn.model_dump() if churn else None,
             },
             indent=1,
         ),
         "per_query.json": json.dumps({name: values.model_dump() for name, values in per_query if values}),
-        "model_card.md": model_card(recipe, version, data.counts, data.eval_fingerprint, table, decision, params),
+        "model_card.md": model_card(
+            recipe, version, data.counts, data.eval_fingerprint, table, decision, params, served
+        ),
     }
     written = []
     for name, content in files.items():

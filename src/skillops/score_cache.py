@@ -80,7 +80,7 @@ def version_scores(
         where = " (from the shared store)" if shared else ""
         return scores, f"cached scores of version {version} on eval snapshot {eval_fingerprint}{where}"
     scored_on = registered.tags.get("skillops.eval_fingerprint", "unknown")
-    fresh = score(registry.load(registry.model_uri(name, version)), missing)
+    fresh = score(registry.load(registry.model_uri(name, version), as_served=True), missing)
     save_scores(registered.run_id, eval_fingerprint, fresh)
     return (
         scores | fresh,

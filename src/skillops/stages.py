@@ -18,7 +18,10 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from skillops import checkpoints, preparation, registry, score_cache, servers, tracking, tuning, tuning_workers
+import pandas as pd
+
+from skillops import checkpoints, preparation, registry, score_cache, servers, serving, tracking, tuning, tuning_workers
+from skillops import index_churn as churn_of
 from skillops.config import Recipe, load_recipe
 from skillops.context import Fingerprints, FlowRun, RunContext
 from skillops.context import fingerprint as fingerprint  # a stage of its own: the flow calls stages.fingerprint
@@ -26,7 +29,7 @@ from skillops.evaluation import GoldenScores, QueryScores, Scores, evaluate, sco
 from skillops.modeling import load_model
 from skillops.paths import outputs_root
 from skillops.preparation import PreparedData
-from skillops.promotion import Decision, ModelPolicy, decide, weaker_than
+from skillops.promotion import Decision, ModelPolicy, choose_variant, decide, weaker_than
 from skillops.reports import card_summary, loss_curve_chart, rounds_chart, write_evaluation_report
 from skillops.training import Round, TrainingSpec, check_processes, train_rounds
 from skillops.tuning import TrialWorker
@@ -210,7 +213,9 @@ def prepare_data(run: RunContext) -> PreparedData:
     fingerprint = run.fingerprints.data or f"unversioned hub dataset {recipe.data.path}"
     task = preparation.build_task(recipe)
     if recipe.data.mine_negatives is not None:
-        task = preparation.Task(preparation.mine_negatives(task.train, recipe), task.eval_sets, task.split)
+        task = preparation.Task(
+            preparation.mine_negatives(task.train, recipe), task.eval_sets, task.split, task.documents
+        )
     paths = preparation.write_task(task, run.output_dir / "data", {"data_fingerprint": fingerprint})
     with data_docs(run.output_dir / "validation" / "gx-prepared") as docs:
         report = validate_prepared(task, recipe, paths)
@@ -420,18 +425,46 @@ def _base_scores(run: RunContext, data: PreparedData, eval_sets: list[str]) -> d
 
 @functools.lru_cache(maxsize=1)
 def _candidate(model_dir: Path):
-    """The trained model, loaded once for scoring and registering (MLflow's sentence-transformers
-    flavor logs a loaded model, not a folder); dropped once registered."""
+    """The trained model, loaded once for scoring it and exporting its variants; dropped once
+    registered."""
     return load_model(str(model_dir))
+
+
+def _served_variants(run: RunContext, data: PreparedData, candidate_dir: Path, fp32: dict[str, QueryScores]):
+    """The candidate's ONNX variants (`serving.variants`), built into its folder and scored on the
+    gate's sets like fp32; returns the variant it is served as, its scores and the checks."""
+    recipe, primary = run.recipe, run.recipe.evaluation.primary_metric
+    eval_sets = list(fp32)
+    variants = recipe.serving.variants
+    built = {v: candidate_dir / serving.FILES[v] for v in variants if (candidate_dir / serving.FILES[v]).is_file()}
+    if len(built) < len(variants):  # exported once per attempt: a resumed run finds them
+        built = serving.export(_candidate(candidate_dir), candidate_dir, variants)
+    scored = {v: _score_sets(run, data, serving.load(candidate_dir, v), eval_sets) for v in built}
+    served, checks = choose_variant(
+        {s: fp32[s].metric(primary) for s in eval_sets},
+        {v: {s: values[s].metric(primary) for s in eval_sets} for v, values in scored.items()},
+        recipe.serving.prefer,
+        recipe.serving.max_relative_drop,
+        primary,
+    )
+    for variant, values in scored.items():
+        tracking.log_metrics(
+            run.run_id, values["test"].aggregate(recipe.evaluation.metric_names()), prefix=f"{variant}_"
+        )
+    tracking.set_tags(run.run_id, {"skillops.served_variant": served})
+    return served, scored.get(served, fp32), checks
 
 
 def evaluate_models(run: RunContext, data: PreparedData, candidate_dir: Path) -> Scores:
     """Base, candidate and current champion, per query, all on the same frozen test set and on
-    every golden set."""
+    every golden set. The candidate is judged as it will be served: its fastest variant within
+    `serving.max_relative_drop` of its fp32 weights (fp32 itself when none is)."""
     recipe = run.recipe
     eval_sets = _gate_sets(recipe)
     base = _base_scores(run, data, eval_sets)
-    candidate = _score_sets(run, data, _candidate(candidate_dir), eval_sets)
+    fp32 = _score_sets(run, data, _candidate(candidate_dir), eval_sets)
+    tracking.log_metrics(run.run_id, fp32["test"].aggregate(recipe.evaluation.metric_names()), prefix="fp32_")
+    served, candidate, checks = _served_variants(run, data, candidate_dir, fp32)
     champion_version = registry.champion_version(recipe.registered_model_name)
     champion, source = _version_scores(run, data, champion_version) if champion_version else ({}, None)
     golden_champion = _golden(champion)
@@ -445,6 +478,8 @@ def evaluate_models(run: RunContext, data: PreparedData, candidate_dir: Path) ->
             name: GoldenScores(base=values, candidate=_golden(candidate)[name], champion=golden_champion.get(name))
             for name, values in _golden(base).items()
         },
+        served_variant=served,
+        variants=checks,
     )
     metrics = recipe.evaluation.metric_names()
     for name, values in (("base", base), ("test", candidate), ("champion", champion)):
@@ -465,7 +500,8 @@ def register(run: RunContext, data: PreparedData, candidate_dir: Path, scores: S
         **{f"test_{k}": f"{v:.6f}" for k, v in scores.candidate.aggregate(recipe.evaluation.metric_names()).items()},
     }
     name = recipe.registered_model_name
-    version = registry.register(_candidate(candidate_dir), run.run_id, name, tags, recipe.description)
+    tags["skillops.variant_checks"] = json.dumps([check.model_dump() for check in scores.variants])
+    version = registry.register(candidate_dir, run.run_id, name, tags, recipe.description, scores.served_variant)
     _candidate.cache_clear()
     # A later run that finds this version as its champion, on the same snapshot, reads these
     # instead of encoding the test and golden sets again.
@@ -485,6 +521,7 @@ def model_policy(recipe: Recipe) -> ModelPolicy:
         primary_metric=evaluation.primary_metric,
         at_k=evaluation.at_k,
         golden={golden.name: preparation.fingerprint_files([golden.location]) for golden in evaluation.golden},
+        max_variant_drop=recipe.serving.max_relative_drop,
     )
 
 
@@ -553,9 +590,59 @@ def promote(
     return decision
 
 
-def report(run: RunContext, data: PreparedData, version: str, scores: Scores, decision: Decision) -> str:
+def index_churn(
+    run: RunContext, data: PreparedData, candidate_dir: Path, scores: Scores, decision: Decision
+) -> churn_of.Churn | None:
+    """After a promotion: the new champion, as it is served, embeds the recipe's documents into
+    `index/embeddings.parquet` of its run (id, text, vector, model version), and the neighbourhoods
+    of those documents are compared with the previous champion's (its run's embeddings, else
+    encoded now). None when nothing was promoted; no comparison for a first champion."""
+    if not decision.promote:
+        return None
+    recipe = run.recipe
+    documents = pd.read_parquet(data.paths.documents)
+
+    def embeddings(model, version: str):
+        return churn_of.embed(model, documents, version, recipe.prompts.document, recipe.evaluation.batch_size)
+
+    current = embeddings(serving.load(candidate_dir, scores.served_variant), decision.served_version)
+    tracking.log_artifact(run.run_id, churn_of.write(current, run.output_dir / "index" / EMBEDDINGS), "index")
+    previous_version = decision.reference_version
+    if previous_version is None:
+        return None
+    name = recipe.registered_model_name
+    previous = _logged_embeddings(name, previous_version, run.output_dir / "index" / "previous")
+    if previous is None or not set(documents["id"]) <= set(previous["id"]):
+        previous = embeddings(
+            registry.load(registry.model_uri(name, previous_version), as_served=True), previous_version
+        )
+    churn = churn_of.churn(previous, current)
+    tracking.log_metrics(run.run_id, churn.metrics())
+    return churn
+
+
+EMBEDDINGS = "embeddings.parquet"
+
+
+def _logged_embeddings(name: str, version: str, folder: Path):
+    """The documents' embeddings the run of a served version logged (None if it logged none)."""
+    run_id = tracking.client().get_model_version(name, version).run_id
+    try:
+        return pd.read_parquet(tracking.download_artifacts(run_id, f"index/{EMBEDDINGS}", folder))
+    except Exception:  # an older version, or one registered outside the flow: encoded instead
+        return None
+
+
+def report(
+    run: RunContext,
+    data: PreparedData,
+    version: str,
+    scores: Scores,
+    decision: Decision,
+    churn: churn_of.Churn | None = None,
+) -> str:
     """The evaluation report, per-query scores, comparison chart and model card, logged under
-    `report/`; returns the report's markdown."""
+    `report/`; returns the report's markdown (with the index churn after a promotion)."""
     text, files = write_evaluation_report(
         run.output_dir,
         run.recipe,
@@ -567,6 +654,7 @@ def report(run: RunContext, data: PreparedData, version: str, scores: Scores, de
         registry.champion_version(run.recipe.registered_model_name),
         tracking.get_params(run.run_id),
         tracking.ui_command(run.recipe.name),
+        churn,
     )
     for path in files:
         tracking.log_artifact(run.run_id, path, "report")

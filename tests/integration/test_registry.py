@@ -134,7 +134,7 @@ def test_registering_and_promoting_again_after_a_lost_answer_makes_no_second_ver
     assert len(logged) == 1
     # The model was logged, but the version never made (the process died in between).
     other = tracking.start_run("registry-test", "logged only", {})
-    registry._log_model(tiny_bert, other)
+    registry._log_model(tiny_bert, other, "fp32")
     second = registry.register(tiny_bert, other, NAME, {})
     assert (
         len(

@@ -1,16 +1,26 @@
-"""Four train-esco runs that finish together, against one real Prefect server and one MLflow store:
-they promote one at a time, the champion ends as the best of them that beat the previous
-champion, and every decision is recorded."""
+"""Four train-esco runs that finish together, against one real Prefect server and one MLflow store,
+while the Prefect server is killed and started again: they wait for the promotion slot across the
+restart, promote one at a time, the champion ends as the best of them that beat the previous
+champion, and every decision is recorded.
+
+The slot is held by the test while the four runs register and line up for it, so that all of them
+are waiting when the server goes down (for 20 s); a server that kept its slots in memory (Prefect's
+default) would come back with the slot counted as taken and no lease to release it."""
 
 import json
 import os
+import signal
 import subprocess
+import time
 import urllib.request
 
 import mlflow
+import pytest
 
-from helpers import BIN, REPO, SEED_CHAMPION, served_candidates, tiny_recipe_yaml
+from helpers import BIN, REPO, SEED_CHAMPION, served_candidates, start_prefect_server, tiny_recipe_yaml, wait_until
 from skillops import registry
+
+pytestmark = pytest.mark.faults
 
 NAME = "tiny-esco"
 # Four candidates of different quality: two trained hard, one lightly, one barely at all.
@@ -22,8 +32,22 @@ CANDIDATES = [
 ]
 
 
-def test_four_runs_promoting_at_once(prefect_server, small_esco, tiny_bert, monkeypatch):
-    env, _, tmp_path = prefect_server
+# Holds the model's promotion slot (made as the flow makes it) from "held" until its stdin closes;
+# a process of its own, so that it talks to this test's Prefect server and no other.
+HOLD_SLOT = f"""
+import sys
+sys.path.insert(0, "flows")
+from orchestration import promotion_slot
+with promotion_slot("{NAME}"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_four_runs_promoting_at_once_across_a_restart_of_the_prefect_server(
+    prefect_server, small_esco, tiny_bert, monkeypatch
+):
+    env, processes, tmp_path = prefect_server
     env = {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"}
     tracking_uri = env["MLFLOW_TRACKING_URI"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
@@ -39,6 +63,17 @@ def test_four_runs_promoting_at_once(prefect_server, small_esco, tiny_bert, monk
         timeout=300,
     )
     assert seed.returncode == 0, seed.stderr[-3000:]
+
+    # The promotion slot, held by the test until the server has restarted.
+    holder = subprocess.Popen(
+        [str(BIN / "python"), "-c", HOLD_SLOT],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
 
     runs = []
     for number, training in enumerate(CANDIDATES):
@@ -65,6 +100,19 @@ def test_four_runs_promoting_at_once(prefect_server, small_esco, tiny_bert, monk
                 log,
             )
         )
+
+    def all_waiting_for_the_slot():
+        assert all(process.poll() is None for process, _ in runs), "a run ended before it could promote"
+        return len(client.search_model_versions(f"name = '{NAME}-candidates'")) == 1 + len(CANDIDATES)
+
+    wait_until(all_waiting_for_the_slot, "the four runs to register and wait for the slot", 600)
+    time.sleep(5)  # past registering, into the promote task
+    processes[0].send_signal(signal.SIGKILL)
+    processes[0].wait(timeout=30)
+    time.sleep(20)
+    processes[0] = start_prefect_server(env, tmp_path / "server.log")
+    holder.stdin.close()  # the slot is released: the runs take it one at a time
+    assert holder.wait(timeout=180) == 0
     for number, (process, log) in enumerate(runs):
         assert process.wait(timeout=900) == 0, (tmp_path / f"run-{number}.log").read_text()[-5000:]
         log.close()

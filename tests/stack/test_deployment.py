@@ -44,7 +44,7 @@ def test_deployment_run_tunes_with_pool_workers_and_registers_a_model(
     prefect_server, postgres, small_esco, tiny_bert, monkeypatch
 ):
     env, processes, tmp_path = prefect_server
-    study_url, pgpass = postgres
+    study_url, pgpass = postgres.url, postgres.pgpass
     monkeypatch.setenv("PGPASSFILE", str(pgpass))  # this process reads the study too
     # One thread per flow run (the pipeline's and the trial worker's share the 2 cores); the worker
     # looks for new flow runs every 2 s, so the trial worker joins while the pipeline still tunes.

@@ -1,5 +1,6 @@
-"""A study that several workers share in PostgreSQL: their trials run side by side, a worker
-killed mid-trial has its trial failed by its heartbeat and run again, and no finished trial is lost."""
+"""A study that several workers share in PostgreSQL, under faults: their trials run side by side;
+PostgreSQL is stopped and started again while both are mid-trial, and they wait for it; a worker
+killed mid-trial has its trial failed by its heartbeat and run again; no finished trial is lost."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from helpers import BIN, tiny_recipe_yaml
 from skillops import tracking
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback
+# The storage waits this long for its database; the heartbeats' grace period follows (50 s).
+WAIT_SECONDS = 30
+pytestmark = pytest.mark.faults
 # Run in a process of its own, so that it can be killed: tune the recipe once, print the result.
 SEARCH = """
 import sys
@@ -57,11 +62,14 @@ def _trials(work: Path, storage: str | None = None) -> list[optuna.trial.FrozenT
         return []
 
 
-def test_two_workers_share_a_study_in_postgresql(small_esco, tiny_bert, mlflow_store, tmp_path, postgres, monkeypatch):
-    """search.parallel: 2 against PostgreSQL: the trials of both workers run at the same time; the
-    second worker is SIGKILLed mid-trial, and the study still ends with n_trials finished, the
-    killed trial failed and run again, no finished trial lost."""
-    url, pgpass = postgres
+def test_two_workers_share_a_study_across_a_database_restart_and_a_killed_worker(
+    small_esco, tiny_bert, mlflow_store, tmp_path, postgres, monkeypatch
+):
+    """search.parallel: 2 against PostgreSQL: the trials of both workers run at the same time;
+    PostgreSQL is down for 15 s while both are in a trial; then the second worker is SIGKILLed
+    mid-trial, and the study still ends with n_trials finished, the killed trial failed and run
+    again, no finished trial lost."""
+    url, pgpass = postgres.url, postgres.pgpass
     monkeypatch.setenv("PGPASSFILE", str(pgpass))  # for this process's reads of the study too
     recipe = tiny_recipe_yaml(
         tmp_path / "recipe.yaml",
@@ -72,7 +80,9 @@ def test_two_workers_share_a_study_in_postgresql(small_esco, tiny_bert, mlflow_s
         search={"n_trials": 6, "epochs": 50, "evals_per_trial": 3, "parallel": 2, "storage": url},
     )
     log = tmp_path / "search.log"
-    search = _search(recipe, tmp_path, log, {"PGPASSFILE": str(pgpass)})
+    search = _search(
+        recipe, tmp_path, log, {"PGPASSFILE": str(pgpass), "SKILLOPS_SERVER_WAIT_SECONDS": str(WAIT_SECONDS)}
+    )
     states = optuna.trial.TrialState
     deadline = time.monotonic() + 300
 
@@ -81,6 +91,14 @@ def test_two_workers_share_a_study_in_postgresql(small_esco, tiny_bert, mlflow_s
 
     while len({t.user_attrs["pid"] for t in running()}) < 2:  # both workers in a trial at once
         assert search.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    before_restart = {t.number for t in _trials(tmp_path, url) if t.state in FINISHED}
+    postgres.down()
+    time.sleep(15)
+    postgres.up()
+    assert search.poll() is None, log.read_text()[-3000:]  # the workers waited for their database
+    while len({t.user_attrs["pid"] for t in running()}) < 2:
+        assert search.poll() is None and time.monotonic() < deadline + 300, log.read_text()[-3000:]
         time.sleep(0.5)
     (killed,) = [t for t in running() if t.user_attrs["pid"] != search.pid]
     finished_before = {t.number: t.datetime_start for t in _trials(tmp_path, url) if t.state in FINISHED}
@@ -91,6 +109,7 @@ def test_two_workers_share_a_study_in_postgresql(small_esco, tiny_bert, mlflow_s
     finished = [t for t in trials if t.state in FINISHED]
     assert len(finished) >= 6
     assert {t.number: t.datetime_start for t in finished if t.number in finished_before} == finished_before
+    assert before_restart <= {t.number for t in finished}
     assert next(t for t in trials if t.number == killed.number).state == states.FAIL
     retried = [t for t in trials if RETRY.retried_trial_number(t) == killed.number]
     assert retried and retried[0].state in FINISHED and retried[0].params == killed.params
@@ -101,3 +120,4 @@ def test_two_workers_share_a_study_in_postgresql(small_esco, tiny_bert, mlflow_s
     )
     spans = [(r.info.start_time, r.info.end_time or float("inf")) for r in runs]
     assert len(runs) >= 7 and any(a < d and c < b for i, (a, b) in enumerate(spans) for c, d in spans[i + 1 :])
+    assert "The Optuna database does not answer" in log.read_text()  # it was away, and waited for

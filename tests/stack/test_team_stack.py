@@ -1,13 +1,19 @@
-"""A team's stack, as two machines see it: `make stack-up TEAM=1` starts PostgreSQL (Debian's
-package), a Prefect server and an MLflow tracking server on it (artifact proxying) and a worker;
-a second machine joins with only the servers' URLs. Each machine is a folder with its own HOME and
-its own clone of the team's repository, and reads nothing of the other's folder.
+"""A team's stack on a network, as three kinds of machine see it.
 
-Machine A trains and promotes; a run it started through its worker is SIGKILLed. With A's clone
-renamed away, machine B lists the models, reads the history, evaluates and serves the champion,
-trains a run that is judged against A's champion from the shared score cache (and marks A's
-killed run FAILED), and rolls back. Four runs started together from both machines promote one at a
-time. No password of the stack's database shows anywhere.
+Machine A runs `make stack-up TEAM=1 HOST=127.0.0.2` (127.0.0.2 stands in for the team's network
+address: nothing listens for other machines on 127.0.0.1): PostgreSQL, the Prefect server and the
+MLflow tracking server behind TLS and accounts, and a worker. Machine B is another folder with its
+own HOME and its own clone; it holds only account folders that the stack's admin made with
+`skillops users add` (the CA certificate, the URLs, its credentials file) and reads nothing of A's.
+
+Without credentials, or with another CA, or in plain HTTP, nothing answers; PostgreSQL refuses a
+login without password and every database but Optuna's from the network. A reader on B lists,
+evaluates and serves the champion but cannot move or delete anything. Machine A dies (its worker's
+processes SIGKILLed) mid-training: the heartbeat automation marks its flow run CRASHED without anyone
+starting a run; retried, the run is taken by B's worker and resumes from A's last checkpoint, kept
+in the tracking server's artifact store, and promotes. A run from B whose overrides weaken the
+model's policy registers and is refused, naming the field. A maintainer rolls back; `history` names
+who moved the alias each time. No secret shows in any command line, printed line, file, tag or log.
 """
 
 from __future__ import annotations
@@ -17,32 +23,30 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import numpy as np
+import pytest
 
-from helpers import BIN, REPO, free_port, tiny_recipe_yaml, wait_for_http, wait_until
-from skillops import registry
+from helpers import BIN, REPO, SEED_CHAMPION, free_port, served_candidates, tiny_recipe_yaml, wait_until
+
+pytestmark = pytest.mark.faults  # machine A's worker is killed mid-training
 
 NAME = "tiny-esco"
+HOST = "127.0.0.2"
 STRONG = {"training.max_steps": 80, "training.learning_rate": 2e-3}  # reliably beats the untrained model
-WEAK = {"training.max_steps": 1, "training.learning_rate": 1e-9}  # about the untrained model
-LONG = {"training.max_steps": 400, "training.checkpoint_every_steps": 20, "training.learning_rate": 1e-3}
-# Four candidates of different quality, started together: two from each machine.
-CANDIDATES = [
-    {"training.max_steps": 60, "training.learning_rate": 3e-3, "training.seed": 2},
-    {"training.max_steps": 40, "training.learning_rate": 2e-3, "training.seed": 1},
-    {"training.max_steps": 10, "training.learning_rate": 5e-4, "training.seed": 3},
-    {"training.max_steps": 1, "training.learning_rate": 1e-9, "training.seed": 4},
-]
+# Checkpoints every 20 steps; long enough that the kill lands mid-training.
+LONG = {"training.max_steps": 300, "training.checkpoint_every_steps": 20, "training.learning_rate": 1e-3}
 
 
 class Machine:
-    """A folder standing in for a machine: its own HOME, its own clone, the shared servers' URLs."""
+    """A folder standing in for a machine: its own HOME, its own clone, the environment its
+    account's env file gives (sourced, as a user would)."""
 
     def __init__(self, root: Path, repository: Path, transcript: list[str]):
         self.root, self.transcript = root, transcript
@@ -60,7 +64,14 @@ class Machine:
             "VENV": str(BIN.parent),
         }
 
-    def run(self, *command, env: dict | None = None, check: bool = True, timeout: float = 900, cwd=None):
+    def account(self, folder: Path) -> dict:
+        """The environment `source <folder>/env` gives: addresses, the CA, the account's credentials."""
+        dumped = subprocess.run(
+            ["bash", "-c", f'source "{folder}/env" && env -0'], env=self.env, capture_output=True, check=True
+        ).stdout
+        return dict(item.split("=", 1) for item in dumped.decode().split("\0") if "=" in item)
+
+    def run(self, *command, env=None, check=True, timeout=900, cwd=None):
         result = subprocess.run(
             [str(part) for part in command],
             cwd=cwd or self.checkout,
@@ -75,16 +86,12 @@ class Machine:
             assert result.returncode == 0, f"{command}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         return result
 
-    def train(self, recipe: Path, overrides: dict, **kwargs):
-        sets = [item for key, value in overrides.items() for item in ("--set", f"{key}={value}")]
-        return self.run(BIN / "python", "flows/train_esco.py", recipe, *sets, **kwargs)
-
-    def deployment_run(self, recipe: Path, overrides: dict, cwd=None):
-        return self.run(
+    def deployment_run(self, env, recipe, overrides):
+        started = self.run(
             BIN / "prefect", "deployment", "run", "train-esco/weekly",
-            "--param", f"recipe={recipe}", "--param", f"overrides={json.dumps(overrides)}",
-            cwd=cwd,
+            "--param", f"recipe={recipe}", "--param", f"overrides={json.dumps(overrides)}", env=env,
         )  # fmt: skip
+        return re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
 
 
 def _team_repository(target: Path) -> Path:
@@ -102,21 +109,51 @@ def _team_repository(target: Path) -> Path:
     return target
 
 
-def _api(url: str, body: dict | None = None):
+def _call(url, ca=None, body=None, user=None, method=None, headers=None):
+    """(status, text) of one HTTPS request, as a client that verifies with `ca` sends it."""
+    context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    if user:
+        import base64
+
+        headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except urllib.error.URLError as error:  # nothing listens (yet)
+        return 0, str(error.reason)
 
 
-def _wait(condition, what: str, timeout: float = 600, logs: list[Path] = ()):
-    def explain():
-        return "\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in logs if log.exists())
+def _prefect(env, path, body=None):
+    """A Prefect API call with the credentials of `env`'s account (and, for a write, the CSRF
+    token that Prefect's protection asks for, fetched as its own client fetches it)."""
+    api, ca, auth = env["PREFECT_API_URL"], env["PREFECT_API_SSL_CERT_FILE"], env["PREFECT_API_AUTH_STRING"]
+    headers = {}
+    if body is not None:
+        status, text = _call(f"{api}/csrf-token?client=skillops-tests", ca, user=auth)
+        assert status == 200, (status, text)
+        headers = {"Prefect-Csrf-Token": json.loads(text)["token"], "Prefect-Csrf-Client": "skillops-tests"}
+    status, text = _call(api + path, ca, body, auth, headers=headers)
+    assert status == 200, (status, text)
+    return json.loads(text)
 
-    return wait_until(condition, what, timeout, explain)
+
+def _mlflow_client(env, monkeypatch):
+    """This process's MLflow client, as the account of `env`."""
+    import mlflow
+
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        monkeypatch.setenv(key, env[key])
+    return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
 
 
-def test_two_machines_share_one_team_stack(tmp_path, small_esco, tiny_bert, monkeypatch):
+def test_a_team_stack_that_other_machines_reach_over_tls_and_only_the_gate_changes(
+    tmp_path, small_esco, tiny_bert, monkeypatch
+):
     transcript: list[str] = []
     repository = _team_repository(tmp_path / "team-repository")
     a = Machine(tmp_path / "machine-a", repository, transcript)
@@ -127,177 +164,285 @@ def test_two_machines_share_one_team_stack(tmp_path, small_esco, tiny_bert, monk
     # Outside pytest's private tmp folder: PostgreSQL runs as the `postgres` user, who must enter it.
     servers = Path(tempfile.mkdtemp(prefix="skillops-team-stack-"))
     servers.chmod(0o711)
-    ports = {"PREFECT_PORT": free_port(), "MLFLOW_PORT": free_port(), "PG_PORT": free_port()}
-    stack = {"TEAM": "1", "STACK_DIR": str(servers), **{k: str(v) for k, v in ports.items()}}
-    urls = {
-        "PREFECT_API_URL": f"http://127.0.0.1:{ports['PREFECT_PORT']}/api",
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['MLFLOW_PORT']}",
+    ports = {
+        name: free_port()
+        for name in ("PREFECT_PORT", "MLFLOW_PORT", "PG_PORT", "PREFECT_BACKEND_PORT", "MLFLOW_BACKEND_PORT")
     }
-    b_stack = {"TEAM": "1", "STACK_DIR": str(b.root / "stack"), **urls}
+    stack = {
+        "TEAM": "1",
+        "HOST": HOST,
+        "NETWORK": "127.0.0.0/8",
+        "STACK_DIR": str(servers),
+        **{k: str(v) for k, v in ports.items()},
+    }
+    mlflow_url, prefect_url = f"https://{HOST}:{ports['MLFLOW_PORT']}", f"https://{HOST}:{ports['PREFECT_PORT']}/api"
+    b_stack = {"TEAM": "1", "STACK_DIR": str(b.root / "stack")}
     try:
+        # `make stack-up TEAM=1 HOST=127.0.0.2` is this script with those settings (make installs first).
         up = a.run("scripts/stack.sh", "up", env=stack, timeout=600)
+        assert f"MLflow UI:   {mlflow_url}" in up.stdout and f"postgresql running on {HOST} port" in up.stdout
+        ca = servers / "tls" / "ca.crt"
+
+        # The admin (the stack's owner, on A) makes the accounts; B gets their folders, nothing more.
+        admin = a.account(servers / "accounts" / "admin")
+        for account, role in (("reader-b", "reader"), ("maintainer-b", "maintainer"), ("worker-b", "pipeline")):
+            made = a.run(BIN / "skillops", "users", "add", account, "--role", role, "--stack-dir", servers, env=admin)
+            assert "credentials mode 600" in made.stdout
+            shutil.copytree(servers / "accounts" / account, b.home / account)
+            assert (b.home / account / "credentials").stat().st_mode & 0o077 == 0
+        reader, maintainer, worker_b = (b.account(b.home / name) for name in ("reader-b", "maintainer-b", "worker-b"))
+        assert reader["MLFLOW_TRACKING_URI"] == mlflow_url and "PREFECT_API_AUTH_STRING" not in reader
+        pipeline_a = a.account(next((servers / "accounts").glob("worker-*")))
+
+        # --- 1. Closed to whoever has no credentials, another CA, or plain HTTP -------------------
+        anonymous = [
+            f"{mlflow_url}/api/2.0/mlflow/runs/search",
+            f"{mlflow_url}/api/2.0/mlflow/registered-models/alias?name={NAME}&alias=champion",
+            f"{mlflow_url}/api/2.0/mlflow-artifacts/artifacts/1/anything/MLmodel",
+            f"{prefect_url}/deployments/name/train-esco/weekly",
+        ]
+        for url in anonymous:
+            body = {"experiment_ids": ["0"]} if url.endswith("search") else None
+            assert _call(url, ca, body)[0] == 401, url
         assert (
-            "postgresql running on 127.0.0.1" in up.stdout
-            and f"MLflow UI:   {urls['MLFLOW_TRACKING_URI']}" in up.stdout
+            _call(
+                f"{mlflow_url}/api/2.0/mlflow/registered-models/alias",
+                ca,
+                {"name": NAME, "alias": "champion", "version": "1"},
+                method="POST",
+            )[0]
+            == 401
         )
-        # The server machine's worker shares tuning studies in PostgreSQL (its password in pgpass).
-        study = f"postgresql://skillops@127.0.0.1:{ports['PG_PORT']}/optuna"
-        exported = {**urls, "SKILLOPS_OPTUNA_STORAGE": study}
-        assert (servers / "env").read_text() == "".join(f"export {k}={v}\n" for k, v in exported.items())
-        password = (servers / "db-password").read_text().strip()
-        assert len(password) >= 32 and (servers / "pgpass").stat().st_mode & 0o077 == 0
-        # No process shows the password in its command line; the servers do run on PostgreSQL.
-        command_lines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
-        assert not [c for c in command_lines if password.encode() in c]
-        assert any(b"postgresql://skillops@127.0.0.1" in c and b"mlflow" in c for c in command_lines)
-        a.env.update(urls)
-        b.env.update(urls)
-        client = mlflow.MlflowClient(urls["MLFLOW_TRACKING_URI"], urls["MLFLOW_TRACKING_URI"])
+        # A write to Prefect's API without credentials: its CSRF check answers (403) before its auth check would.
+        deployment = _prefect(worker_b, "/deployments/name/train-esco/weekly")
+        refused, _ = _call(f"{prefect_url}/deployments/{deployment['id']}/create_flow_run", ca, {})
+        assert refused in (401, 403)
+        wrong, _ = _call(f"{prefect_url}/deployments/name/train-esco/weekly", ca, user="skillops:guessed")
+        assert wrong == 401
+        plain = subprocess.run(
+            ["curl", "-s", f"http://{HOST}:{ports['MLFLOW_PORT']}/api/2.0/mlflow/experiments/search?max_results=5"],
+            capture_output=True,
+            text=True,
+        )
+        assert "plain HTTP request was sent to HTTPS port" in plain.stdout and "experiments" not in plain.stdout
+        nothing_on_loopback = subprocess.run(
+            ["curl", "-sk", f"https://127.0.0.1:{ports['MLFLOW_PORT']}/health"], capture_output=True
+        )
+        assert nothing_on_loopback.returncode != 0  # the stack is reached at its network address only
+        other_ca = tmp_path / "other-ca"
+        subprocess.run(
+            ["bash", str(REPO / "scripts" / "tls.sh"), str(other_ca), "127.0.0.2"], check=True, capture_output=True
+        )
+        untrusted = b.run(
+            BIN / "skillops",
+            "models",
+            recipe,
+            # No retries: a certificate refused is not an outage to wait out.
+            env={
+                **reader,
+                "MLFLOW_TRACKING_SERVER_CERT_PATH": str(other_ca / "ca.crt"),
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            },
+            check=False,
+            timeout=300,
+        )
+        assert untrusted.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.output
+        psql = ["psql", "-w", "-tAc", "select 1"]
+        database = f"host={HOST} port={ports['PG_PORT']} sslmode=verify-full sslrootcert={ca}"
+        no_password = b.run(
+            *psql, f"{database} dbname=optuna user=skillops_optuna", check=False, env={"PGPASSFILE": "/nonexistent"}
+        )
+        assert no_password.returncode != 0 and "no password supplied" in no_password.output
+        not_from_network = b.run(*psql, f"{database} dbname=prefect user=skillops_prefect", check=False, env=worker_b)
+        assert not_from_network.returncode != 0 and "no pg_hba.conf entry" in not_from_network.output
+        without_tls = b.run(
+            *psql,
+            f"host={HOST} port={ports['PG_PORT']} sslmode=disable dbname=optuna user=skillops_optuna",
+            check=False,
+            env=worker_b,
+        )
+        assert without_tls.returncode != 0 and "no encryption" in without_tls.output
+        assert b.run(*psql, f"{database} dbname=optuna user=skillops_optuna", env=worker_b).stdout.strip() == "1"
 
-        # The model before skillops, registered from A as version 1 and made champion.
-        a.run(
-            BIN / "python", "-c",
-            "import sys; from pathlib import Path; from skillops import registry, tracking\n"
-            f"run = tracking.start_run('{NAME}', 'previous champion', {{}})\n"
-            f"registry.register(Path(sys.argv[1]), run, '{NAME}', {{}}); tracking.end_run(run)\n"
-            f"tracking.client().set_registered_model_alias('{NAME}', 'champion', '1')",
-            tiny_bert,
-        )  # fmt: skip
-
-        # Without the shared Prefect server, A may not promote into the shared registry: refused
-        # before any data is read.
-        alone = a.train(recipe, STRONG, env={"PREFECT_API_URL": None}, check=False, timeout=300)
-        assert alone.returncode != 0 and "no Prefect server that they share too" in alone.output
-        assert "Set PREFECT_API_URL" in alone.output and len(client.search_model_versions(f"name = '{NAME}'")) == 1
-
-        # 1. A trains and promotes; its artifacts go to the server's store, not to A's disk.
-        first = a.train(recipe, STRONG)
-        assert "PROMOTED to champion" in first.output, first.output[-3000:]
+        # --- 2. The pipeline: the model before skillops, then a first retrain through A's worker ---
+        a.run(BIN / "python", "-c", SEED_CHAMPION, tiny_bert, NAME, env=pipeline_a)
+        first = b.deployment_run(maintainer, recipe, STRONG)  # the model's own policy: it promotes
+        wait_until(
+            lambda: _prefect(worker_b, f"/flow_runs/{first}")["state_type"] == "COMPLETED",
+            "the first run",
+            600,
+            lambda: (servers / "worker.log").read_text()[-3000:],
+        )
+        client = _mlflow_client(reader, monkeypatch)
         assert client.get_registered_model(NAME).aliases["champion"] == "2"
-        assert not list(a.checkout.glob("mlruns/artifacts/**/MLmodel"))
-        assert list((servers / "artifacts").rglob("MLmodel"))
 
-        # 2. A run A's worker took is SIGKILLed mid-training; Prefect says CRASHED, MLflow RUNNING.
-        a.deployment_run(recipe, LONG)
-        _wait(
-            lambda: list((servers / "outputs").glob("attempts/*/train/checkpoints/checkpoint-*/trainer_state.json")),
-            "a checkpoint of the long run",
-            logs=[servers / "worker.log"],
+        # --- 3. A reader on B: sees and serves the champion, moves or deletes nothing --------------
+        models = b.run(BIN / "skillops", "models", recipe, env=reader).stdout
+        assert "tiny-esco: the served model" in models and "worker-" in models
+        assert "promotion v1 -> v2 by worker-" in b.run(BIN / "skillops", "history", recipe, env=reader).stdout
+        assert (
+            "test_map:"
+            in b.run(BIN / "skillops", "evaluate", recipe, "--model", f"models:/{NAME}@champion", env=reader).stdout
         )
-        (killed,) = client.search_runs(
-            [client.get_experiment_by_name(NAME).experiment_id], "attributes.status = 'RUNNING'"
-        )
-        os.kill(int(killed.data.tags["skillops.pid"]), signal.SIGKILL)
-        flow_run_id = killed.data.tags["skillops.prefect_flow_run_id"]
-        _wait(
-            lambda: _api(f"{urls['PREFECT_API_URL']}/flow_runs/{flow_run_id}")["state_type"] == "CRASHED",
-            "the killed flow run to be CRASHED",
-        )
-        assert client.get_run(killed.info.run_id).info.status == "RUNNING"
-
-        # 3. A's clone is gone from where it was; B joins the stack with only the URLs.
-        a.checkout.rename(a.root / "moved-away")
-        joined = b.run("scripts/stack.sh", "up", env=b_stack, timeout=300)
-        assert "started" in joined.stdout and "postgresql" not in joined.stdout  # no servers of its own
-        models = b.run(BIN / "skillops", "models", recipe).stdout.splitlines()
-        assert [line.split()[:2] for line in models[1:]] == [["1", "-"], ["2", "champion"]]
-        assert "promotion v1 -> v2" in b.run(BIN / "skillops", "history", recipe).stdout
-        scored = b.run(BIN / "skillops", "evaluate", recipe, "--model", f"models:/{NAME}@champion").stdout
-        assert "test_map:" in scored
-
         port = free_port()
         log = b.root / "serve.log"
-        server = subprocess.Popen(
+        served = subprocess.Popen(
             [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
              "-h", "127.0.0.1", "-p", str(port)],
-            cwd=b.checkout, env=b.env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=b.checkout, env={**b.env, **reader}, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
-            wait_for_http(f"http://127.0.0.1:{port}/ping", server, log, "mlflow models serve")
-            answer = _api(f"http://127.0.0.1:{port}/invocations", {"inputs": ["data analyst", "manage ICT security"]})
-            assert np.asarray(answer["predictions"]).shape == (2, 32)
+            wait_until(
+                lambda: (
+                    _call(f"http://127.0.0.1:{port}/ping")[0] == 200
+                    if served.poll() is None
+                    else pytest.fail(log.read_text()[-3000:])
+                ),
+                "mlflow models serve",
+                180,
+            )
+            status, answer = _call(f"http://127.0.0.1:{port}/invocations", body={"inputs": ["data analyst"]})
+            assert status == 200 and np.asarray(json.loads(answer)["predictions"]).shape == (1, 32)
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-        transcript.append(log.read_text())
+            os.killpg(served.pid, signal.SIGTERM)
+            served.wait(timeout=30)
+        from mlflow.exceptions import MlflowException
 
-        # 4. B trains: A's killed run is marked FAILED, and A's champion is judged from the shared
-        # score cache (A's run saved its scores as artifacts on the server), not re-scored.
-        second = b.train(recipe, WEAK)
-        assert "not promoted" in second.output
-        assert "Champion's scores: cached scores of version 2" in second.output
-        assert "(from the shared store)" in second.output
-        failed = client.get_run(killed.info.run_id)
-        assert failed.info.status == "FAILED"
-        assert f"its Prefect flow run {flow_run_id} is CRASHED" in failed.data.tags["skillops.failure"]
+        candidate_run = client.get_model_version(f"{NAME}-candidates", "2").run_id
+        for attempt in (
+            lambda: client.set_registered_model_alias(NAME, "champion", "1"),
+            lambda: client.delete_registered_model_alias(NAME, "champion"),
+            lambda: client.create_model_version(NAME, f"runs:/{candidate_run}/model", candidate_run),
+            lambda: client.delete_model_version(NAME, "1"),
+            lambda: client.create_registered_model("squatted"),
+        ):
+            with pytest.raises(MlflowException, match="403"):
+                attempt()
+        assert client.get_registered_model(NAME).aliases["champion"] == "2"
 
-        # 5. Four runs started together, two from each machine, run by both machines' workers.
-        before = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name(NAME).experiment_id])}
-        flow_runs = []
-        for number, overrides in enumerate(CANDIDATES):
-            machine, cwd = (a, a.root) if number % 2 == 0 else (b, None)
-            started = machine.deployment_run(recipe, {**overrides, "promotion.min_delta": 0.001}, cwd=cwd)
-            flow_runs.append(re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1))
+        # --- 4. Machine A dies mid-training; its flow run is marked CRASHED by the heartbeat watch ---
+        long_run = b.deployment_run(maintainer, recipe, LONG)
 
-        def states():
-            found = [_api(f"{urls['PREFECT_API_URL']}/flow_runs/{run}")["state_type"] for run in flow_runs]
-            assert not {"FAILED", "CRASHED", "CANCELLED"} & set(found), found
-            return found == ["COMPLETED"] * 4
+        def checkpoint_in_store():
+            runs = client.search_runs(
+                [client.get_experiment_by_name(NAME).experiment_id], "attributes.status = 'RUNNING'"
+            )
+            for run in runs:
+                if any(
+                    x.path.endswith("skillops-complete.json")
+                    for c in client.list_artifacts(run.info.run_id, "attempt/train/checkpoints")
+                    for x in client.list_artifacts(run.info.run_id, c.path)
+                ):
+                    return run
+            return None
 
-        workers = [servers, b.root / "stack"]
-        _wait(states, "four runs to complete", timeout=900, logs=[w / "worker.log" for w in workers])
-        runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
-        four = [r for r in runs if r.info.run_id not in before and r.data.tags.get("skillops.kind") == "pipeline"]
-        assert len(four) == 4 and {r.info.status for r in four} == {"FINISHED"}
-        # Both machines' workers took some (each writes under its own outputs folder), side by side.
-        ran_on = [{r.info.run_id for r in four if (w / "outputs" / r.info.run_id).is_dir()} for w in workers]
-        assert all(ran_on) and set.union(*ran_on) == {r.info.run_id for r in four}
-        spans = [(r.info.start_time, r.info.end_time) for r in four]
-        assert any(s1 < e2 and s2 < e1 for i, (s1, e1) in enumerate(spans) for s2, e2 in spans[i + 1 :])
-        versions = {int(v.version): v for v in client.search_model_versions(f"name = '{NAME}'")}
-        assert sorted(versions) == [1, 2, 3, 4, 5, 6, 7]
-        candidates = {v: versions[v] for v in (4, 5, 6, 7)}
-        for version in candidates.values():
-            assert version.tags["skillops.decision"] in {"promoted", "not promoted"}
-        score = {v: float(version.tags["test_map"]) for v, version in {**candidates, 2: versions[2]}.items()}
-        champion = int(client.get_registered_model(NAME).aliases["champion"])
-        beat = [v for v in candidates if score[v] > score[2] + 0.001]
-        assert champion == (max(beat, key=score.get) if beat else 2)
-        # The alias moved only forward: each promotion after A's to a version that beat the one it replaced.
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", urls["MLFLOW_TRACKING_URI"])
-        moves = registry.history(NAME)
-        assert [(m["from"], m["to"]) for m in moves[:1]] == [("1", "2")]
-        assert all(score[int(m["to"])] > score[int(m["from"])] for m in moves[1:])
-        assert moves[-1]["to"] == str(champion)
+        killed = wait_until(
+            checkpoint_in_store,
+            "a checkpoint of the long run in the store",
+            600,
+            lambda: (servers / "worker.log").read_text()[-3000:],
+        )
+        worker_pid = int((servers / "worker.pid").read_text())
+        flow_pid = int(killed.data.tags["skillops.pid"])
+        for group in {os.getpgid(worker_pid), os.getpgid(flow_pid)}:
+            os.killpg(group, signal.SIGKILL)
+        shutil.move(servers / "outputs", tmp_path / "a-outputs-gone")  # nothing of A's disk is read again
+        crashed = wait_until(
+            lambda: (
+                _prefect(maintainer, f"/flow_runs/{long_run}")["state_type"] == "CRASHED"
+                and _prefect(maintainer, f"/flow_runs/{long_run}")
+            ),
+            "the heartbeat automation to mark the run CRASHED",
+            420,
+        )
+        assert "No heartbeat for" in crashed["state"]["message"]
 
-        # 6. B rolls the champion back to the version it replaced.
-        rolled = b.run(BIN / "skillops", "rollback", recipe, "--reason", "team test").stdout
-        assert f"champion moved back from version {champion}" in rolled
-        assert "rollback" in b.run(BIN / "skillops", "history", recipe).stdout
+        # --- 5. B's worker joins with only its account; the retried run resumes from A's checkpoint --
+        joined = b.run("scripts/stack.sh", "up", env={**worker_b, **b_stack}, timeout=300)
+        assert "worker started" in joined.stdout and "postgresql" not in joined.stdout
+        b.run(BIN / "prefect", "flow-run", "retry", long_run, env=maintainer)
+        wait_until(
+            lambda: _prefect(maintainer, f"/flow_runs/{long_run}")["state_type"] == "COMPLETED",
+            "the retried run on B",
+            600,
+            lambda: (b.root / "stack" / "worker.log").read_text()[-3000:],
+        )
+        logs = _prefect(maintainer, "/logs/filter", {"logs": {"flow_run_id": {"any_": [long_run]}}, "limit": 200})
+        resumed = [entry["message"] for entry in logs if "Resuming training from step" in entry["message"]]
+        assert resumed, [entry["message"] for entry in logs][-30:]
+        assert client.get_run(killed.info.run_id).info.status == "FAILED"
+        assert (
+            "an earlier attempt of Prefect flow run" in client.get_run(killed.info.run_id).data.tags["skillops.failure"]
+        )
+        (retried,) = client.search_runs(
+            [killed.info.experiment_id],
+            f"tags.skillops.prefect_flow_run_id = '{long_run}' and attributes.status = 'FINISHED'",
+        )
+        assert retried.data.tags["skillops.restored_from"].startswith(f"run {killed.info.run_id}")
+        assert (b.root / "stack" / "outputs" / retried.info.run_id).is_dir()  # B did the work
+        assert retried.data.tags["skillops.decision"] in ("promoted", "not promoted")
+        candidates = len(client.search_model_versions(f"name = '{NAME}-candidates'"))
 
-        # 7. No password anywhere: printed lines, files (logs, artifacts, reports, outputs), MLflow
-        # tags and params of every run and version, Prefect's flow run logs and artifacts.
-        secret = password
-        assert not [text for text in transcript if secret in text]
-        private = {servers / "db-password", servers / "pgpass"}
+        # --- 6. A run from B whose overrides weaken the model's policy registers, never promotes --
+        weak = b.deployment_run(maintainer, recipe, {**STRONG, "training.seed": 7, "promotion.golden_tolerance": 1.0})
+        wait_until(
+            lambda: _prefect(maintainer, f"/flow_runs/{weak}")["state_type"] == "COMPLETED",
+            "the weakened run",
+            600,
+            lambda: (b.root / "stack" / "worker.log").read_text()[-3000:],
+        )
+        (refused_run,) = client.search_runs(
+            [killed.info.experiment_id], f"tags.skillops.prefect_flow_run_id = '{weak}'"
+        )
+        assert refused_run.data.tags["skillops.decision"] == "not promoted"
+        assert (
+            "promotion.golden_tolerance: 1.0 (the model's: 0.01)" in refused_run.data.tags["skillops.decision_reason"]
+        )
+        assert len(client.search_model_versions(f"name = '{NAME}-candidates'")) == candidates + 1  # registered
+        champion = str(client.get_registered_model(NAME).aliases["champion"])
+        copied = served_candidates(client, NAME)
+        assert int(refused_run.data.tags["skillops.model_version"]) not in copied.values()  # never served
+
+        # --- 7. A maintainer rolls back; history names who moved the alias each time -------------
+        assert (
+            f"champion moved back from version {champion}"
+            in b.run(BIN / "skillops", "rollback", recipe, "--reason", "team test", env=maintainer).stdout
+        )
+        history = b.run(BIN / "skillops", "history", recipe, env=reader).stdout.splitlines()
+        movers = [re.search(r" by (\S+)", line).group(1) for line in history]
+        retried_promoted = retried.data.tags["skillops.decision"] == "promoted"
+        assert movers == [pipeline_a["MLFLOW_TRACKING_USERNAME"]] * 2 + ["worker-b"] * retried_promoted + [
+            "maintainer-b"
+        ]
+
+        # --- 8. No secret anywhere: command lines, printed lines, files, MLflow, Prefect ----------
+        secrets = [p.read_text().strip() for p in (servers / "secrets").iterdir()]
+        for credentials in (servers / "accounts").glob("*/credentials"):
+            secrets += re.findall(r"(?:PASSWORD|AUTH_STRING)='(?:skillops:)?([^']+)'", credentials.read_text())
+        assert len(secrets) >= 12 and all(len(s) >= 16 for s in secrets)
+        command_lines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
+        assert not [c for c in command_lines if any(s.encode() in c for s in secrets)]
+        assert not [t for t in transcript if any(s in t for s in secrets)]
+        private = {"credentials", "pgpass"}
         leaked = [
-            path
-            for path in [*tmp_path.rglob("*"), *servers.rglob("*")]
-            if path.is_file() and path not in private and servers / "postgres" not in path.parents
-            and secret.encode() in path.read_bytes()
+            path for root in (tmp_path, servers) for path in root.rglob("*")
+            if path.is_file() and path.name not in private and "secrets" not in path.parts
+            and servers / "postgres" not in path.parents and any(s.encode() in path.read_bytes() for s in secrets)
         ]  # fmt: skip
         assert not leaked
-        for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
-            assert secret not in json.dumps([run.data.tags, run.data.params])
-        for version in versions.values():
-            assert secret not in json.dumps(client.get_model_version(NAME, version.version).tags)
-        logs = _api(f"{urls['PREFECT_API_URL']}/logs/filter", {"limit": 200})
-        artifacts = _api(f"{urls['PREFECT_API_URL']}/artifacts/filter", {"limit": 200})
-        assert logs and artifacts and secret not in json.dumps([logs, artifacts])
+        everything = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert not any(s in json.dumps([[r.data.tags, r.data.params] for r in everything]) for s in secrets)
+        for model in (NAME, f"{NAME}-candidates"):
+            tags = [v.tags for v in client.search_model_versions(f"name = '{model}'")]
+            assert not any(s in json.dumps(tags) for s in secrets)
+        prefect_records = [
+            _prefect(maintainer, "/logs/filter", {"limit": 200}),
+            _prefect(maintainer, "/artifacts/filter", {"limit": 200}),
+        ]
+        assert prefect_records[0] and not any(s in json.dumps(prefect_records) for s in secrets)
     finally:
-        for machine, env in ((b, b_stack), (a, stack)):
-            checkout = machine.checkout if machine.checkout.exists() else machine.root / "moved-away"
-            machine.run("scripts/stack.sh", "down", env=env, check=False, cwd=checkout, timeout=180)
+        for machine, env in ((b, {**b_stack}), (a, stack)):
+            machine.run("scripts/stack.sh", "down", env=env, check=False, timeout=180)
         stopped = not (servers / "postgres" / "postmaster.pid").exists()
         shutil.rmtree(servers, ignore_errors=True)
     assert stopped

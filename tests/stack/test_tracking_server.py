@@ -1,12 +1,19 @@
-"""Against a real `mlflow server` with artifact proxying, runs keep their artifacts where the server says."""
+"""Against a real `mlflow server` with artifact proxying: runs keep their artifacts where the
+server says, and a run rides out the server killed mid-training and started again 20 s later,
+with the decision an undisturbed run makes; a longer outage stops it with a message that names
+the server and the setting, and running it again continues, registering the candidate once."""
 
+import json
 import logging
 import os
+import signal
 import subprocess
+import time
 
 import mlflow
+import pytest
 
-from helpers import BIN, free_port, wait_for_http
+from helpers import BIN, REPO, SEED_CHAMPION, free_port, start_mlflow_server, tiny_recipe_yaml, wait_until
 from skillops import tracking
 
 
@@ -16,16 +23,8 @@ def test_with_a_tracking_server_artifacts_go_where_the_server_says(tmp_path, mon
     disk), and an old experiment pinned to a client folder is named in a warning with the fix."""
     port = free_port()
     served = tmp_path / "served-artifacts"
-    log = tmp_path / "server.log"
-    env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"}
-    with open(log, "w") as output:
-        server = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-             "--artifacts-destination", served.as_uri(), "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    server = start_mlflow_server(tmp_path, port, tmp_path / "server.log")
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", server, log, "MLflow server")
         monkeypatch.delenv("SKILLOPS_ARTIFACT_ROOT", raising=False)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         monkeypatch.chdir(tmp_path)
@@ -49,3 +48,106 @@ def test_with_a_tracking_server_artifacts_go_where_the_server_says(tmp_path, mon
         server.terminate()
         server.wait(timeout=30)
         mlflow.set_tracking_uri(None)
+
+
+def _train(env, recipe, log, **extra):
+    """`python flows/train_esco.py <recipe> --force` against the servers of `env`, in a process
+    group of its own."""
+    return subprocess.Popen(
+        [str(BIN / "python"), str(REPO / "flows" / "train_esco.py"), str(recipe), "--force"],
+        cwd=REPO,
+        env={**env, **extra},
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.faults
+def test_a_run_rides_out_a_restart_of_the_tracking_server_and_names_a_longer_outage(
+    prefect_server, small_esco, tiny_bert
+):
+    env, _, tmp_path = prefect_server
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {**env, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{env['PATH']}"}
+    env.pop("SKILLOPS_OPTUNA_STORAGE", None)
+    server = start_mlflow_server(tmp_path, port, tmp_path / "mlflow.log")
+    client = mlflow.MlflowClient(uri, uri)
+    training = {"max_steps": 300, "checkpoint_every_steps": 20, "learning_rate": 1e-3}
+    recipes = {}
+    for name in ("quiet", "restart"):  # the same training, judged against the same champion
+        recipes[name] = tiny_recipe_yaml(
+            tmp_path / f"{name}.yaml", small_esco, tiny_bert, name=name, registered_model_name=name,
+            training=training, search={"n_trials": 0},
+        )  # fmt: skip
+        seeded = subprocess.run(
+            [str(BIN / "python"), "-c", SEED_CHAMPION, str(tiny_bert), name],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert seeded.returncode == 0, seeded.stderr[-3000:]
+    try:
+        quiet = _train(env, recipes["quiet"], tmp_path / "quiet.log")
+        assert quiet.wait(timeout=600) == 0, (tmp_path / "quiet.log").read_text()[-3000:]
+
+        def in_training(name):
+            (experiment,) = [e for e in client.search_experiments() if e.name == name]
+            runs = client.search_runs(
+                [experiment.experiment_id], "tags.skillops.kind = 'pipeline'", order_by=["attributes.start_time DESC"]
+            )
+            return runs and client.list_artifacts(runs[0].info.run_id, "attempt/train/checkpoints") and runs[0]
+
+        # 1. Killed mid-training and started again 20 s later: ridden out.
+        disturbed = _train(env, recipes["restart"], tmp_path / "restart.log")
+        wait_until(lambda: in_training("restart"), "the restart run to be training", 300)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        time.sleep(20)
+        server = start_mlflow_server(tmp_path, port, tmp_path / "mlflow.log")
+        assert disturbed.wait(timeout=600) == 0, (tmp_path / "restart.log").read_text()[-3000:]
+
+        def decision(name):
+            (version,) = client.search_model_versions(
+                f"name = '{name}-candidates' and tags.`skillops.recipe` = '{name}'"
+            )
+            return version.tags["skillops.decision"], json.loads(version.tags["skillops.decision_numbers"])
+
+        assert decision("restart") == decision("quiet")  # the same decision, the same numbers
+        assert len(client.search_model_versions("name = 'restart-candidates'")) == 2  # the seed and this one
+
+        # 2. An outage longer than the wait stops the run, naming the server and the setting ...
+        longer = _train(env, recipes["restart"], tmp_path / "longer.log", SKILLOPS_SERVER_WAIT_SECONDS="10")
+        wait_until(
+            lambda: in_training("restart") and in_training("restart").info.status == "RUNNING",
+            "the next run to be training",
+            300,
+        )
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        assert longer.wait(timeout=600) != 0
+        stopped = (tmp_path / "longer.log").read_text()
+        assert f"The MLflow tracking server {uri} did not answer for 10 s (SKILLOPS_SERVER_WAIT_SECONDS)" in stopped, (
+            stopped[-3000:]
+        )
+        # ... and once it answers, running again continues: the attempt's training is not done twice.
+        server = start_mlflow_server(tmp_path, port, tmp_path / "mlflow.log")
+        again = _train(env, recipes["restart"], tmp_path / "again.log")
+        assert again.wait(timeout=600) == 0, (tmp_path / "again.log").read_text()[-3000:]
+        versions = client.search_model_versions("name = 'restart-candidates'")
+        assert len(versions) == 3  # one more candidate: the interrupted attempt's, once
+        (latest,) = client.search_runs(
+            [in_training("restart").info.experiment_id],
+            "attributes.status = 'FINISHED' and tags.skillops.kind = 'pipeline'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        assert (
+            "Resuming training from step" in (tmp_path / "again.log").read_text()
+            or "skillops.restored_from" in latest.data.tags
+        )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

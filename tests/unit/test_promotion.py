@@ -6,7 +6,7 @@ import pytest
 
 from skillops.config import PromotionPolicy
 from skillops.evaluation import QueryScores
-from skillops.promotion import ModelPolicy, decide, weaker_than
+from skillops.promotion import ModelPolicy, choose_variant, decide, weaker_than
 
 N = 24
 REFERENCE = np.linspace(0.3, 0.7, N)  # mean 0.5
@@ -231,3 +231,28 @@ def test_a_weaker_policy_refuses_even_a_clear_improvement():
     assert not decision.promote and decision.checks[0].name == "policy"
     assert "weaker than the one the model is judged by" in decision.reason and fields[0] in decision.reason
     assert decision.delta == pytest.approx(0.2)  # the other checks are still computed and reported
+
+
+@pytest.mark.parametrize(
+    ("int8", "onnx", "prefer", "served", "says"),
+    [
+        ({"test": 0.748, "golden-d": 0.60}, {"test": 0.750, "golden-d": 0.60}, "int8", "int8", "int8: map on test"),
+        (
+            {"test": 0.740, "golden-d": 0.60},
+            {"test": 0.750, "golden-d": 0.60},
+            "int8",
+            "onnx",
+            "more than the tolerance",
+        ),
+        ({"test": 0.750, "golden-d": 0.58}, {"test": 0.750, "golden-d": 0.60}, "int8", "onnx", "on golden-d"),
+        ({"test": 0.740, "golden-d": 0.58}, {"test": 0.749, "golden-d": 0.58}, "int8", "fp32", "-3.33%"),
+        ({"test": 0.750, "golden-d": 0.60}, {"test": 0.750, "golden-d": 0.60}, "onnx", "onnx", "onnx is served"),
+        ({"test": 0.760, "golden-d": 0.61}, {"test": 0.750, "golden-d": 0.60}, "fp32", "fp32", "fp32 is served"),
+    ],
+)
+def test_the_variant_served_is_the_fastest_within_the_tolerance_on_every_set(int8, onnx, prefer, served, says):
+    fp32 = {"test": 0.750, "golden-d": 0.60}
+    chosen, checks = choose_variant(fp32, {"int8": int8, "onnx": onnx}, prefer, 0.005, "map")
+    assert chosen == served
+    assert [c.variant for c in checks if c.served] == ([served] if served != "fp32" else [])
+    assert any(says in c.detail for c in checks), [c.detail for c in checks]

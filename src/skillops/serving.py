@@ -1,0 +1,149 @@
+"""The champion as it is served: fp32 PyTorch, or an ONNX export of its transformer run by
+onnxruntime, optimised or quantised to int8, built for every candidate and judged by the gate.
+
+sentence-transformers 6 exports through `optimum-onnx`, whose releases need transformers < 4.58
+(and `optimum-intel` < 5.6): neither installs beside transformers 5. So skillops exports the
+transformer itself (`torch.onnx.export`), lets onnxruntime optimise the graph, and quantises it
+with onnxruntime's dynamic int8 quantisation, which is what those exporters do under the hood.
+At serve time the ONNX session replaces only the transformer's forward pass inside the
+SentenceTransformer: tokenisation, prompts, pooling and normalisation stay the library's own, so
+every variant encodes exactly the texts the fp32 model would.
+
+In the model folder: `onnx/model.onnx` (optimised) and `onnx/model_int8.onnx`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import types
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+logger = logging.getLogger(__name__)
+
+Variant = Literal["fp32", "onnx", "int8"]
+FILES: dict[str, str] = {"onnx": "onnx/model.onnx", "int8": "onnx/model_int8.onnx"}
+VARIANT_SETTING = "SKILLOPS_SERVING_VARIANT"  # at serve time: fp32 serves the PyTorch weights instead
+
+
+def export(model, model_dir: Path, variants: list[str]) -> dict[str, Path]:
+    """Write the ONNX files of `variants` (onnx, int8) into the saved model's folder; returns
+    variant -> file. `model` is the loaded SentenceTransformer saved at `model_dir`."""
+    import torch
+    from onnxruntime import GraphOptimizationLevel, InferenceSession, SessionOptions
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    folder = model_dir / "onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    transformer = model[0].auto_model.to("cpu").eval()
+    features = model[0].tokenize(["an occupation", "a skill of the occupation, longer"])
+    names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in features]
+
+    class TokenEmbeddings(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer  # a submodule: its weights are the graph's, not constants
+
+        def forward(self, *inputs):
+            return self.transformer(**dict(zip(names, inputs, strict=True)), return_dict=True).last_hidden_state
+
+    exported = folder / "exported.onnx"
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*names, "token_embeddings"]}
+    with torch.no_grad():
+        torch.onnx.export(
+            TokenEmbeddings().eval(),
+            tuple(features[name] for name in names),
+            str(exported),
+            input_names=names,
+            output_names=["token_embeddings"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,  # the TorchScript exporter: the dynamo one needs onnxscript, and loses dynamic axes here
+        )
+    built = {}
+    if "onnx" in variants:
+        options = SessionOptions()
+        options.graph_optimization_level = GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # portable across CPUs
+        options.optimized_model_filepath = str(model_dir / FILES["onnx"])
+        InferenceSession(str(exported), options, providers=["CPUExecutionProvider"])
+        built["onnx"] = model_dir / FILES["onnx"]
+    if "int8" in variants:
+        prepared = folder / "prepared.onnx"
+        quant_pre_process(str(exported), str(prepared), skip_symbolic_shape=True)
+        # Weights int8 per output channel, activations quantised on the fly: no calibration data.
+        quantize_dynamic(str(prepared), str(model_dir / FILES["int8"]), weight_type=QuantType.QInt8, per_channel=True)
+        prepared.unlink()
+        built["int8"] = model_dir / FILES["int8"]
+    exported.unlink()
+    return built
+
+
+def load(model_dir: str | Path, variant: str = "fp32", threads: int | None = None):
+    """The SentenceTransformer at `model_dir`, encoding with `variant`'s ONNX file when it is not
+    fp32 (its transformer's forward pass runs in onnxruntime; the rest is the library's own)."""
+    from skillops.modeling import load_model
+
+    model = load_model(str(model_dir))
+    if variant == "fp32":
+        return model
+    path = Path(model_dir) / FILES[variant]
+    if not path.is_file():
+        from skillops.errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"{path}: this model has no {variant} variant; serve fp32 ({VARIANT_SETTING}=fp32).")
+    _run_in_onnxruntime(model[0], path, threads)
+    return model
+
+
+def _run_in_onnxruntime(transformer, path: Path, threads: int | None) -> None:
+    import numpy as np
+    import torch
+    from onnxruntime import InferenceSession, SessionOptions
+
+    options = SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    output = getattr(transformer, "module_output_name", "token_embeddings")
+
+    def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
+        feeds = {name: features[name].detach().cpu().numpy().astype(np.int64) for name in names}
+        features[output] = torch.from_numpy(session.run(None, feeds)[0])
+        return features
+
+    transformer.forward = types.MethodType(forward, transformer)
+
+
+def requested_variant(logged: str) -> str:
+    """What to serve: SKILLOPS_SERVING_VARIANT when set (fp32 serves the PyTorch weights), else
+    the variant the gate chose and logged with the version."""
+    wanted = os.environ.get(VARIANT_SETTING, logged)
+    if wanted not in ("fp32", *FILES):
+        from skillops.errors import RecipeError
+
+        raise RecipeError(f"{VARIANT_SETTING} = {wanted!r}: give fp32, onnx or int8.")
+    return wanted
+
+
+class EmbeddingModel(PythonModel):
+    """The registered model's pyfunc: texts in, embeddings out, `prompt_name` as a parameter (the
+    model's saved prompts, e.g. "query"), encoded by the variant the gate judged and chose."""
+
+    def load_context(self, context) -> None:
+        variant = requested_variant(context.model_config.get("variant", "fp32"))
+        self.model = load(context.artifacts["model"], variant)
+        logger.info("Serving the %s variant of %s", variant, context.artifacts["model"])
+
+    # A DataFrame: what MLflow hands over for the logged signature (one string column).
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
+        import numpy as np
+
+        texts = model_input.iloc[:, 0].tolist()
+        prompt_name = (params or {}).get("prompt_name")
+        return np.asarray(self.model.encode(texts, prompt_name=prompt_name, show_progress_bar=False), dtype=np.float32)
