@@ -21,6 +21,9 @@
 # worker. Every secret is made once into a mode-600 file under STATE/secrets and reaches the
 # processes through their environment or a file, never a command line.
 #
+# WEBHOOK_URL: a receiver (`skillops webhooks listen`, secret in STATE/secrets/webhook) told of
+# every move of a champion.
+#
 # Servers someone else runs are used, not started: source an account's env file of `skillops
 # users add` (the URLs, the CA, the credentials), and `up` only deploys and starts this machine's
 # worker against them.
@@ -99,6 +102,7 @@ secret() {  # name [generator]: a secret made once, kept in STATE/secrets/<name>
   cat "$file"
 }
 random_hex() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
+fernet_key() { "$VENV/bin/python" -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"; }
 
 # --- the team's servers ------------------------------------------------------------------------
 
@@ -200,6 +204,13 @@ own_servers() {
     export MLFLOW_FLASK_SERVER_SECRET_KEY
     # Only a role with the workspace's USE (the pipeline's) may create experiments and models.
     export MLFLOW_ENABLE_WORKSPACES=true
+    # Webhooks (champion moves, WEBHOOK_URL): their secrets are stored encrypted with this key, and
+    # receivers are on the team's own network. http only when WEBHOOK_URL says so (a receiver on
+    # loopback): the server's webhook client ignores REQUESTS_CA_BUNDLE, so a receiver behind the
+    # stack's own CA cannot be verified.
+    MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=$(secret webhook-encryption-key fernet_key)
+    export MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true
+    [[ ${WEBHOOK_URL:-} == http://* ]] && export MLFLOW_WEBHOOK_ALLOWED_SCHEMES=https,http
     start mlflow-server "$VENV/bin/mlflow" server --app-name basic-auth \
       --backend-store-uri "postgresql://skillops_mlflow@/mlflow?host=$STATE/postgres-socket&port=$PG_PORT" \
       --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_BACKEND_PORT" --workers 2 \
@@ -216,6 +227,11 @@ EOF
   # The roles, the stack owner's account (admin) and this machine's worker account.
   MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$admin_password \
     "$VENV/bin/skillops" users setup --stack-dir "$STATE" >/dev/null
+  if [[ -n ${WEBHOOK_URL:-} ]]; then
+    secret webhook >/dev/null
+    MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$admin_password \
+      "$VENV/bin/skillops" webhooks add --url "$WEBHOOK_URL" --secret-file "$STATE/secrets/webhook"
+  fi
   local worker_account=worker-$(hostname)
   [[ -f $STATE/accounts/$worker_account/env ]] || \
     MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$admin_password \

@@ -143,11 +143,12 @@ def cmd_models(args) -> int:
             f"{version.version:>7}  {alias:10} {tags.get(metric, '-'):>12}  {origin:>9}  {tags.get('skillops.decision_by', '-')}"
         )
     print(f"\n{registry.candidates(name)}: every candidate and the gate's decision")
-    print(f"{'version':>7}  {metric:>12}  {'served as':>9}  decision")
+    print(f"{'version':>7}  {metric:>12}  {'served as':>9}  {'variant':7}  {'ESCO':10}  decision")
     for version in candidates:
         tags = version.tags
         print(
             f"{version.version:>7}  {tags.get(metric, '-'):>12}  {tags.get(registry.SERVED_TAG, '-'):>9}  "
+            f"{tags.get('skillops.served_variant', 'fp32'):7}  {tags.get('skillops.esco_version', '-').split(' (')[0]:10}  "
             f"{tags.get('skillops.decision', 'not judged')}: {tags.get('skillops.decision_reason', '')}"
         )
     return 0
@@ -241,6 +242,23 @@ def cmd_users(args) -> int:
     return 0
 
 
+def cmd_webhooks(args) -> int:
+    from skillops import webhooks
+
+    secret_file = Path(args.secret_file)
+    if args.action == "add":
+        if not args.url:
+            print("skillops webhooks add: give --url, the receiver's address.", file=sys.stderr)
+            return 2
+        webhook_id = webhooks.add(args.url, secret_file.read_text("utf-8").strip())
+        print(f"Webhook {webhooks.NAME} ({webhook_id}): the tracking server posts every champion move to {args.url}.")
+        return 0
+    server = webhooks.listen(args.host, args.port, secret_file, on_move=lambda line: print(line, flush=True))
+    print(f"Listening on http://{args.host}:{args.port}/ for champion moves (signed with {secret_file}).", flush=True)
+    server.serve_forever()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skillops",
@@ -315,6 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--role", choices=["reader", "maintainer", "pipeline"], help="what the account may do")
     users.add_argument("--stack-dir", default=".stack", help="the team stack's state folder (default .stack)")
     users.set_defaults(handler=cmd_users)
+    hooks = commands.add_parser(
+        "webhooks",
+        help="Tell the systems downstream when the champion moves (an MLflow webhook and its receiver).",
+        description="`add` registers the tracking server's webhook on every move of a served model's champion "
+        "alias (the admin's account); `listen` runs a receiver that checks each delivery's signature and prints "
+        "what to re-index.",
+    )
+    hooks.add_argument("action", choices=["add", "listen"])
+    hooks.add_argument("--url", help="add: where the receiver listens")
+    hooks.add_argument("--secret-file", required=True, help="the webhook's shared secret (a mode-600 file)")
+    hooks.add_argument("--host", default="127.0.0.1", help="listen: the address to listen on (default 127.0.0.1)")
+    hooks.add_argument("--port", type=int, default=8765, help="listen: the port (default 8765)")
+    hooks.set_defaults(handler=cmd_webhooks)
     return parser
 
 

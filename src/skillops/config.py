@@ -103,6 +103,11 @@ class DataConfig(_Strict):
     max_alt_labels: int | None = Field(
         None, ge=0, description="ESCO only: alternative labels joined into an occupation's anchor (None: all)."
     )
+    esco_version: str | None = Field(
+        None,
+        description="ESCO only: the ESCO release the data is (e.g. v1.2.0), recorded with every run and version; "
+        'default: read from the download\'s folder name ("ESCO dataset - v1.2.0 - ...").',
+    )
     eval_negatives: int = Field(
         100, ge=1, description="Reranking: texts that are not relevant, ranked with each held-out query's positives."
     )
@@ -206,6 +211,12 @@ class TrainingConfig(_Strict):
     )
     weight_decay: float = Field(0.0, ge=0)
     max_seq_length: int = Field(128, ge=8)
+    taxonomy_aware_batches: bool = Field(
+        True,
+        description="For in-batch-negative losses (MNRL, CachedMNRL): no batch holds a document that is a known "
+        "positive of another row's anchor (an ESCO skill of that occupation, another relevant document of that "
+        "query), across all processes' batches of a step. false: sentence-transformers' NO_DUPLICATES only.",
+    )
     group_by_length: bool = Field(
         True,
         description="For losses that score each pair alone (cosine similarity): batches of pairs of about the "

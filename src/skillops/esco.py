@@ -6,6 +6,7 @@ with `altLabels` newline-separated inside one cell. ESCO is (c) European Union, 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,18 @@ REQUIRED_COLUMNS = {
     SKILLS: ("conceptUri", "preferredLabel"),
     RELATIONS: ("occupationUri", "skillUri"),
 }
+
+
+def release(config: DataConfig) -> str:
+    """The ESCO release of the data: as the recipe states it, else as the download's folder name
+    does (the official downloads are "ESCO dataset - v1.2.0 - classification - en - csv")."""
+    if config.esco_version:
+        return config.esco_version
+    for name in (config.location.name, config.location.parent.name):
+        found = re.search(r"\bv(\d+\.\d+(?:\.\d+)?)\b", name)
+        if found:
+            return f"v{found.group(1)}"
+    return "not stated (set data.esco_version)"
 
 
 def esco_files(directory: Path, language: str = "en") -> dict[str, Path]:

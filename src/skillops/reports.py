@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from skillops import esco
 from skillops.promotion import Decision
 
 
@@ -233,6 +234,7 @@ def model_card(
         f"- Data: {data_source} ({recipe.data.training_shape}; "
         + ", ".join(f"{k} {v}" for k, v in counts.items())
         + ")",
+        *([f"- ESCO release: {esco.release(recipe.data)}"] if recipe.data.format == "esco" else []),
         f"- Loss: {recipe.loss.name}; max_seq_length {recipe.training.max_seq_length}",
         f"- Tuned parameters: {', '.join(f'{k} = {v}' for k, v in trained.items()) or 'none (no search)'}",
         "",

@@ -20,8 +20,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from skillops import checkpoints, preparation, registry, score_cache, servers, serving, tracking, tuning, tuning_workers
+from skillops import (
+    checkpoints,
+    esco,
+    preparation,
+    registry,
+    score_cache,
+    servers,
+    serving,
+    tracking,
+    tuning,
+    tuning_workers,
+)
 from skillops import index_churn as churn_of
+from skillops.batches import false_negative_shares
 from skillops.config import Recipe, load_recipe
 from skillops.context import Fingerprints, FlowRun, RunContext
 from skillops.context import fingerprint as fingerprint  # a stage of its own: the flow calls stages.fingerprint
@@ -107,6 +119,7 @@ def start(
         **versions,
         "skillops.overrides": json.dumps(overrides or {}),
         checkpoints.ATTEMPT_TAG: fingerprints.attempt,
+        **_data_release(recipe),
         "mlflow.source.name": (flow_run.deployment or flow_run.name) if flow_run else "flows/train_esco.py",
         "mlflow.source.type": "JOB" if flow_run else "LOCAL",
         "mlflow.source.git.commit": fingerprints.code.split("+")[0],
@@ -157,6 +170,14 @@ def fail(run: RunContext, error: BaseException, recipe: Recipe) -> BaseException
     except Exception as closing:
         logger.warning("Could not close run %s (%s); the next start marks it FAILED", run.run_id, closing)
     return explained
+
+
+def _data_release(recipe: Recipe) -> dict[str, str]:
+    """Which taxonomy release the model learns (ESCO data only), as a tag of the run and version."""
+    return {ESCO_VERSION_TAG: esco.release(recipe.data)} if recipe.data.format == "esco" else {}
+
+
+ESCO_VERSION_TAG = "skillops.esco_version"
 
 
 def finish(run: RunContext) -> None:
@@ -352,6 +373,17 @@ def train(run: RunContext, data: PreparedData, params: dict) -> Path:
             tracking.log_metrics(run.run_id, done.validation, prefix="round_validation_", step=done.number)
             logger.info("Round %d/%d: validation %s %.4f", done.number, config.rounds, metric, done.validation[metric])
 
+    if recipe.loss.in_batch_negatives:  # what the batches' false negatives are, with and without the switch
+        from datasets import Dataset
+
+        shares = false_negative_shares(
+            Dataset.from_parquet(str(data.paths.train)),
+            config.batch_size,
+            config.processes,
+            config.taxonomy_aware_batches,
+            config.seed,
+        )
+        tracking.log_metrics(run.run_id, shares)
     spec = TrainingSpec(
         base_model=starting_model(run)[0],
         train_path=data.paths.train,
@@ -497,6 +529,7 @@ def register(run: RunContext, data: PreparedData, candidate_dir: Path, scores: S
         "skillops.data_fingerprint": data.data_fingerprint,
         "skillops.eval_fingerprint": data.eval_fingerprint,
         "skillops.git_commit": tracking.git_commit(),
+        **_data_release(recipe),
         **{f"test_{k}": f"{v:.6f}" for k, v in scores.candidate.aggregate(recipe.evaluation.metric_names()).items()},
     }
     name = recipe.registered_model_name

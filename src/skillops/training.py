@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from skillops import progress
+from skillops.batches import length_grouped_batches, taxonomy_aware_batches
 from skillops.config import LossConfig, Prompts, TrainingConfig
 from skillops.errors import TrainingError
 from skillops.modeling import device, load_model, mixed_precision, require_devices
@@ -80,41 +81,6 @@ def build_loss(model, config: LossConfig):
     return losses.CosineSimilarityLoss(model)
 
 
-def length_grouped_batches(dataset, batch_size: int, drop_last: bool, valid_label_columns=None, generator=None, seed=0):
-    """Batches of pairs of about the same length, in a random order: each batch is padded to its
-    longest text, so grouping cuts the padding the model computes on. Only for losses that score
-    each pair on its own (cosine similarity): with in-batch negatives, grouping by length would
-    choose each query's negatives by their length. Takes sentence-transformers' batch sampler
-    arguments (the trainer calls it with them)."""
-    import torch
-    from sentence_transformers.base.sampler import DefaultBatchSampler
-
-    texts = [list(dataset[c]) for c in dataset.column_names if c not in (valid_label_columns or [])]
-    lengths = [sum(len(column[row]) for column in texts) for row in range(len(dataset))]
-
-    class LengthGroupedBatchSampler(DefaultBatchSampler):
-        # Sorted within windows of this many batches: random enough across the epoch, grouped within.
-        WINDOW_BATCHES = 50
-
-        def __iter__(self):
-            shuffle = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(len(lengths), generator=shuffle).tolist()
-            window = self.batch_size * self.WINDOW_BATCHES
-            batches = []
-            for start in range(0, len(order), window):
-                grouped = sorted(order[start : start + window], key=lengths.__getitem__)
-                batches += [grouped[i : i + self.batch_size] for i in range(0, len(grouped), self.batch_size)]
-            if self.drop_last:
-                batches = [batch for batch in batches if len(batch) == self.batch_size]
-            yield from (batches[i] for i in torch.randperm(len(batches), generator=shuffle).tolist())
-
-        def __len__(self) -> int:
-            full, rest = divmod(len(lengths), self.batch_size)
-            return full if self.drop_last or not rest else full + 1
-
-    return LengthGroupedBatchSampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
-
-
 def column_prompts(columns: list[str], prompts: Prompts) -> dict[str, str] | None:
     """The trainer's per-column prompts: queries (anchor, sentence1) and documents (the rest)."""
     if not prompts:
@@ -129,10 +95,11 @@ def column_prompts(columns: list[str], prompts: Prompts) -> dict[str, str] | Non
 def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | None = None) -> TrainingResult:
     """Train and save the model under `spec.output_dir/model`.
 
-    For in-batch-negative losses the NO_DUPLICATES batch sampler keeps a text (one ESCO skill is
-    the positive of many occupations) from appearing twice in a batch, where it would count as a
-    negative of the very query it belongs to. With an evaluator and `config.evals_during_training`,
-    the validation set is scored that many times while training (for pruning and curves).
+    For in-batch-negative losses the batches keep apart duplicate texts and, with
+    `training.taxonomy_aware_batches`, the known positives of every anchor (`skillops.batches`):
+    either would count as a negative of the very query it belongs to. With an evaluator and
+    `config.evals_during_training`, the validation set is scored that many times while training
+    (for pruning and curves).
     """
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -163,7 +130,7 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
         eval_settings = {"eval_strategy": "steps", "eval_steps": max(1, total_steps // config.evals_during_training)}
     batch_sampler: Any = BatchSamplers.BATCH_SAMPLER
     if loss.in_batch_negatives:
-        batch_sampler = BatchSamplers.NO_DUPLICATES
+        batch_sampler = taxonomy_aware_batches if config.taxonomy_aware_batches else BatchSamplers.NO_DUPLICATES
     elif config.group_by_length:
         batch_sampler = length_grouped_batches
 

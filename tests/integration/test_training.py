@@ -205,7 +205,7 @@ def test_length_grouped_batches_cover_every_pair_once_with_little_padding():
     epoch, a new order each epoch, and far less padding than batches drawn at random."""
     from datasets import Dataset
 
-    from skillops.training import length_grouped_batches
+    from skillops.batches import length_grouped_batches
 
     generator = np.random.default_rng(0)
     first, second = generator.integers(1, 300, 1000), generator.integers(1, 300, 1000)

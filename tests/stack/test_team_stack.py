@@ -168,20 +168,31 @@ def test_a_team_stack_that_other_machines_reach_over_tls_and_only_the_gate_chang
         name: free_port()
         for name in ("PREFECT_PORT", "MLFLOW_PORT", "PG_PORT", "PREFECT_BACKEND_PORT", "MLFLOW_BACKEND_PORT")
     }
+    receiver_port = free_port()
     stack = {
         "TEAM": "1",
         "HOST": HOST,
         "NETWORK": "127.0.0.0/8",
         "STACK_DIR": str(servers),
+        # The downstream indexer's receiver, on the server machine's loopback (plain HTTP there).
+        "WEBHOOK_URL": f"http://127.0.0.1:{receiver_port}/",
         **{k: str(v) for k, v in ports.items()},
     }
     mlflow_url, prefect_url = f"https://{HOST}:{ports['MLFLOW_PORT']}", f"https://{HOST}:{ports['PREFECT_PORT']}/api"
     b_stack = {"TEAM": "1", "STACK_DIR": str(b.root / "stack")}
+    receiver = None
     try:
         # `make stack-up TEAM=1 HOST=127.0.0.2` is this script with those settings (make installs first).
         up = a.run("scripts/stack.sh", "up", env=stack, timeout=600)
         assert f"MLflow UI:   {mlflow_url}" in up.stdout and f"postgresql running on {HOST} port" in up.stdout
         ca = servers / "tls" / "ca.crt"
+        heard = a.root / "receiver.log"
+        receiver = subprocess.Popen(
+            [str(BIN / "skillops"), "webhooks", "listen", "--port", str(receiver_port),
+             "--secret-file", str(servers / "secrets" / "webhook")],
+            stdout=open(heard, "w"), stderr=subprocess.STDOUT, env=a.env,
+        )  # fmt: skip
+        wait_until(lambda: "Listening on" in heard.read_text(), "the webhook receiver", 60)
 
         # The admin (the stack's owner, on A) makes the accounts; B gets their folders, nothing more.
         admin = a.account(servers / "accounts" / "admin")
@@ -275,6 +286,20 @@ def test_a_team_stack_that_other_machines_reach_over_tls_and_only_the_gate_chang
         )
         client = _mlflow_client(reader, monkeypatch)
         assert client.get_registered_model(NAME).aliases["champion"] == "2"
+        # Downstream is told, by a signed delivery; a forged one is refused.
+        wait_until(lambda: "champion of tiny-esco is now version 2" in heard.read_text(), "the webhook delivery", 120)
+        forged = _call(f"http://127.0.0.1:{receiver_port}/", body={"data": {"name": NAME, "alias": "champion", "version": "1"}},
+                       headers={"X-MLflow-Delivery-Id": "x", "X-MLflow-Timestamp": "1", "X-MLflow-Signature": "v1,Zm9yZ2Vk"})  # fmt: skip
+        assert forged[0] == 401 and "refused a delivery: the signature does not match" in heard.read_text()
+        assert "champion of tiny-esco is now version 1" not in heard.read_text()
+        # What the promotion changes for indexes: the champion's embeddings of the skills, and the churn.
+        (promoted,) = client.search_runs(
+            [client.get_experiment_by_name(NAME).experiment_id], f"tags.skillops.prefect_flow_run_id = '{first}'"
+        )
+        assert [a.path for a in client.list_artifacts(promoted.info.run_id, "index")] == ["index/embeddings.parquet"]
+        assert 0 <= promoted.data.metrics["index_changed_share"] <= 1 and promoted.data.metrics["index_documents"] > 20
+        decision_artifact = _prefect(worker_b, "/artifacts/train-esco-decision/latest")
+        assert "Index churn, version 1 -> 2" in decision_artifact["data"]
 
         # --- 3. A reader on B: sees and serves the champion, moves or deletes nothing --------------
         models = b.run(BIN / "skillops", "models", recipe, env=reader).stdout
@@ -367,9 +392,9 @@ def test_a_team_stack_that_other_machines_reach_over_tls_and_only_the_gate_chang
             600,
             lambda: (b.root / "stack" / "worker.log").read_text()[-3000:],
         )
-        logs = _prefect(maintainer, "/logs/filter", {"logs": {"flow_run_id": {"any_": [long_run]}}, "limit": 200})
-        resumed = [entry["message"] for entry in logs if "Resuming training from step" in entry["message"]]
-        assert resumed, [entry["message"] for entry in logs][-30:]
+        worker_log = (b.root / "stack" / "worker.log").read_text()
+        resumed = re.findall(r"Resuming training from step (\d+)", worker_log)
+        assert resumed, worker_log[-3000:]
         assert client.get_run(killed.info.run_id).info.status == "FAILED"
         assert (
             "an earlier attempt of Prefect flow run" in client.get_run(killed.info.run_id).data.tags["skillops.failure"]
@@ -379,6 +404,7 @@ def test_a_team_stack_that_other_machines_reach_over_tls_and_only_the_gate_chang
             f"tags.skillops.prefect_flow_run_id = '{long_run}' and attributes.status = 'FINISHED'",
         )
         assert retried.data.tags["skillops.restored_from"].startswith(f"run {killed.info.run_id}")
+        assert retried.data.metrics["resumed_from_step"] == int(resumed[0]) >= 20  # A's checkpoint, at least its first
         assert (b.root / "stack" / "outputs" / retried.info.run_id).is_dir()  # B did the work
         assert retried.data.tags["skillops.decision"] in ("promoted", "not promoted")
         candidates = len(client.search_model_versions(f"name = '{NAME}-candidates'"))
@@ -441,6 +467,9 @@ def test_a_team_stack_that_other_machines_reach_over_tls_and_only_the_gate_chang
         ]
         assert prefect_records[0] and not any(s in json.dumps(prefect_records) for s in secrets)
     finally:
+        if receiver is not None:
+            receiver.terminate()
+            receiver.wait(timeout=30)
         for machine, env in ((b, {**b_stack}), (a, stack)):
             machine.run("scripts/stack.sh", "down", env=env, check=False, timeout=180)
         stopped = not (servers / "postgres" / "postmaster.pid").exists()

@@ -1,0 +1,73 @@
+"""The gate judges a candidate as it will be served: its ONNX variants are built into its folder and
+scored on the test and golden sets like the fp32 weights; a variant that scores more than the
+tolerance below fp32 is not served, and the report says why."""
+
+import json
+import shutil
+
+import numpy as np
+
+from helpers import tiny_recipe_yaml
+from skillops import serving, stages
+from skillops.config import load_recipe
+from skillops.modeling import load_model
+from skillops.reports import served_lines
+from skillops.training import TrainingSpec, train_model
+
+
+def test_every_variant_encodes_what_the_fp32_model_encodes(tiny_bert, tmp_path):
+    folder = shutil.copytree(tiny_bert, tmp_path / "model")
+    model = load_model(str(folder))
+    model.prompts = {"query": "query: "}
+    built = serving.export(model, folder, ["onnx", "int8"])
+    assert sorted(built) == ["int8", "onnx"] and all(path.is_file() for path in built.values())
+    texts = ["data analyst", "manage ICT security systems and networks", "x"]
+    fp32 = model.encode(texts, prompt="query: ")
+    onnx = serving.load(folder, "onnx").encode(texts, prompt="query: ")
+    int8 = serving.load(folder, "int8").encode(texts, prompt="query: ")
+    assert np.abs(onnx - fp32).max() < 1e-4  # the same network, run by onnxruntime
+    assert 0 < np.abs(int8 - fp32).max() < 0.1  # int8 weights: near, not equal
+    assert (folder / serving.FILES["int8"]).stat().st_size < (folder / serving.FILES["onnx"]).stat().st_size
+
+
+def test_a_variant_below_the_tolerance_is_not_served_and_the_report_says_why(
+    small_esco, tiny_bert, mlflow_store, tmp_path
+):
+    recipe = load_recipe(
+        tiny_recipe_yaml(
+            tmp_path / "recipe.yaml",
+            small_esco,
+            tiny_bert,
+            search={"n_trials": 0},
+            serving={"variants": ["int8"], "prefer": "int8", "max_relative_drop": 0.005},
+        )
+    )
+    run = stages.start(recipe, stages.fingerprint(recipe))
+    data = stages.prepare_data(run)
+    spec = TrainingSpec(
+        base_model=str(tiny_bert),
+        train_path=data.paths.train,
+        config=recipe.training.model_copy(update={"max_steps": 80, "learning_rate": 2e-3}),
+        loss=recipe.loss,
+        prompts=recipe.prompts,
+        output_dir=tmp_path / "trained",
+    )
+    trained = train_model(spec).model_dir
+    # Its int8 file is that of the untrained base model: a quantisation gone wrong, far below fp32.
+    broken = shutil.copytree(tiny_bert, tmp_path / "untrained")
+    serving.export(load_model(str(broken)), broken, ["int8"])
+    (trained / "onnx").mkdir()
+    shutil.copy(broken / serving.FILES["int8"], trained / serving.FILES["int8"])
+
+    scores = stages.evaluate_models(run, data, trained)
+
+    assert scores.served_variant == "fp32"
+    (check,) = scores.variants
+    assert check.variant == "int8" and not check.served and max(check.drop.values()) > 0.005
+    lines = served_lines(scores.served_variant, scores.variants)
+    assert lines[0].startswith("Served as: fp32")
+    assert "not served, more than the tolerance below fp32" in lines[1]
+    version = stages.register(run, data, trained, scores)
+    tags = stages.tracking.client().get_model_version(f"{recipe.registered_model_name}-candidates", version).tags
+    assert tags["skillops.served_variant"] == "fp32"
+    assert json.loads(tags["skillops.variant_checks"])[0]["variant"] == "int8"
