@@ -77,9 +77,7 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
     baseline = {(r["threads"], r["batch"]): r["texts_per_s"] for r in rows if r["variant"] == "fp32"}
     for row in rows:
         row["vs_fp32"] = row["texts_per_s"] / baseline[(row["threads"], row["batch"])]
-    deltas = {
-        v: {s: (quality[v][s] - quality["fp32"][s]) / quality["fp32"][s] for s in quality[v]} for v in VARIANTS
-    }
+    deltas = {v: {s: (quality[v][s] - quality["fp32"][s]) / quality["fp32"][s] for s in quality[v]} for v in VARIANTS}
     result = {
         "recipe": recipe_name,
         "model": recipe.base_model,
@@ -95,7 +93,9 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
     print()
     print(f"{'variant':8} {'threads':>7} {'batch':>5} {'texts/s':>9} {'vs fp32':>8}")
     for row in rows:
-        print(f"{row['variant']:8} {row['threads']:>7} {row['batch']:>5} {row['texts_per_s']:>9.1f} {row['vs_fp32']:>7.2f}x")
+        print(
+            f"{row['variant']:8} {row['threads']:>7} {row['batch']:>5} {row['texts_per_s']:>9.1f} {row['vs_fp32']:>7.2f}x"
+        )
     for variant in VARIANTS:
         shown = ", ".join(f"{s} {quality[variant][s]:.4f} ({deltas[variant][s]:+.2%})" for s in quality[variant])
         print(f"{variant}: {metric} {shown}; file {sizes[variant] / 1e6:.1f} MB")
