@@ -201,9 +201,9 @@ def cmd_policy(args) -> int:
 
         base = current or stages.model_policy(recipe)
         changed = {field.removeprefix("promotion."): value for field, value in parse_overrides(args.set).items()}
-        try:
-            policy = base.model_copy(update={"promotion": base.promotion.model_copy(update=changed)})
-            policy = type(base).model_validate(policy.model_dump())  # validated as a recipe's policy is
+        try:  # validated as a recipe's policy is: an unknown field or a bad value is refused
+            promotion = type(base.promotion).model_validate({**base.promotion.model_dump(), **changed})
+            policy = base.model_copy(update={"promotion": promotion})
         except ValueError as error:
             print(f"skillops policy: {error}", file=sys.stderr)
             return 2

@@ -169,7 +169,10 @@ def test_the_policy_belongs_to_the_served_model_and_every_change_is_recorded(mlf
     capsys.readouterr()
     assert cli(["policy", str(_recipe_file(mlflow_store)), "--set", "significance_level=2"]) == 2
     assert "significance_level" in capsys.readouterr().err
+    assert cli(["policy", str(_recipe_file(mlflow_store)), "--set", "golden_tolerence=0.5"]) == 2  # misspelt
+    assert "golden_tolerence" in capsys.readouterr().err
     assert registry.model_policy(NAME).promotion.significance_level == 0.01
+    assert len(registry.policy_changes(NAME)) == 2
 
 
 def _recipe_file(store):
