@@ -56,6 +56,11 @@ up() {
   local state=$1 port=$2 bin data=$1/postgres socket=$1/postgres-socket listen=127.0.0.1 ssl=()
   shift 2
   bin=$(pg_bin)
+  # A Unix socket's path holds at most 107 bytes; PostgreSQL's is the folder + /.s.PGSQL.<port>.
+  if ((${#socket} + 18 > 107)); then
+    echo "the state folder $state is too deep for PostgreSQL's socket: give STACK_DIR a path of at most $((107 - 18 - ${#socket} + ${#state})) characters" >&2
+    exit 1
+  fi
   mkdir -p "$data" "$socket" "$state/secrets"
   chmod 700 "$state/secrets"
   if [[ $EUID -eq 0 ]]; then
