@@ -55,8 +55,9 @@ endif
 
 MODEL ?= esco-occupation-skills
 SERVE_PORT ?= 5001
-serve: install  ## the champion over HTTP on 127.0.0.1: POST /invocations {"inputs": [...], "params": {"prompt_name": "query"}}
+serve: install  ## the champion (as the gate chose to serve it; VARIANT=fp32 for PyTorch) over HTTP on 127.0.0.1: POST /invocations {"inputs": [...]}
 	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}" \
+		$(if $(VARIANT),SKILLOPS_SERVING_VARIANT=$(VARIANT)) \
 		$(VENV)/bin/mlflow models serve -m models:/$(MODEL)@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 stack-up: install $(if $(TEAM),team-packages)  ## Prefect server + worker + deployments + MLflow UI on 127.0.0.1; TEAM=1 [HOST=10.0.0.5]: behind TLS and accounts, on PostgreSQL
