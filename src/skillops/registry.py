@@ -186,7 +186,7 @@ def load(uri: str, as_served: bool = False):
         described = yaml.safe_load((local / "MLmodel").read_text("utf-8"))
         if "sentence_transformers" in described["flavors"]:  # logged by skillops before the pyfunc
             return mlflow.sentence_transformers.load_model(str(local))
-        variant = described["flavors"]["python_function"].get("model_config", {}).get("variant", "fp32")
+        variant = described["flavors"]["python_function"].get("config", {}).get("variant", "fp32")
         return serving.load(local / "artifacts" / "model", variant if as_served else "fp32")
 
 

@@ -63,9 +63,10 @@ def test_the_int8_champion_is_judged_and_served_with_the_fp32_models_top_documen
 
     test_set = json.loads((tmp_path / "outputs" / result["run_id"] / "data" / "test.json").read_text())
     texts = sorted({t for s in test_set for t in (s["query"], *s["positive"], *s["negative"])})
-    fp32_vectors = registry.load(f"models:/served-candidates/{result['version']}").encode(
-        texts, normalize_embeddings=True
-    )
+    uri = f"models:/served-candidates/{result['version']}"
+    fp32_vectors = registry.load(uri).encode(texts, normalize_embeddings=True)
+    # What the gate scored: the int8 variant, encoding the texts in the same batches as the server.
+    as_served = registry.load(uri, as_served=True).encode(texts)
     port = free_port()
     server = _serve(port, tmp_path / "serve.log")
     try:
@@ -75,8 +76,9 @@ def test_the_int8_champion_is_judged_and_served_with_the_fp32_models_top_documen
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    assert "Serving the int8 variant" in (tmp_path / "serve.log").read_text()
+    np.testing.assert_allclose(served, as_served, atol=1e-5)  # the server runs the variant the gate judged
     served /= np.linalg.norm(served, axis=1, keepdims=True)
+    assert np.abs(served - fp32_vectors).max() > 1e-3  # ... which is not the fp32 model
     row = {text: i for i, text in enumerate(texts)}
 
     def top_document(vectors, sample):
