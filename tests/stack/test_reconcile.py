@@ -10,7 +10,7 @@ def test_a_run_whose_flow_run_crashed_is_marked_failed_from_another_machine(pref
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Crashed, Running
 
-    from train_esco import flow_run_states, shared_prefect_api
+    from orchestration import flow_run_states, shared_prefect_api
 
     env, _, _ = prefect_server
 

@@ -93,10 +93,13 @@ def test_a_run_rides_out_a_restart_of_the_tracking_server_and_names_a_longer_out
         quiet = _train(env, recipes["quiet"], tmp_path / "quiet.log")
         assert quiet.wait(timeout=600) == 0, (tmp_path / "quiet.log").read_text()[-3000:]
 
-        def in_training(name):
+        def experiment_id(name):
             (experiment,) = [e for e in client.search_experiments() if e.name == name]
+            return experiment.experiment_id
+
+        def in_training(name):
             runs = client.search_runs(
-                [experiment.experiment_id], "tags.skillops.kind = 'pipeline'", order_by=["attributes.start_time DESC"]
+                [experiment_id(name)], "tags.skillops.kind = 'pipeline'", order_by=["attributes.start_time DESC"]
             )
             return runs and client.list_artifacts(runs[0].info.run_id, "attempt/train/checkpoints") and runs[0]
 
@@ -139,7 +142,7 @@ def test_a_run_rides_out_a_restart_of_the_tracking_server_and_names_a_longer_out
         versions = client.search_model_versions("name = 'restart-candidates'")
         assert len(versions) == 3  # one more candidate: the interrupted attempt's, once
         (latest,) = client.search_runs(
-            [in_training("restart").info.experiment_id],
+            [experiment_id("restart")],
             "attributes.status = 'FINISHED' and tags.skillops.kind = 'pipeline'",
             order_by=["attributes.start_time DESC"],
             max_results=1,

@@ -13,7 +13,9 @@ from helpers import REPO
 def test_a_wheel_validates_the_bundled_sample_outside_the_checkout(tmp_path):
     # Built from a copy: setuptools writes build/ and egg-info next to the sources it builds.
     source = tmp_path / "source"
-    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    # Every folder pyproject.toml's package-dir names: the suites install from expectations/.
+    for folder in ("src", "expectations"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     dist = tmp_path / "dist"
