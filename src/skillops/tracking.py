@@ -228,6 +228,8 @@ def log_datasets(run_id: str, datasets: list[tuple[str, str, pd.DataFrame, str, 
             # Counts are whole numbers without missing values; MLflow's hint about integer
             # columns concerns model signatures, not these tables.
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+            # MLflow's digest calls DataFrame.all positionally, which pandas 4 will refuse: theirs.
+            warnings.filterwarnings("ignore", message="Starting with pandas version 4.0")
             dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)._to_mlflow_entity()
         inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
     client().log_inputs(run_id, datasets=inputs)
