@@ -31,7 +31,7 @@ team-packages:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql nginx >/dev/null; }
 
 test: install team-packages  ## every test, as CI runs them
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 test-fast: install  ## the edit loop: everything but the slow tier (servers, flows, schedules)
 	$(PY) -m pytest -m "not slow"

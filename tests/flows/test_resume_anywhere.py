@@ -11,8 +11,11 @@ import subprocess
 import time
 
 import mlflow
+import pytest
 
 from helpers import BIN, REPO, tiny_recipe_yaml
+
+pytestmark = pytest.mark.faults  # a process is SIGKILLed mid-run
 
 
 def _flow(recipe, outputs, log, env):

@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from helpers import BIN, REPO, tiny_recipe_yaml
 from skillops import tracking
+
+pytestmark = pytest.mark.faults  # a process is SIGKILLed mid-run
 
 N_TRIALS = 3
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

@@ -16,6 +16,8 @@ import pytest
 
 from helpers import REPO, free_port, tiny_recipe_yaml, wait_until
 
+pytestmark = pytest.mark.faults  # a process is SIGKILLed mid-run
+
 BIN = Path(sys.executable).parent
 
 

@@ -15,6 +15,8 @@ import pytest
 from helpers import BIN
 from skillops.modeling import load_model
 
+pytestmark = pytest.mark.faults  # a process is SIGKILLed mid-run
+
 # Train in a process of its own, so that it can be killed: print the result.
 TRAIN = """
 import sys
