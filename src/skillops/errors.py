@@ -6,11 +6,6 @@ imports: the CLI catches these before it knows whether it needs pandas or torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from skillops.validation import ValidationReport
-
 
 class SkillopsError(Exception):
     """Something skillops refused or could not do; the message says how to go on."""
@@ -25,12 +20,12 @@ class DataError(SkillopsError, ValueError):
 
 
 class DataValidationError(DataError):
-    """Rules of the data contracts failed; `report` holds every failure and warning."""
+    """Rules of the data contracts failed; `report` (a `validation.ValidationReport`, which
+    raises this) holds every failure and warning."""
 
-    def __init__(self, report: ValidationReport):
+    def __init__(self, message: str, report: object):
+        super().__init__(message)
         self.report = report
-        problems = "\n".join(f"  - {failure.describe()}" for failure in report.failures)
-        super().__init__(f"Data validation failed ({len(report.failures)} rule(s)); nothing was trained.\n{problems}")
 
 
 class ModelNotFoundError(SkillopsError, FileNotFoundError):

@@ -409,5 +409,7 @@ def require(report: ValidationReport) -> ValidationReport:
     for warning in report.warnings:
         logger.warning(warning)
     if not report.success:
-        raise DataValidationError(report)
+        problems = "\n".join(f"  - {failure.describe()}" for failure in report.failures)
+        message = f"Data validation failed ({len(report.failures)} rule(s)); nothing was trained.\n{problems}"
+        raise DataValidationError(message, report)
     return report
