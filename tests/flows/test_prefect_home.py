@@ -10,7 +10,9 @@ import subprocess
 
 from helpers import BIN, REPO, tiny_recipe_yaml
 
-FOREIGN_REVISION = "27d8f4e1a6c9"  # what Prefect 3.9.1 left in a shared ~/.prefect/prefect.db
+# No Prefect release has this revision: it stands for what a newer Prefect leaves in a shared
+# ~/.prefect/prefect.db (3.9.1 left 27d8f4e1a6c9, which 3.8 did not know).
+FOREIGN_REVISION = "f0e1d2c3b4a5"
 
 
 def _migrated_by_another_prefect(home):
