@@ -93,13 +93,10 @@ def test_a_run_rides_out_a_restart_of_the_tracking_server_and_names_a_longer_out
         quiet = _train(env, recipes["quiet"], tmp_path / "quiet.log")
         assert quiet.wait(timeout=600) == 0, (tmp_path / "quiet.log").read_text()[-3000:]
 
-        def experiment_id(name):
-            (experiment,) = [e for e in client.search_experiments() if e.name == name]
-            return experiment.experiment_id
-
         def in_training(name):
+            (experiment,) = [e for e in client.search_experiments() if e.name == name]
             runs = client.search_runs(
-                [experiment_id(name)], "tags.skillops.kind = 'pipeline'", order_by=["attributes.start_time DESC"]
+                [experiment.experiment_id], "tags.skillops.kind = 'pipeline'", order_by=["attributes.start_time DESC"]
             )
             return runs and client.list_artifacts(runs[0].info.run_id, "attempt/train/checkpoints") and runs[0]
 
@@ -141,15 +138,11 @@ def test_a_run_rides_out_a_restart_of_the_tracking_server_and_names_a_longer_out
         assert again.wait(timeout=600) == 0, (tmp_path / "again.log").read_text()[-3000:]
         versions = client.search_model_versions("name = 'restart-candidates'")
         assert len(versions) == 3  # one more candidate: the interrupted attempt's, once
-        (latest,) = client.search_runs(
-            [experiment_id("restart")],
-            "attributes.status = 'FINISHED' and tags.skillops.kind = 'pipeline'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        assert (
-            "Resuming training from step" in (tmp_path / "again.log").read_text()
-            or "skillops.restored_from" in latest.data.tags
+        # The outage stops the run during training (it resumes from its checkpoint) or after it
+        # (the finished model is kept): never a training from step 0 again.
+        again_log = (tmp_path / "again.log").read_text()
+        assert "Resuming training from step" in again_log or "skillops.training - Training " not in again_log, (
+            again_log[-3000:]
         )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
