@@ -37,6 +37,7 @@ from skillops.batches import false_negative_shares
 from skillops.config import Recipe, load_recipe
 from skillops.context import Fingerprints, FlowRun, RunContext
 from skillops.context import fingerprint as fingerprint  # a stage of its own: the flow calls stages.fingerprint
+from skillops.errors import RecipeError
 from skillops.evaluation import GoldenScores, QueryScores, Scores, evaluate, score_queries, scorer
 from skillops.modeling import load_model
 from skillops.paths import outputs_root
@@ -134,7 +135,20 @@ def start(
     recipe_file = run.output_dir / "recipe.json"
     recipe_file.parent.mkdir(parents=True, exist_ok=True)
     recipe_file.write_text(recipe.model_dump_json(indent=1), "utf-8")
-    tracking.log_artifact(run.run_id, recipe_file)
+    try:  # the run's first file: an artifact store that takes none stops the run here, before any work
+        tracking.log_artifact(run.run_id, recipe_file)
+    except Exception as error:
+        if explain(error, recipe) is not error:  # the tracking server is away: say that instead
+            raise
+        location = tracking.client().get_run(run.run_id).info.artifact_uri
+        problem = RecipeError(
+            f"The run's artifact store {location} did not take a file ({type(error).__name__}: {error}), so "
+            "its checkpoints, model and reports could not be kept; nothing was trained. Fix: set "
+            "SKILLOPS_ARTIFACT_ROOT to a location this machine can write and every machine reads (a shared "
+            "folder, s3://...), or leave it unset for the store's own (mlflow-artifacts:/ with a tracking server)."
+        )
+        fail(run, problem, recipe)
+        raise problem from None
     return run
 
 

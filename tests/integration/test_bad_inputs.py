@@ -36,3 +36,25 @@ def test_every_bundled_sample_and_recipe_passes_without_false_alarm(capsys):
         assert main(["validate", name]) == 0, capsys.readouterr().out
         out = capsys.readouterr().out
         assert "rule(s) failed" not in out, out
+
+
+def test_an_artifact_store_that_takes_no_file_stops_the_run_at_start(
+    store_with_champion, small_esco, tiny_bert, tmp_path, monkeypatch
+):
+    """A bad setting, not bad data: the run's artifact store is where its checkpoints go, so one
+    that takes no file is named at the start, with the setting to change, and the run closes FAILED."""
+    import mlflow
+
+    from helpers import tiny_recipe_yaml
+    from skillops.errors import RecipeError
+
+    (tmp_path / "a-file").write_text("")  # where the store's folder would have to be: nothing goes under it
+    monkeypatch.setenv("SKILLOPS_ARTIFACT_ROOT", str(tmp_path / "a-file" / "store"))
+    recipe = load_recipe(tiny_recipe_yaml(tmp_path / "recipe.yaml", small_esco, tiny_bert, name="no-store"))
+    with pytest.raises(RecipeError, match="did not take a file") as error:
+        stages.start(recipe, stages.fingerprint(recipe))
+    assert "SKILLOPS_ARTIFACT_ROOT" in str(error.value) and "nothing was trained" in str(error.value)
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("no-store").experiment_id])
+    assert run.info.status == "FAILED"
+    assert not (store_with_champion / "outputs" / "attempts").exists()
