@@ -40,7 +40,8 @@ def test_a_run_killed_mid_training_resumes_from_the_stores_checkpoint_elsewhere(
         training={"max_steps": 400, "checkpoint_every_steps": 20, "learning_rate": 1e-3},
         search={"n_trials": 0},
     )
-    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    # Registry too: an earlier test in this process may have set mlflow's global registry URI.
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"], os.environ["MLFLOW_TRACKING_URI"])
     first = _flow(recipe, tmp_path / "machine-a", tmp_path / "a.log", env)
 
     def kept_checkpoints():
