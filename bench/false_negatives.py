@@ -3,11 +3,13 @@ NO_DUPLICATES batches), the same budget (the recipe's settings, one epoch), over
 test and golden primary metric (mean and standard deviation over the seeds), the share of false
 in-batch negatives, and training throughput.
 
-    .venv/bin/python bench/false_negatives.py [recipe ...] [--seeds 1 2 3] [--epochs 1]
+    .venv/bin/python bench/false_negatives.py [recipe ...] [--seeds 1 2 3] [--epochs 1] [--epochs-of job-skills=0.25]
 
 Defaults: the bundled ESCO sample (card 000), job-skills (card 004) and course-skill-retrieval
-(card 001, mined hard negatives), on the recipes' own all-MiniLM-L6-v2, no tuning. Writes
-bench/results/false_negatives.json and prints the table.
+(card 001, mined hard negatives), on the recipes' own all-MiniLM-L6-v2, no tuning. `--epochs-of`
+gives one recipe a smaller budget (both samplers get the same). Writes
+bench/results/false_negatives.json and prints the table, with a verdict per recipe: is the test
+gain larger than the seeds' spread (the larger of the two standard deviations)?
 """
 
 from __future__ import annotations
@@ -107,16 +109,33 @@ def summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def main(names: list[str], seeds: list[int], epochs: float) -> None:
+def verdicts(rows: list[dict]) -> list[str]:
+    """Per recipe: the taxonomy-aware sampler's test gain against the seeds' spread."""
+    lines = ["| recipe | test gain (aware - no-duplicates) | larger sd | gain > spread |", "|---|---|---|---|"]
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        test = {
+            sampler: [r["test"] for r in rows if r["recipe"] == recipe and r["sampler"] == sampler]
+            for sampler in ("no-duplicates", "taxonomy-aware")
+        }
+        gain = statistics.mean(test["taxonomy-aware"]) - statistics.mean(test["no-duplicates"])
+        spread = max(statistics.stdev(values) if len(values) > 1 else 0.0 for values in test.values())
+        lines.append(f"| {recipe} | {gain:+.4f} | {spread:.4f} | {'yes' if gain > spread else 'no'} |")
+    return lines
+
+
+def main(names: list[str], seeds: list[int], epochs: float, epochs_of: dict[str, float]) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-false-negatives-") as tmp:
         for name in names:
-            rows += bench_recipe(name, seeds, epochs, Path(tmp))
-    table = summary(rows)
+            rows += bench_recipe(name, seeds, epochs_of.get(name, epochs), Path(tmp))
+    table = summary(rows) + [""] + verdicts(rows)
     machine = f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
-        json.dumps({"rows": rows, "table": table, "epochs": epochs, "machine": machine}, indent=1), "utf-8"
+        json.dumps(
+            {"rows": rows, "table": table, "epochs": epochs, "epochs_of": epochs_of, "machine": machine}, indent=1
+        ),
+        "utf-8",
     )
     print("\n".join(table))
 
@@ -127,5 +146,7 @@ if __name__ == "__main__":
     parser.add_argument("recipes", nargs="*", default=DEFAULT)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--epochs-of", nargs="*", default=[], metavar="RECIPE=EPOCHS", help="a recipe's own budget")
     arguments = parser.parse_args()
-    main(arguments.recipes, arguments.seeds, arguments.epochs)
+    budgets = {name: float(value) for name, value in (item.split("=", 1) for item in arguments.epochs_of)}
+    main(arguments.recipes, arguments.seeds, arguments.epochs, budgets)
