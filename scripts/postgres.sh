@@ -69,7 +69,10 @@ up() {
   fi
   chmod 700 "$data" "$socket"
   if [[ ! -f $data/PG_VERSION ]]; then
-    as_postgres "$bin/initdb" -D "$data" -U postgres --auth-host=scram-sha-256 --auth-local=trust >"$state/initdb.log"
+    # UTF8 whatever the caller's locale: with none set, initdb picks SQL_ASCII, where psycopg 3
+    # hands text back as bytes and SQLAlchemy 2.1 cannot even read the server's version.
+    as_postgres "$bin/initdb" -D "$data" -U postgres --encoding=UTF8 --no-locale \
+      --auth-host=scram-sha-256 --auth-local=trust >"$state/initdb.log"
   fi
   if [[ -n ${PG_TLS_DIR:-} ]]; then
     [[ -f $PG_TLS_DIR/server.crt && -n ${PG_HOST:-} ]] || { echo "PG_TLS_DIR must hold server.crt and server.key, and PG_HOST be set" >&2; exit 1; }
