@@ -42,7 +42,7 @@ def export(model, model_dir: Path, variants: list[str]) -> dict[str, Path]:
     folder = model_dir / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
     transformer = model[0].auto_model.to("cpu").eval()
-    features = model[0].tokenize(["an occupation", "a skill of the occupation, longer"])
+    features = model[0].preprocess(["an occupation", "a skill of the occupation, longer"])
     names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in features]
 
     class TokenEmbeddings(torch.nn.Module):
