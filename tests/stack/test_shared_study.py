@@ -62,6 +62,8 @@ def _trials(work: Path, storage: str | None = None) -> list[optuna.trial.FrozenT
         return []
 
 
+# Reading which trial a retry repeats is Optuna's "experimental" API, stable since 2.8: no warning.
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_two_workers_share_a_study_across_a_database_restart_and_a_killed_worker(
     small_esco, tiny_bert, mlflow_store, tmp_path, postgres, monkeypatch
 ):
