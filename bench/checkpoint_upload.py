@@ -62,15 +62,7 @@ def main(recipe_name: str, every: int, steps: int) -> dict:
             results = {}
             for arm in ("local only", "mirrored"):
                 attempt = tmp / arm.replace(" ", "-")
-                spec = TrainingSpec(
-                    base_model=recipe.base_model,
-                    train_path=paths.train,
-                    config=config,
-                    loss=recipe.loss,
-                    prompts=recipe.prompts,
-                    output_dir=attempt / "train",
-                    label=arm,
-                )
+                spec = TrainingSpec.for_recipe(recipe, paths.train, attempt / "train", config, label=arm)
                 run_id = tracking.start_run(recipe.name, f"bench {arm}", {})
                 started = time.perf_counter()
                 if arm == "mirrored":

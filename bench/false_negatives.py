@@ -54,13 +54,11 @@ def bench_recipe(name: str, seeds: list[int], epochs: float, tmp: Path) -> list[
                 update={"seed": seed, "epochs": epochs, "taxonomy_aware_batches": aware}
             )
             shares = false_negative_shares(Dataset.from_parquet(str(paths.train)), config.batch_size, 1, aware, seed)
-            spec = TrainingSpec(
-                base_model=recipe.base_model,
-                train_path=paths.train,
-                config=config,
-                loss=recipe.loss,
-                prompts=recipe.prompts,
-                output_dir=tmp / name / f"seed-{seed}-{'aware' if aware else 'plain'}",
+            spec = TrainingSpec.for_recipe(
+                recipe,
+                paths.train,
+                tmp / name / f"seed-{seed}-{'aware' if aware else 'plain'}",
+                config,
                 label=f"{name} seed {seed} {'taxonomy-aware' if aware else 'no-duplicates'}",
             )
             started = time.perf_counter()

@@ -81,13 +81,11 @@ def main() -> None:
             print(f"training with {name} batches", flush=True)
             started = time.perf_counter()
             result = train_model(
-                TrainingSpec(
-                    base_model=recipe.base_model,
-                    train_path=paths.train,
-                    config=config.model_copy(update={"group_by_length": group}),
-                    loss=recipe.loss,
-                    prompts=recipe.prompts,
-                    output_dir=Path(tmp) / name,
+                TrainingSpec.for_recipe(
+                    recipe,
+                    paths.train,
+                    Path(tmp) / name,
+                    config.model_copy(update={"group_by_length": group}),
                     label=f"{name} batches",
                 )
             )

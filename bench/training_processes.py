@@ -40,16 +40,7 @@ def samples_per_second(recipe_name: str, steps: int, processes: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-training-{processes}-") as tmp:
         paths = preparation.write_task(preparation.build_task(recipe), Path(tmp) / "data", {})
         started = time.perf_counter()
-        result = train_model(
-            TrainingSpec(
-                base_model=recipe.base_model,
-                train_path=paths.train,
-                config=config,
-                loss=recipe.loss,
-                prompts=recipe.prompts,
-                output_dir=Path(tmp) / "out",
-            )
-        )
+        result = train_model(TrainingSpec.for_recipe(recipe, paths.train, Path(tmp) / "out", config))
         seconds = time.perf_counter() - started
     samples = result.steps * config.batch_size * processes
     return {"processes": processes, "steps": result.steps, "samples": samples, "seconds": round(seconds, 1),

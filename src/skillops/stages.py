@@ -398,14 +398,7 @@ def train(run: RunContext, data: PreparedData, params: dict) -> Path:
             config.seed,
         )
         tracking.log_metrics(run.run_id, shares)
-    spec = TrainingSpec(
-        base_model=starting_model(run)[0],
-        train_path=data.paths.train,
-        config=config,
-        loss=recipe.loss,
-        prompts=recipe.prompts,
-        output_dir=run.attempt_dir / "train",
-    )
+    spec = TrainingSpec.for_recipe(recipe, data.paths.train, run.attempt_dir / "train", config, starting_model(run)[0])
     with checkpoints.Mirror(run.run_id, run.attempt_dir) as mirror:
         rounds = train_rounds(
             spec,

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from skillops import progress
 from skillops.batches import length_grouped_batches, taxonomy_aware_batches
-from skillops.config import LossConfig, Prompts, TrainingConfig
+from skillops.config import LossConfig, Prompts, Recipe, TrainingConfig
 from skillops.errors import TrainingError
 from skillops.modeling import device, load_model, mixed_precision, require_devices
 
@@ -40,6 +40,27 @@ class TrainingSpec(BaseModel):
     prompts: Prompts
     output_dir: Path  # checkpoints/, model/, done.json, log_history.json
     label: str = "training"  # how progress lines name it
+
+    @classmethod
+    def for_recipe(
+        cls,
+        recipe: Recipe,
+        train_path: Path,
+        output_dir: Path,
+        config: TrainingConfig | None = None,
+        base_model: str | None = None,
+        label: str = "training",
+    ) -> TrainingSpec:
+        """The recipe's training (its base model, loss, prompts and settings unless given)."""
+        return cls(
+            base_model=base_model or recipe.base_model,
+            train_path=train_path,
+            config=recipe.training if config is None else config,
+            loss=recipe.loss,
+            prompts=recipe.prompts,
+            output_dir=output_dir,
+            label=label,
+        )
 
 
 class TrainingResult(BaseModel):

@@ -317,13 +317,11 @@ class TrialWorker(BaseModel):
             callback = _pruning_callback(trial, evaluator, metric, run_id)
             trial_dir = self.output_dir / f"trial-{trial.number}"
             try:
-                spec = TrainingSpec(
-                    base_model=recipe.base_model,
-                    train_path=data.train,
-                    config=config,
-                    loss=recipe.loss,
-                    prompts=recipe.prompts,
-                    output_dir=trial_dir,
+                spec = TrainingSpec.for_recipe(
+                    recipe,
+                    data.train,
+                    trial_dir,
+                    config,
                     label=f"tuning trial {trial.number + 1} (study {self.study_name}, {search.n_trials} to finish)",
                 )
                 result = train_model(spec, evaluator=evaluator, callbacks=[callback])
