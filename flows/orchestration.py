@@ -29,19 +29,18 @@ from prefect.states import Cancelled
 from skillops.config import Recipe
 from skillops.context import FlowRun
 from skillops.errors import RecipeError
+from skillops.settings import settings
 from skillops.tuning_workers import StudyTicket
 from skillops.uris import safe_uri
 
-# How long a run waits for another run's promotion (a champion re-score on a big test set) to end.
-PROMOTION_WAIT_SECONDS = 1800
 # The deployment (in prefect.yaml and prefect.team.yaml) whose runs are trial workers of the pool.
 TRIALS_DEPLOYMENT = "tune-trials/pool"
 # Prefect's documented answer to a worker that dies with its flow run: every flow run of a
 # deployment sends heartbeat events (PREFECT_FLOWS_HEARTBEAT_FREQUENCY), and an automation marks one
-# CRASHED once they stop. Four missed heartbeats, so that a restart of the Prefect server of up to
-# a minute (no heartbeat arrives meanwhile) does not crash the runs it interrupted.
+# CRASHED once they stop: after SKILLOPS_MISSED_HEARTBEATS (4) of them, so that a restart of the
+# Prefect server of up to a minute (no heartbeat arrives meanwhile) does not crash the runs it
+# interrupted.
 HEARTBEAT_AUTOMATION = "skillops: crash flow runs whose worker stopped"
-MISSED_HEARTBEATS = 4
 
 
 def shared_prefect_api() -> str | None:
@@ -155,7 +154,7 @@ def promotion_slot(model_name: str):
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
             except ObjectAlreadyExists:
                 pass  # a run starting at the same moment made it
-    return concurrency(name, occupy=1, strict=True, timeout_seconds=PROMOTION_WAIT_SECONDS)
+    return concurrency(name, occupy=1, strict=True, timeout_seconds=settings().promotion_wait_seconds)
 
 
 def require_readable_temporary_database() -> None:
@@ -198,7 +197,7 @@ def _heartbeat_seconds() -> int | None:
 
 def watch_heartbeats() -> str:
     """The dead-worker automation on this Prefect server, made unless it is there; its window is
-    MISSED_HEARTBEATS of this machine's heartbeat period. Returns what it did."""
+    SKILLOPS_MISSED_HEARTBEATS of this machine's heartbeat period. Returns what it did."""
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
@@ -215,7 +214,7 @@ def watch_heartbeats() -> str:
         raise RecipeError(
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY is off: flow runs send no heartbeats to watch; set it (30 or more)."
         )
-    window = timedelta(seconds=seconds * MISSED_HEARTBEATS)
+    window = timedelta(seconds=seconds * settings().missed_heartbeats)
     Automation(
         name=HEARTBEAT_AUTOMATION,
         description=f"Flow runs send a heartbeat every {seconds} s; one silent for {window} lost its worker.",
@@ -262,7 +261,11 @@ def require_heartbeat_watch() -> None:
             "(make stack-up does) and start the run again."
         ) from None
     seconds = _heartbeat_seconds()
-    if not found.enabled or not seconds or seconds * MISSED_HEARTBEATS > found.trigger.within.total_seconds():
+    if (
+        not found.enabled
+        or not seconds
+        or seconds * settings().missed_heartbeats > found.trigger.within.total_seconds()
+    ):
         raise RecipeError(
             f"This worker sends a heartbeat every {seconds} s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY), but "
             f"{HEARTBEAT_AUTOMATION!r} crashes a flow run after {found.trigger.within} of silence"

@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 from skillops import tracking
+from skillops.settings import settings
 from skillops.training import CHECKPOINT_COMPLETE as COMPLETE
 
 logger = logging.getLogger(__name__)
 
 ARTIFACT_PATH = "attempt"  # in the pipeline's MLflow run
 ATTEMPT_TAG = "skillops.attempt"  # on every pipeline run: the attempt it belongs to
-POLL_SECONDS = 2.0
 
 
 class Mirror:
@@ -60,7 +60,7 @@ class Mirror:
             tracking.log_artifact(self.run_id, path, where)
 
     def _watch(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
+        while not self._stop.wait(settings().checkpoint_poll_seconds):
             try:
                 self._upload_new()
             except Exception as error:  # a server away: tried again at the next poll

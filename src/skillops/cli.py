@@ -259,6 +259,17 @@ def cmd_webhooks(args) -> int:
     return 0
 
 
+def cmd_settings(args) -> int:
+    import textwrap
+
+    from skillops.settings import describe
+
+    for variable, value, why in describe():
+        print(f"{variable}={value}")
+        print(textwrap.indent(textwrap.fill(why, 96), "    "))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skillops",
@@ -280,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     add("recipes", cmd_recipes, "List the built-in recipes.", recipe=False)
+    add(
+        "settings",
+        cmd_settings,
+        "Every SKILLOPS_* environment variable: its value here and what it is for.",
+        recipe=False,
+    )
     validate = add(
         "validate",
         cmd_validate,

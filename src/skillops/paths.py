@@ -3,12 +3,13 @@ SKILLOPS_OUTPUTS_DIR. What must outlive a run (models, reports, scores) goes to 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from skillops.settings import settings
 
 
 def outputs_root() -> Path:
-    return Path(os.environ.get("SKILLOPS_OUTPUTS_DIR", "outputs")).resolve()
+    return settings().outputs_dir.resolve()
 
 
 def output_dir(run_id: str) -> Path:

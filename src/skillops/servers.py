@@ -1,7 +1,7 @@
 """How long skillops waits for a server it needs (the tracking server, PostgreSQL, the Prefect
 server) before a run gives up, and the message it then gives.
 
-One setting, SKILLOPS_SERVER_WAIT_SECONDS (default 120), turned into each client's own retries:
+One setting, SKILLOPS_SERVER_WAIT_SECONDS (default 120; `skillops.settings`), turned into each client's own retries:
 MLflow's HTTP retries, Prefect's client retries, and the retries around the Optuna storage. A
 restart shorter than that is ridden out; a longer outage fails the run with a `ServerError` that
 names the server and the setting, and running it again continues where it stopped. No heavy
@@ -12,22 +12,15 @@ from __future__ import annotations
 
 import os
 
-from skillops.errors import RecipeError, ServerError
+from skillops.errors import ServerError
+from skillops.settings import settings
 from skillops.uris import safe_uri
 
-WAIT_SETTING = "SKILLOPS_SERVER_WAIT_SECONDS"
-DEFAULT_WAIT_SECONDS = 120
+WAIT_SETTING = "SKILLOPS_SERVER_WAIT_SECONDS"  # named in messages (skillops.settings reads it)
 
 
 def wait_seconds() -> float:
-    value = os.environ.get(WAIT_SETTING, str(DEFAULT_WAIT_SECONDS))
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1
-    if seconds <= 0:
-        raise RecipeError(f"{WAIT_SETTING} = {value!r}: give the seconds to wait for a server, e.g. 120.")
-    return seconds
+    return settings().server_wait_seconds
 
 
 def doubling_retries(wait: float, first: float = 2.0) -> int:

@@ -15,7 +15,6 @@ In the model folder: `onnx/model.onnx` (optimised) and `onnx/model_int8.onnx`.
 from __future__ import annotations
 
 import logging
-import os
 import types
 import warnings
 from pathlib import Path
@@ -130,12 +129,9 @@ def _run_in_onnxruntime(transformer, path: Path, threads: int | None) -> None:
 def requested_variant(logged: str) -> str:
     """What to serve: SKILLOPS_SERVING_VARIANT when set (fp32 serves the PyTorch weights), else
     the variant the gate chose and logged with the version."""
-    wanted = os.environ.get(VARIANT_SETTING, logged)
-    if wanted not in ("fp32", *FILES):
-        from skillops.errors import RecipeError
+    from skillops.settings import settings
 
-        raise RecipeError(f"{VARIANT_SETTING} = {wanted!r}: give fp32, onnx or int8.")
-    return wanted
+    return settings().serving_variant or logged
 
 
 class EmbeddingModel(PythonModel):

@@ -25,6 +25,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from skillops import servers
+from skillops.settings import settings
 from skillops.uris import safe_uri
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def artifact_location(experiment: str) -> str | None:
     with a tracking server, None: the server's default (mlflow-artifacts:/, proxied), which every
     machine can read; a file:// location would pin the artifacts to this machine's disk. Else
     next to the store (mlruns/artifacts/<experiment>)."""
-    root = os.environ.get("SKILLOPS_ARTIFACT_ROOT")
+    root = settings().artifact_root
     if root:
         base = root if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", root) else Path(root).resolve().as_uri()
         return f"{base.rstrip('/')}/{experiment}"
@@ -99,7 +100,7 @@ def ui_command(experiment: str) -> str:
 def _ui_base() -> str:
     """The MLflow UI: SKILLOPS_MLFLOW_UI, else the tracking server itself, else `make ui`'s address."""
     default = safe_uri(tracking_uri()) if uses_server() else "http://127.0.0.1:5000"
-    return os.environ.get("SKILLOPS_MLFLOW_UI", default).rstrip("/")
+    return (settings().mlflow_ui or default).rstrip("/")
 
 
 def metric_name(name: str) -> str:

@@ -37,6 +37,7 @@ from skillops.errors import RecipeError, TrainingError
 from skillops.evaluation import scorer
 from skillops.preparation import PreparedPaths
 from skillops.reports import optuna_charts
+from skillops.settings import settings
 from skillops.tracking import (
     end_run,
     log_artifact,
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 # killed), marked FAIL, and run again with the same parameters, at most MAX_RETRIES times. The
 # grace period also outlasts the database outage the storage waits for (`servers.wait_seconds`):
 # no heartbeat is written while the database is away, and a live trial must not be taken for dead.
-HEARTBEAT_SECONDS = 10
+# The heartbeat is SKILLOPS_TRIAL_HEARTBEAT_SECONDS (10 s; tests wait less).
 MIN_GRACE_SECONDS = 30
 MAX_RETRIES = 2
 
@@ -97,11 +98,12 @@ def storage_url(search: SearchConfig, attempt_dir: Path | None) -> str | None:
     (one machine; a study that several machines share needs a server, e.g. PostgreSQL). None for a
     worker of the pool (no attempt folder) that was given neither."""
     default = f"sqlite:///{attempt_dir / 'optuna.db'}" if attempt_dir else None
-    return search.storage or os.environ.get("SKILLOPS_OPTUNA_STORAGE") or default
+    return search.storage or settings().optuna_storage or default
 
 
 def grace_seconds() -> int:
-    return int(max(MIN_GRACE_SECONDS, servers.wait_seconds() + 2 * HEARTBEAT_SECONDS))
+    heartbeat = settings().trial_heartbeat_seconds
+    return int(max(min(MIN_GRACE_SECONDS, 3 * heartbeat), servers.wait_seconds() + 2 * heartbeat))
 
 
 def open_storage(url: str):
@@ -117,7 +119,7 @@ def open_storage(url: str):
                 url,
                 # A connection that died with a restart of the server is found and replaced before use.
                 engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-                heartbeat_interval=HEARTBEAT_SECONDS,
+                heartbeat_interval=settings().trial_heartbeat_seconds,
                 grace_period=grace_seconds(),
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
             )
@@ -381,7 +383,7 @@ def _finish_stale_trials(study, objective) -> None:
         elif not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             return
         else:
-            time.sleep(HEARTBEAT_SECONDS)
+            time.sleep(settings().trial_heartbeat_seconds)
 
 
 class Workers(Protocol):
