@@ -200,7 +200,7 @@ def train_esco(
     stages.finish(run)
     create_markdown_artifact(summary, key="train-esco-decision", description="Promotion decision")
     create_table_artifact(
-        score_rows(scores, config.evaluation.headline_metrics()),
+        score_rows(scores, config.evaluation.reported_metrics()),
         key="train-esco-scores",
         description=f"Base, candidate and champion of {config.registered_model_name} on the test and golden sets",
     )

@@ -297,11 +297,17 @@ EVALUATOR_SHAPES: dict[str, tuple[str, ...]] = {
 IR_CUTOFFS = {
     "accuracy": (1, 3, 5, 10),
     "precision": (1, 3, 5, 10),
-    "recall": (1, 3, 5, 10),
+    "recall": (1, 3, 5, 10, 100),
     "ndcg": (10,),
     "mrr": (10,),
     "map": (100,),
 }
+# Information retrieval over the whole ranking, no cut-off: MAP as WorkRB computes it (its
+# headline for ESCO), and R-precision (precision at the query's number of relevant documents).
+IR_WHOLE_RANKING = ("map", "r_precision")
+# Card 000's number beside the whole ranking: MAP over each query's relevant documents and a frozen
+# draw of `evaluation.short_list_negatives` others (what its RerankingEvaluator ranks).
+SHORT_LIST = "cosine_short_list_map"
 
 
 class GoldenSet(_Strict):
@@ -325,6 +331,13 @@ class EvaluationConfig(_Strict):
     evaluator: Literal["reranking", "information_retrieval", "embedding_similarity"] = "reranking"
     at_k: int = Field(100, ge=1, description="Reranking: cut-off for MRR and NDCG (card 000: 100).")
     primary_metric: str = "map"
+    short_list_negatives: int | None = Field(
+        None,
+        ge=1,
+        description="Information retrieval: also rank each query's relevant documents among this many others "
+        f"drawn from the corpus (frozen with the set) and report their MAP as {SHORT_LIST} (card 000's "
+        "reranking setup: 100). The whole ranking stays the headline.",
+    )
     batch_size: int = Field(64, ge=1)
     golden: list[GoldenSet] = Field(
         [], description="Frozen benchmarks every candidate must not regress on (promotion.golden_tolerance)."
@@ -336,20 +349,29 @@ class EvaluationConfig(_Strict):
             return ("map", f"mrr_at_{self.at_k}", f"ndcg_at_{self.at_k}")
         if self.evaluator == "embedding_similarity":
             return ("pearson_cosine", "spearman_cosine")
-        return tuple(f"cosine_{kind}_at_{k}" for kind, cutoffs in IR_CUTOFFS.items() for k in cutoffs)
+        return (
+            *(f"cosine_{name}" for name in IR_WHOLE_RANKING),
+            *(f"cosine_{kind}_at_{k}" for kind, cutoffs in IR_CUTOFFS.items() for k in cutoffs),
+            *((SHORT_LIST,) if self.short_list_negatives else ()),
+        )
 
     def headline_metrics(self) -> list[str]:
-        """What summaries and charts show: the primary metric, then the cards' headline numbers."""
+        """The metrics the gate holds to `promotion.secondary_tolerance` besides the primary one,
+        and that summaries show first: the primary metric, then the cards' headline numbers."""
         headline = self.metric_names()
         if self.evaluator == "information_retrieval":
-            headline = (
-                "cosine_ndcg_at_10",
-                "cosine_mrr_at_10",
-                "cosine_map_at_100",
-                "cosine_accuracy_at_1",
-                "cosine_recall_at_10",
-            )
+            headline = ("cosine_map", "cosine_mrr_at_10", "cosine_ndcg_at_10", "cosine_recall_at_10")
         return [self.primary_metric, *(name for name in headline if name != self.primary_metric)]
+
+    def reported_metrics(self) -> list[str]:
+        """What reports and the decision's table show: the headline, with card 000's short-list MAP
+        right after the primary metric, then the other numbers the cards and the field report."""
+        if self.evaluator != "information_retrieval":
+            return self.headline_metrics()
+        primary, *rest = self.headline_metrics()
+        more = ("cosine_r_precision", "cosine_recall_at_100", "cosine_accuracy_at_1", "cosine_map_at_100")
+        short = [SHORT_LIST] if self.short_list_negatives else []
+        return [primary, *short, *rest, *(name for name in more if name not in (primary, *rest))]
 
     @model_validator(mode="after")
     def _golden_names_are_unique(self) -> EvaluationConfig:
@@ -357,6 +379,15 @@ class EvaluationConfig(_Strict):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"evaluation.golden names {repeated} more than once; give each set its own name.")
+        return self
+
+    @model_validator(mode="after")
+    def _short_list_is_retrieval(self) -> EvaluationConfig:
+        if self.short_list_negatives and self.evaluator != "information_retrieval":
+            raise ValueError(
+                f"evaluation.short_list_negatives is for the information_retrieval evaluator (the {self.evaluator} "
+                "evaluator ranks no whole corpus); remove it, or set data.eval_negatives for reranking."
+            )
         return self
 
     @model_validator(mode="after")

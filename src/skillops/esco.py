@@ -68,21 +68,37 @@ def occupation_anchor(preferred: str, alt_labels: str, max_alt_labels: int | Non
     return " ".join([preferred.strip(), *alternatives])
 
 
+# How much a linked skill matters to its occupation, for graded metrics (NDCG): ESCO's full
+# downloads fill `relationType`; an empty one (the bundled sample) counts as optional.
+RELATION_GRADES = {"essential": 2, "optional": 1}
+
+
 def occupation_skills(
     tables: dict[str, pd.DataFrame], config: DataConfig
-) -> tuple[dict[str, str], dict[str, list[str]], list[str]]:
-    """Occupation anchors and their skill labels, keyed by occupation URI, and every skill label.
+) -> tuple[dict[str, str], dict[str, list[str]], list[str], dict[str, dict[str, int]]]:
+    """Occupation anchors and their skill labels, keyed by occupation URI, every skill label, and
+    each occupation's skills' grades (`RELATION_GRADES`; 1 where the relation type is empty).
 
     Only occupations that link to at least one skill are kept: one with none has nothing to train
     on or to rank.
     """
     occupations = tables[OCCUPATIONS].set_index("conceptUri")
     skill_labels = tables[SKILLS].set_index("conceptUri")["preferredLabel"].str.strip()
-    relations = tables[RELATIONS][["occupationUri", "skillUri"]].drop_duplicates()
+    relations = tables[RELATIONS]
+    kinds = relations["relationType"] if "relationType" in relations else pd.Series("", index=relations.index)
+    relations = relations.assign(grade=kinds.str.strip().str.lower().map(RELATION_GRADES).fillna(1).astype(int))
+    # A skill linked twice (as essential and as optional) keeps its higher grade.
+    relations = relations.groupby(["occupationUri", "skillUri"], as_index=False)["grade"].max()
     skills_of = relations.groupby("occupationUri")["skillUri"].apply(sorted).to_dict()
     anchors = {
         uri: occupation_anchor(row.preferredLabel, row.altLabels, config.max_alt_labels)
         for uri, row in occupations.loc[list(skills_of)].iterrows()
     }
     positives = {uri: [skill_labels[skill] for skill in skills] for uri, skills in skills_of.items()}
-    return anchors, positives, sorted(set(skill_labels))
+    grades: dict[str, dict[str, int]] = {}
+    for row in relations.itertuples(index=False):
+        label = skill_labels[row.skillUri]
+        grades.setdefault(row.occupationUri, {})[label] = max(
+            row.grade, grades.get(row.occupationUri, {}).get(label, 0)
+        )
+    return anchors, positives, sorted(set(skill_labels)), grades

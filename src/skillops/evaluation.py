@@ -1,5 +1,7 @@
-"""Scoring: reranking (MAP, MRR@k, NDCG@k), information retrieval (accuracy/precision/recall@k,
-NDCG@10, MRR@10, MAP@100) and embedding similarity (Pearson and Spearman of cosine scores).
+"""Scoring: reranking (MAP, MRR@k, NDCG@k over each query's short list), information retrieval
+(each query ranks the whole corpus: MAP with no cut-off, R-precision, accuracy/precision/recall@k,
+NDCG@10 with graded relevance, MRR@10, MAP@100) and embedding similarity (Pearson and Spearman of
+cosine scores).
 
 The promotion gate needs each query's score, which sentence-transformers' evaluators do not
 return, so `score_queries` computes their metrics per query from one encoding of each text; tests
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from skillops.config import IR_CUTOFFS, EvaluationConfig, Prompts
+from skillops.config import IR_CUTOFFS, SHORT_LIST, EvaluationConfig, Prompts
 from skillops.preparation import read_eval_set
 
 
@@ -118,29 +120,49 @@ def _correlation(name: str, gold: np.ndarray, predicted: np.ndarray, rows: np.nd
     return float(correlation(gold, predicted)[0])
 
 
-def _encode(model, texts: list[str], prompt: str, as_query: bool, batch_size: int):
-    # encode_query/encode_document with an explicit prompt ("" for none), as sentence-transformers'
-    # own evaluators do: the model's saved prompts are then never added a second time.
-    encode = model.encode_query if as_query else model.encode_document
-    return encode(texts, prompt=prompt, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+class Encoder:
+    """One model's embeddings of texts, each text encoded once per side (queries with the query
+    prompt, documents with the document prompt) however many sets and queries it appears in: the
+    ESCO recipe's test and golden sets all rank the same whole vocabulary, and its skills are the
+    candidates of many queries."""
+
+    def __init__(self, model, prompts: Prompts, batch_size: int) -> None:
+        self.model, self.prompts, self.batch_size = model, prompts, batch_size
+        self._cache: dict[bool, dict[str, Any]] = {True: {}, False: {}}
+
+    def __call__(self, texts: list[str], as_query: bool):
+        """The embeddings of `texts`, one row each, in their order (a torch tensor)."""
+        import torch
+
+        cache = self._cache[as_query]
+        missing = [text for text in dict.fromkeys(texts) if text not in cache]
+        if missing:
+            # encode_query/encode_document with an explicit prompt ("" for none), as
+            # sentence-transformers' own evaluators do: the model's saved prompts are then never
+            # added a second time.
+            encode = self.model.encode_query if as_query else self.model.encode_document
+            prompt = self.prompts.query if as_query else self.prompts.document
+            vectors = encode(
+                missing, prompt=prompt, batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False
+            )
+            cache.update(zip(missing, vectors, strict=True))
+        return torch.stack([cache[text] for text in texts]) if texts else torch.empty(0)
 
 
-def _reranking_scores(model, samples: list[dict], config: EvaluationConfig, prompts: Prompts) -> dict[str, list[float]]:
+def _reranking_scores(encode: Encoder, samples: list[dict], config: EvaluationConfig) -> dict[str, list[float]]:
     import torch
     from sentence_transformers.util import cos_sim
     from sklearn.metrics import average_precision_score, ndcg_score
 
     at_k = config.at_k
-    queries = _encode(
-        model, [sample["query"] for sample in samples], prompts.query, as_query=True, batch_size=config.batch_size
-    )
+    queries = encode([sample["query"] for sample in samples], as_query=True)
     # Each distinct text once: the same skills are the candidates of many queries (a golden set of
     # 91 queries lists 11,032 candidates, 715 of them distinct).
     unique: dict[str, int] = {}
     for sample in samples:
         for text in (*sample["positive"], *sample["negative"]):
             unique.setdefault(text, len(unique))
-    documents = _encode(model, list(unique), prompts.document, as_query=False, batch_size=config.batch_size)
+    documents = encode(list(unique), as_query=False)
     values: dict[str, list[float]] = {"map": [], f"mrr_at_{at_k}": [], f"ndcg_at_{at_k}": []}
     for index, sample in enumerate(samples):
         relevant = [1] * len(sample["positive"]) + [0] * len(sample["negative"])
@@ -155,44 +177,86 @@ def _reranking_scores(model, samples: list[dict], config: EvaluationConfig, prom
     return values
 
 
-def _retrieval_scores(model, data: dict, config: EvaluationConfig, prompts: Prompts) -> dict[str, list[float]]:
+def ranking_metrics(
+    similarity: np.ndarray,
+    relevant: list[list[int]],
+    relevance: list[list[float]] | None = None,
+    tie_order: np.ndarray | None = None,
+) -> dict[str, list[float]]:
+    """Per-query metrics of ranking every document (the columns of `similarity`) for each query
+    (its rows), with no cut-off unless the metric's name has one.
+
+    `relevant[q]`: the columns relevant to query q; `relevance[q]`: their grades (default 1 each:
+    ESCO's essential skills are 2, optional ones 1). Binary metrics count every relevant column
+    whatever its grade; NDCG weighs each by 2^grade - 1 (the gain WorkRB, TREC and scikit-learn's
+    exponential form use), so with grades of 1 it is the binary NDCG. Ties are broken by
+    `tie_order` (a rank per column; the library's IR evaluator orders tied documents by id), else
+    by column. Keys: `map` (over the whole ranking, as WorkRB computes it), `r_precision`, `mrr`
+    (no cut-off) and `<kind>_at_<k>` for every cut-off of IR_CUTOFFS.
+    """
+    rows, columns = similarity.shape
+    tie_order = np.arange(columns) if tie_order is None else tie_order
+    values: dict[str, list[float]] = {"map": [], "r_precision": [], "mrr": []}
+    values |= {f"{kind}_at_{k}": [] for kind, cutoffs in IR_CUTOFFS.items() for k in cutoffs}
+    for row in range(rows):
+        order = np.lexsort((tie_order, -similarity[row]))
+        rank_of = np.empty(columns, dtype=np.int64)
+        rank_of[order] = np.arange(1, columns + 1)
+        docs = np.asarray(relevant[row], dtype=np.int64)
+        grades = np.ones(len(docs)) if relevance is None else np.asarray(relevance[row], dtype=float)
+        ranks = rank_of[docs]
+        by_rank = np.argsort(ranks, kind="stable")
+        ranks, grades = ranks[by_rank], grades[by_rank]
+        found = np.arange(1, len(ranks) + 1)  # relevant documents at or above each relevant rank
+        count = len(ranks)
+        values["map"].append(float(np.mean(found / ranks)))
+        values["r_precision"].append(float(np.sum(ranks <= count) / count))
+        values["mrr"].append(float(1 / ranks[0]))
+        for k in IR_CUTOFFS["accuracy"]:
+            values[f"accuracy_at_{k}"].append(float(ranks[0] <= k))
+        for k in IR_CUTOFFS["precision"]:
+            values[f"precision_at_{k}"].append(float(np.sum(ranks <= k) / k))
+        for k in IR_CUTOFFS["recall"]:
+            values[f"recall_at_{k}"].append(float(np.sum(ranks <= k) / count))
+        for k in IR_CUTOFFS["mrr"]:
+            values[f"mrr_at_{k}"].append(float(1 / ranks[0]) if ranks[0] <= k else 0.0)
+        for k in IR_CUTOFFS["ndcg"]:
+            top = ranks <= k
+            dcg = np.sum((2.0 ** grades[top] - 1) / np.log2(ranks[top] + 1))
+            ideal = np.sort(grades)[::-1][:k]
+            idcg = np.sum((2.0**ideal - 1) / np.log2(np.arange(2, len(ideal) + 2)))
+            values[f"ndcg_at_{k}"].append(float(dcg / idcg) if idcg > 0 else 0.0)
+        for k in IR_CUTOFFS["map"]:
+            within = ranks <= k
+            values[f"map_at_{k}"].append(float(np.sum(found[within] / ranks[within]) / min(k, count)))
+    return values
+
+
+def _retrieval_scores(encode: Encoder, data: dict, config: EvaluationConfig) -> dict[str, list[float]]:
+    """Every query ranks the whole corpus (for the ESCO recipe: every skill of the download)."""
     from sentence_transformers.util import cos_sim
 
     query_ids, doc_ids = list(data["queries"]), list(data["corpus"])
-    queries = _encode(
-        model, [data["queries"][q] for q in query_ids], prompts.query, as_query=True, batch_size=config.batch_size
-    )
-    corpus = _encode(
-        model, [data["corpus"][d] for d in doc_ids], prompts.document, as_query=False, batch_size=config.batch_size
-    )
+    queries = encode([data["queries"][q] for q in query_ids], as_query=True)
+    corpus = encode([data["corpus"][d] for d in doc_ids], as_query=False)
     similarity = cos_sim(queries, corpus).cpu().numpy()
-    deepest = max(max(cutoffs) for cutoffs in IR_CUTOFFS.values())
-    values: dict[str, list[float]] = {
-        f"cosine_{kind}_at_{k}": [] for kind, cutoffs in IR_CUTOFFS.items() for k in cutoffs
-    }
-    for row, query_id in enumerate(query_ids):
-        relevant = set(data["relevant_docs"][query_id])
-        # Ties broken by document id, as sentence-transformers' evaluator does.
-        ranked = sorted(range(len(doc_ids)), key=lambda d: (-similarity[row, d], doc_ids[d]))[:deepest]
-        hits = [doc_ids[d] in relevant for d in ranked]
-        for k in IR_CUTOFFS["accuracy"]:
-            values[f"cosine_accuracy_at_{k}"].append(float(any(hits[:k])))
-        for k in IR_CUTOFFS["precision"]:
-            values[f"cosine_precision_at_{k}"].append(sum(hits[:k]) / k)
-            values[f"cosine_recall_at_{k}"].append(sum(hits[:k]) / len(relevant))
-        for k in IR_CUTOFFS["mrr"]:
-            values[f"cosine_mrr_at_{k}"].append(next((1 / (rank + 1) for rank, hit in enumerate(hits[:k]) if hit), 0.0))
-        for k in IR_CUTOFFS["ndcg"]:
-            dcg = sum(1 / np.log2(rank + 2) for rank, hit in enumerate(hits[:k]) if hit)
-            ideal = sum(1 / np.log2(rank + 2) for rank in range(min(k, len(relevant))))
-            values[f"cosine_ndcg_at_{k}"].append(float(dcg / ideal))
-        for k in IR_CUTOFFS["map"]:
-            found, precision_sum = 0, 0.0
-            for rank, hit in enumerate(hits[:k]):
-                if hit:
-                    found += 1
-                    precision_sum += found / (rank + 1)
-            values[f"cosine_map_at_{k}"].append(precision_sum / min(k, len(relevant)))
+    column = {doc: index for index, doc in enumerate(doc_ids)}
+    tie_order = np.argsort(np.argsort(np.asarray(doc_ids, dtype=object), kind="stable"), kind="stable")
+    grades = data.get("relevance", {})
+    relevant = [[column[doc] for doc in data["relevant_docs"][q]] for q in query_ids]
+    relevance = [[float(grades.get(q, {}).get(doc, 1)) for doc in data["relevant_docs"][q]] for q in query_ids]
+    computed = ranking_metrics(similarity, relevant, relevance, tie_order)
+    values = {name: computed[name.removeprefix("cosine_")] for name in config.metric_names() if name != SHORT_LIST}
+    if SHORT_LIST in config.metric_names():
+        # Card 000's setup: each query's relevant documents among a frozen draw of others.
+        short = []
+        for row, query_id in enumerate(query_ids):
+            kept = relevant[row] + [column[doc] for doc in data["short_list"][query_id]]
+            within = ranking_metrics(
+                similarity[row : row + 1, kept], [list(range(len(relevant[row])))], None, tie_order[kept]
+            )
+            short.append(within["map"][0])
+        values[SHORT_LIST] = short
     return values
 
 
@@ -202,16 +266,23 @@ def score_queries(model, eval_set_path: Path, config: EvaluationConfig, prompts:
     The means equal what sentence-transformers' evaluators report on the same model and data
     (tests/test_training.py checks it); only the per-query values are new.
     """
-    return _score_loaded(model, read_eval_set(eval_set_path), config, prompts)
+    return score_sets(model, {"set": eval_set_path}, config, prompts)["set"]
 
 
-def _score_loaded(model, data: Any, config: EvaluationConfig, prompts: Prompts) -> QueryScores:
+def score_sets(model, eval_sets: dict[str, Path], config: EvaluationConfig, prompts: Prompts) -> dict[str, QueryScores]:
+    """Per-query scores of one model on several frozen evaluation sets (name -> file), each
+    distinct text encoded once across all of them."""
+    encode = Encoder(model, prompts, config.batch_size)
+    return {name: _score_loaded(encode, read_eval_set(path), config) for name, path in eval_sets.items()}
+
+
+def _score_loaded(encode: Encoder, data: Any, config: EvaluationConfig) -> QueryScores:
     if config.evaluator == "reranking":
         return QueryScores(
             evaluator=config.evaluator,
             ids=[s["query"] for s in data],
             slices=[s.get("slice", "") for s in data],
-            per_query=_reranking_scores(model, data, config, prompts),
+            per_query=_reranking_scores(encode, data, config),
         )
     if config.evaluator == "information_retrieval":
         slices = data.get("query_slices", {})
@@ -219,12 +290,11 @@ def _score_loaded(model, data: Any, config: EvaluationConfig, prompts: Prompts) 
             evaluator=config.evaluator,
             ids=list(data["queries"]),
             slices=[slices.get(q, "") for q in data["queries"]],
-            per_query=_retrieval_scores(model, data, config, prompts),
+            per_query=_retrieval_scores(encode, data, config),
         )
     import torch
 
-    first = _encode(model, data["sentence1"], prompts.query, as_query=True, batch_size=config.batch_size)
-    second = _encode(model, data["sentence2"], prompts.document, as_query=False, batch_size=config.batch_size)
+    first, second = encode(data["sentence1"], as_query=True), encode(data["sentence2"], as_query=False)
     cosines = torch.nn.functional.cosine_similarity(first, second).cpu().tolist()
     return QueryScores(
         evaluator=config.evaluator,
@@ -257,7 +327,7 @@ def scorer(eval_set_path: Path, config: EvaluationConfig, prompts: Prompts, with
         def __call__(
             self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1
         ) -> dict[str, float]:
-            scores = _score_loaded(model, data, config, prompts)
+            scores = _score_loaded(Encoder(model, prompts, config.batch_size), data, config)
             metrics = scores.aggregate(config.metric_names())
             if with_stderr:
                 metrics[f"{config.primary_metric}_stderr"] = scores.standard_error(config.primary_metric)

@@ -110,8 +110,20 @@ def reranking_set(
     return samples
 
 
-def retrieval_set(queries: dict[str, list[str]], pool: list[str], slices: dict[str, str]) -> dict:
-    """InformationRetrievalEvaluator input: every query against the whole pool of documents."""
+def retrieval_set(
+    queries: dict[str, list[str]],
+    pool: list[str],
+    slices: dict[str, str],
+    grades: dict[str, dict[str, int]] | None = None,
+    short_list: int | None = None,
+    rng=None,
+) -> dict:
+    """InformationRetrievalEvaluator input: every query against the whole pool of documents.
+
+    `grades`: query -> relevant text -> its grade, stored only where a grade is not 1 (NDCG weighs
+    essential skills above optional ones). `short_list`: that many non-relevant documents drawn per
+    query (with `rng`) and frozen with the set, for card 000's short-list MAP beside the whole
+    ranking."""
     doc_ids = {text: f"d{i}" for i, text in enumerate(pool)}
     query_ids = {query: f"q{i}" for i, query in enumerate(queries)}
     eval_set = {
@@ -121,24 +133,45 @@ def retrieval_set(queries: dict[str, list[str]], pool: list[str], slices: dict[s
             query_ids[query]: sorted(doc_ids[text] for text in positives) for query, positives in queries.items()
         },
     }
+    graded = {
+        query_ids[query]: {doc_ids[text]: grade for text, grade in sorted(by_text.items()) if grade != 1}
+        for query, by_text in (grades or {}).items()
+        if query in query_ids
+    }
+    if any(graded.values()):
+        eval_set["relevance"] = {query: by_doc for query, by_doc in graded.items() if by_doc}
+    if short_list:
+        eval_set["short_list"] = {
+            query_ids[query]: [doc_ids[text] for text in sample["negative"]]
+            for query, sample in zip(queries, reranking_set(queries, pool, short_list, rng, {}), strict=True)
+        }
     if slices:
         eval_set["query_slices"] = {query_ids[query]: slices[query] for query in queries}
     return eval_set
 
 
 def _ranking_eval_set(
-    queries: dict[str, list[str]], pool: list[str], recipe: Recipe, slices: dict[str, str], rng
+    queries: dict[str, list[str]],
+    pool: list[str],
+    recipe: Recipe,
+    slices: dict[str, str],
+    rng,
+    grades: dict[str, dict[str, int]] | None = None,
 ) -> Any:
     if recipe.evaluation.evaluator == "reranking":
         return reranking_set(queries, pool, recipe.data.eval_negatives, rng, slices)
-    return retrieval_set(queries, pool, slices)
+    return retrieval_set(queries, pool, slices, grades, recipe.evaluation.short_list_negatives, rng)
 
 
 def _ranking_eval_sets(
-    queries_by_part: dict[str, dict[str, list[str]]], pool: list[str], recipe: Recipe, slices: dict[str, str]
+    queries_by_part: dict[str, dict[str, list[str]]],
+    pool: list[str],
+    recipe: Recipe,
+    slices: dict[str, str],
+    grades: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     rng = np.random.default_rng(recipe.data.split.seed)
-    return {part: _ranking_eval_set(queries_by_part[part], pool, recipe, slices, rng) for part in EVAL_PARTS}
+    return {part: _ranking_eval_set(queries_by_part[part], pool, recipe, slices, rng, grades) for part in EVAL_PARTS}
 
 
 def golden_part(name: str) -> str:
@@ -151,9 +184,11 @@ def golden_sources(recipe: Recipe) -> dict[str, str]:
     return {golden_part(g.name): f"{g.location} (golden set {g.name!r})" for g in recipe.evaluation.golden}
 
 
-def _golden_eval_set(recipe: Recipe, golden: GoldenSet) -> Any:
-    """A golden file as an eval set of the recipe's evaluator, built from that file alone (its own
-    documents, its own negatives), so it stays the same whatever the data refresh holds."""
+def _golden_eval_set(recipe: Recipe, golden: GoldenSet, vocabulary: list[str] | None) -> Any:
+    """A golden file as an eval set of the recipe's evaluator, from that file's own queries and
+    relevant documents. Ranked against `vocabulary` when the recipe has one (an ESCO recipe's
+    information retrieval: every skill of the download, frozen with the set), else against the
+    file's own documents, so that it stays the same whatever the data refresh holds."""
     frame = read_table(recipe.golden_data(golden)).frame
     slices = (
         frame.groupby(_query_column(recipe), sort=False)[SLICE_COLUMN].first().to_dict()
@@ -164,6 +199,8 @@ def _golden_eval_set(recipe: Recipe, golden: GoldenSet) -> Any:
         return frame[["sentence1", "sentence2", "score", *([SLICE_COLUMN] if slices else [])]].to_dict(orient="list")
     negative_columns = [c for c in frame.columns if c.startswith("negative_")]
     pool = sorted(set(frame["positive"]).union(*(set(frame[c]) for c in negative_columns)))
+    if vocabulary is not None and recipe.evaluation.evaluator == "information_retrieval":
+        pool = sorted(set(vocabulary).union(pool))  # a relevant text the download lacks is still ranked
     queries = {anchor: sorted(set(rows["positive"])) for anchor, rows in frame.groupby("anchor", sort=True)}
     return _ranking_eval_set(queries, pool, recipe, slices, np.random.default_rng(recipe.data.split.seed))
 
@@ -175,15 +212,16 @@ def _query_column(recipe: Recipe) -> str:
 def _esco_task(recipe: Recipe) -> Task:
     data = recipe.data
     tables = esco.load_esco(data.location, data.language)
-    anchors, positives, skill_labels = esco.occupation_skills(tables, data)
+    anchors, positives, skill_labels, grades = esco.occupation_skills(tables, data)
     split = split_groups(list(anchors), data.split.validation, data.split.test, data.split.seed)
     train = pd.DataFrame(
         [{"anchor": anchors[uri], "positive": label} for uri in split["train"] for label in positives[uri]]
     ).drop_duplicates(ignore_index=True)
     queries = {part: {anchors[uri]: positives[uri] for uri in split[part]} for part in EVAL_PARTS}
+    graded = {anchors[uri]: by_label for uri, by_label in grades.items() if uri in anchors}
     skills = tables[esco.SKILLS]
     documents = pd.DataFrame({"id": skills["conceptUri"], "text": skills["preferredLabel"].str.strip()})
-    return Task(train, _ranking_eval_sets(queries, skill_labels, recipe, {}), split, documents)
+    return Task(train, _ranking_eval_sets(queries, skill_labels, recipe, {}, graded), split, documents)
 
 
 def _table_task(recipe: Recipe) -> Task:
@@ -214,7 +252,9 @@ def _table_task(recipe: Recipe) -> Task:
 def build_task(recipe: Recipe) -> Task:
     """The split and its eval sets, plus one eval set per golden set of the recipe."""
     task = _esco_task(recipe) if recipe.data.format == "esco" else _table_task(recipe)
-    golden = {golden_part(g.name): _golden_eval_set(recipe, g) for g in recipe.evaluation.golden}
+    # An ESCO recipe's golden sets rank the same vocabulary as its test set: the download's skills.
+    vocabulary = task.documents["text"].tolist() if recipe.data.format == "esco" else None
+    golden = {golden_part(g.name): _golden_eval_set(recipe, g, vocabulary) for g in recipe.evaluation.golden}
     return Task(task.train, {**task.eval_sets, **golden}, task.split, task.documents)
 
 

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 from skillops import esco
+from skillops.config import SHORT_LIST
+from skillops.preparation import read_eval_set
 from skillops.promotion import Decision
 
 
@@ -122,6 +124,7 @@ def summary(
     golden: dict[str, dict[str, dict[str, float]]] | None = None,
     champion_scores: str | None = None,
     served: list[str] | None = None,
+    how_measured: str = "",
 ) -> str:
     """The evaluation report: decision, scores (test set, then each golden set), every check of
     the policy, and where the champion's scores came from (`champion_scores`: cache or re-scored).
@@ -135,6 +138,7 @@ def summary(
         "",
         f"Why: {decision.reason}.",
         "",
+        *([how_measured, ""] if how_measured else []),
         *_score_table(scores),
         "",
         *(
@@ -152,6 +156,29 @@ def summary(
         f"Compare runs: {ui_command}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def measured(evaluation, test_set) -> str:
+    """How the scores were measured, in a sentence a reader of the decision needs: for a whole
+    ranking, how many documents each query ranks, what the short list is and what graded
+    relevance changes."""
+    if evaluation.evaluator != "information_retrieval":
+        return ""
+    text = (
+        f"Each held-out query ranks all {len(test_set['corpus']):,} documents of the corpus; `cosine_map` is MAP "
+        "over that whole ranking, with no cut-off."
+    )
+    if evaluation.short_list_negatives:
+        text += (
+            f" `{SHORT_LIST}` is card 000's number: each query's relevant documents among "
+            f"{evaluation.short_list_negatives} others drawn once and frozen with the set."
+        )
+    if test_set.get("relevance"):
+        text += (
+            " Relevance is graded (ESCO essential skills 2, optional 1) in NDCG only; MAP, MRR, R-precision and "
+            "recall count every linked skill."
+        )
+    return text
 
 
 def score_rows(scores, metrics: list[str]) -> list[dict]:
@@ -270,8 +297,8 @@ def write_evaluation_report(
     """The evaluation report (markdown and JSON), per-query scores, the comparison chart and the
     model card, written under `directory`; returns the report's markdown and the files. `churn`:
     how a promotion moves the documents' neighbourhoods (`index_churn.Churn`)."""
-    table = scores.table(recipe.evaluation.headline_metrics())
-    golden = scores.golden_table(recipe.evaluation.headline_metrics())
+    table = scores.table(recipe.evaluation.reported_metrics())
+    golden = scores.golden_table(recipe.evaluation.reported_metrics())
     served = served_lines(scores.served_variant, scores.variants)
     text = summary(
         recipe.registered_model_name,
@@ -283,6 +310,7 @@ def write_evaluation_report(
         golden,
         scores.champion_source,
         served,
+        measured(recipe.evaluation, read_eval_set(data.paths.eval_set("test"))),
     )
     if churn is not None:
         text += "\n" + churn.markdown()

@@ -38,7 +38,7 @@ from skillops.config import Recipe, load_recipe
 from skillops.context import Fingerprints, FlowRun, RunContext
 from skillops.context import fingerprint as fingerprint  # a stage of its own: the flow calls stages.fingerprint
 from skillops.errors import RecipeError
-from skillops.evaluation import GoldenScores, QueryScores, Scores, evaluate, score_queries, scorer
+from skillops.evaluation import GoldenScores, QueryScores, Scores, evaluate, score_sets, scorer
 from skillops.modeling import load_model
 from skillops.paths import outputs_root
 from skillops.preparation import PreparedData
@@ -423,11 +423,11 @@ def _gate_sets(recipe: Recipe) -> list[str]:
 
 
 def _score_sets(run: RunContext, data: PreparedData, model, eval_sets: list[str]) -> dict[str, QueryScores]:
+    """One model on the run's gate sets, each text encoded once across them (they share their
+    documents: for the ESCO recipe, the whole vocabulary)."""
     recipe = run.recipe
-    return {
-        eval_set: score_queries(model, data.paths.eval_set(eval_set), recipe.evaluation, recipe.prompts)
-        for eval_set in eval_sets
-    }
+    paths = {eval_set: data.paths.eval_set(eval_set) for eval_set in eval_sets}
+    return score_sets(model, paths, recipe.evaluation, recipe.prompts)
 
 
 def _version_scores(run: RunContext, data: PreparedData, version: str) -> tuple[dict[str, QueryScores], str]:
@@ -698,7 +698,7 @@ def report(
     )
     for path in files:
         tracking.log_artifact(run.run_id, path, "report")
-    table = scores.table(run.recipe.evaluation.headline_metrics())
+    table = scores.table(run.recipe.evaluation.reported_metrics())
     summary = card_summary(run.recipe, table, decision, run.run_id)
     registry.describe(run.recipe.registered_model_name, version, summary, decision.served_version)
     return text

@@ -130,4 +130,4 @@ def test_a_refresh_with_permuted_relations_is_refused_by_the_golden_set(mlflow_s
     assert not failed["passed"] and failed["delta"] < -0.01, failed
     assert failed["reference"] == pytest.approx(passed["candidate"])  # the champion, on the same frozen set, as served
     report = (tmp_path / "outputs" / second["run_id"] / "evaluation.md").read_text("utf-8")
-    assert f"FAIL: golden set 'descriptions' (91 queries): map {failed['candidate']:.4f}" in report
+    assert f"FAIL: golden set 'descriptions' (91 queries): cosine_map {failed['candidate']:.4f}" in report

@@ -6,12 +6,15 @@ from skillops.config import Recipe, builtin_recipes, load_recipe, parse_override
 from skillops.errors import RecipeError
 
 
-def test_builtin_recipe_matches_card_000():
+def test_builtin_recipe_matches_card_000_and_is_judged_on_the_whole_vocabulary():
     recipe = load_recipe("esco-occupation-skills")
     assert "esco-occupation-skills" in builtin_recipes()
     assert recipe.loss.name == "mnrl" and recipe.loss.scale == 20.0
-    assert recipe.evaluation.at_k == 100  # the card reports MRR@100 and NDCG@100
-    assert recipe.evaluation.primary_metric == "map"
+    # Every held-out occupation ranks every skill (as WorkRB does); the card's short list beside it.
+    assert recipe.evaluation.evaluator == "information_retrieval"
+    assert recipe.evaluation.primary_metric == "cosine_map"
+    assert recipe.evaluation.short_list_negatives == 100
+    assert recipe.evaluation.reported_metrics()[:2] == ["cosine_map", "cosine_short_list_map"]
 
 
 def _table(**sections) -> dict:
@@ -25,6 +28,10 @@ def _table(**sections) -> dict:
 # Every bad recipe, in one table: each is refused before any data is read, naming the field.
 BAD_RECIPES = [
     ({"name": "x", "training": {"learning_rte": 1e-5}}, "training.learning_rte"),
+    (
+        {"name": "x", "evaluation": {"short_list_negatives": 100}},
+        "evaluation.short_list_negatives is for the information_retrieval evaluator",
+    ),
     (
         {"name": "x", "evaluation": {"primary_metric": "ndcg@100"}},
         "choose one of ['map', 'mrr_at_100', 'ndcg_at_100']",
@@ -46,7 +53,7 @@ BAD_RECIPES = [
     (_table(loss={"name": "cosine_similarity"}), "use one of ['mnrl', 'cached_mnrl'] for this data"),
     (
         _table(evaluation={"evaluator": "information_retrieval", "primary_metric": "ndcg@10"}),
-        "choose one of ['cosine_accuracy_at_1'",
+        "choose one of ['cosine_map', 'cosine_r_precision', 'cosine_accuracy_at_1'",
     ),
     (
         _table(evaluation={"evaluator": "embedding_similarity", "primary_metric": "spearman_cosine"}),

@@ -70,3 +70,47 @@ def test_unreadable_files_name_the_file(tmp_path: Path):
 def test_too_few_occupations_to_split():
     with pytest.raises(DataError, match="too few to split"):
         split_groups(["a", "b"], 0.15, 0.15, seed=1)
+
+
+def _graded_esco(folder: Path) -> Path:
+    """The bundled sample with ESCO's relation types filled in, as full downloads have them:
+    every occupation's first skill essential, the others optional."""
+    import shutil
+
+    import pandas as pd
+
+    shutil.copytree(BUNDLED_ESCO, folder)
+    relations = pd.read_csv(folder / "occupationSkillRelations_en.csv", dtype=str, keep_default_na=False)
+    first = ~relations.duplicated("occupationUri")
+    relations["relationType"] = first.map({True: "essential", False: "optional"})
+    relations.to_csv(folder / "occupationSkillRelations_en.csv", index=False)
+    return folder
+
+
+def test_the_whole_vocabulary_is_ranked_with_essential_skills_graded_above_optional_ones(tmp_path):
+    """The ESCO recipe's information retrieval: every held-out occupation ranks every skill of the
+    download, its essential skills graded 2 and its optional ones left at 1 (the sample's empty
+    types count as 1 too); the golden set ranks the same vocabulary; the short list is frozen."""
+    recipe = Recipe(
+        name="x",
+        data={"path": str(_graded_esco(tmp_path / "esco"))},
+        evaluation={
+            "evaluator": "information_retrieval",
+            "primary_metric": "cosine_map",
+            "short_list_negatives": 100,
+            "golden": [{"name": "descriptions", "path": "data/golden/esco-ict-descriptions.csv"}],
+        },
+    )
+    task = build_task(recipe)
+    test, golden = task.eval_sets["test"], task.eval_sets["golden-descriptions"]
+    assert len(test["corpus"]) == len(set(load_esco(BUNDLED_ESCO)["skills"].preferredLabel.str.strip())) == 1278
+    assert set(golden["corpus"].values()) == set(test["corpus"].values())
+    for query, relevant in test["relevant_docs"].items():
+        assert sorted(test["relevance"][query].values()) == [2]  # one essential skill, graded 2
+        assert set(test["relevance"][query]) <= set(relevant)
+        assert len(test["short_list"][query]) == 100 and not set(test["short_list"][query]) & set(relevant)
+    assert build_task(recipe).eval_sets["test"] == test  # frozen: the same draw every time
+    ungraded = build_task(
+        recipe.model_copy(update={"data": recipe.data.model_copy(update={"path": str(BUNDLED_ESCO)})})
+    )
+    assert "relevance" not in ungraded.eval_sets["test"]  # empty relation types: every skill counts 1
