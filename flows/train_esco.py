@@ -19,6 +19,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+# A worker runs this file from a clone of the team's repository at the deployed commit: the library
+# it imports (here and in the processes it starts) is that clone's src/, not whichever skillops the
+# worker's environment installed, so the commit a run records is the code that ran.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [sys.path[0], os.environ.get("PYTHONPATH")]))
+
 from skillops import servers  # light: what the clients below read when they are imported
 
 # skillops' own log lines (stage progress, warnings) go to the flow run's log next to Prefect's;

@@ -44,7 +44,9 @@ write_hba() {  # data folder, databases...
     for database in "$@"; do
       if [[ -n ${PG_TLS_DIR:-} ]]; then
         echo "local $database skillops_$database scram-sha-256"
-        [[ $remote == *" $database "* ]] && echo "hostssl $database skillops_$database ${PG_NETWORK:-$PG_HOST/32} scram-sha-256"
+        if [[ $remote == *" $database "* ]]; then
+          echo "hostssl $database skillops_$database ${PG_NETWORK:-$PG_HOST/32} scram-sha-256"
+        fi
       else
         echo "host $database skillops_$database 127.0.0.1/32 scram-sha-256"
       fi

@@ -21,6 +21,14 @@
 # worker. Every secret is made once into a mode-600 file under STATE/secrets and reaches the
 # processes through their environment or a file, never a command line.
 #
+# Only the promotion authority (`skillops.gate.service`, behind the same nginx at /gate/, with an
+# account whose password never leaves this machine) moves a champion, registers into a served
+# model, changes a policy or rolls back; nginx forwards only the MLflow routes skillops and the
+# MLflow UI use, and a GraphQL request only if it is a query; wrong passwords are limited per
+# address (`skillops.stack.throttle`). Workers run `flows/worker.py`, which starts only skillops'
+# flows cloned from SKILLOPS_GIT_URL, with nothing overriding their command or environment. Every
+# folder the stack writes is private to its owner (umask 077).
+#
 # WEBHOOK_URL: a receiver (`skillops webhooks listen`, secret in STATE/secrets/webhook) told of
 # every move of a champion.
 #
@@ -30,12 +38,15 @@
 #
 # Logs, process ids, secrets and PostgreSQL's data live in .stack/ (git-ignored; STACK_DIR elsewhere).
 # Ports: PREFECT_PORT (4200), MLFLOW_PORT (5000), PG_PORT (5433); behind nginx, the servers use
-# PREFECT_BACKEND_PORT and MLFLOW_BACKEND_PORT (each 10000 above) on 127.0.0.1.
+# PREFECT_BACKEND_PORT and MLFLOW_BACKEND_PORT (each 10000 above) and GATE_BACKEND_PORT (10100
+# above MLflow's) on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+umask 077  # logs, secrets, artifacts, checkpoints: the stack owner's alone
 
 VENV=${VENV:-.venv}
 STATE=$(mkdir -p "${STACK_DIR:-.stack}" && cd "${STACK_DIR:-.stack}" && pwd)
+chmod 711 "$STATE"  # PostgreSQL (its own user) enters its folders here; nobody lists them
 TEAM=${TEAM:-}
 HOST=${HOST:-127.0.0.1}
 PREFECT_PORT=${PREFECT_PORT:-4200}
@@ -43,10 +54,11 @@ MLFLOW_PORT=${MLFLOW_PORT:-5000}
 PG_PORT=${PG_PORT:-5433}
 PREFECT_BACKEND_PORT=${PREFECT_BACKEND_PORT:-$((PREFECT_PORT + 10000))}
 MLFLOW_BACKEND_PORT=${MLFLOW_BACKEND_PORT:-$((MLFLOW_PORT + 10000))}
+GATE_BACKEND_PORT=${GATE_BACKEND_PORT:-$((MLFLOW_PORT + 10100))}
 # A worker sends a heartbeat this often; a flow run silent for three of them is marked CRASHED.
 export PREFECT_FLOWS_HEARTBEAT_FREQUENCY=${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false MLFLOW_ENABLE_TELEMETRY=false HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
-SERVICES=(mlflow-ui worker nginx mlflow-server prefect-server)  # in the order `down` stops them
+SERVICES=(mlflow-ui worker nginx gate mlflow-server prefect-server)  # in the order `down` stops them
 
 if [[ -z $TEAM && $HOST != 127.0.0.1 ]]; then
   echo "HOST=$HOST needs TEAM=1: only the team stack has the TLS and the accounts a network address needs." >&2
@@ -61,6 +73,9 @@ PUBLIC_MLFLOW=$scheme://$HOST:$MLFLOW_PORT
 OWN_PREFECT=1; [[ -n ${PREFECT_API_URL:-} && ${PREFECT_API_URL%/api} != "$PUBLIC_PREFECT" ]] && OWN_PREFECT=
 OWN_MLFLOW=1; [[ ${MLFLOW_TRACKING_URI:-} == http* && ${MLFLOW_TRACKING_URI%/} != "$PUBLIC_MLFLOW" ]] && OWN_MLFLOW=
 if [[ -n $TEAM ]]; then
+  # Where workers clone the flows from (and the promotion authority reads recipes at a run's commit).
+  export SKILLOPS_GIT_URL=${SKILLOPS_GIT_URL:-$(git remote get-url origin 2>/dev/null || echo "file://$PWD")}
+  export SKILLOPS_GIT_REF=${SKILLOPS_GIT_REF:-$(git rev-parse --abbrev-ref HEAD)}
   export PREFECT_API_URL=${PREFECT_API_URL:-$PUBLIC_PREFECT/api}
   export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-$PUBLIC_MLFLOW}
   # Flow runs start in a fresh folder of their own: checkpoints outlive them here.
@@ -106,9 +121,10 @@ fernet_key() { "$VENV/bin/python" -c "from cryptography.fernet import Fernet; pr
 
 # --- the team's servers ------------------------------------------------------------------------
 
-nginx_conf() {  # TLS in front of the two servers: the only ports other machines reach
+nginx_conf() {  # TLS in front of the servers: the only ports other machines reach
   local conf=$STATE/nginx tls=$STATE/tls
   mkdir -p "$conf/tmp"
+  chmod 711 "$conf"
   [[ $EUID -eq 0 ]] && chown nobody "$conf/tmp"
   cat >"$conf/nginx.conf" <<EOF
 # Written by scripts/stack.sh on every up.
@@ -124,22 +140,41 @@ http {
   client_max_body_size 0;          # models and checkpoints are artifacts of any size
   proxy_request_buffering off;
   proxy_buffering off;
-  proxy_read_timeout 3600s;
-  # MLflow's basic auth has no limit on password guesses: one here, per address, generous for workers.
+  proxy_read_timeout 3600s;        # the promotion authority scores a candidate before it answers
+  # Floods, per address (wrong passwords have their own limit: skillops.stack.throttle).
   limit_req_zone \$binary_remote_addr zone=per_address:10m rate=50r/s;
   limit_req zone=per_address burst=500 nodelay;
   ssl_certificate $tls/server.crt;
   ssl_certificate_key $tls/server.key;
   ssl_protocols TLSv1.2 TLSv1.3;
   add_header Strict-Transport-Security "max-age=31536000" always;
-  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  # The client's address, as nginx saw it, replacing any the client sent: the servers count wrong
+  # passwords by it, and MLflow decides whether a caller is "local" by it.
+  proxy_set_header X-Forwarded-For \$remote_addr;
+  proxy_set_header X-Forwarded-Proto https;
+  proxy_set_header Host \$http_host;
+  map \$http_upgrade \$connection_upgrade { default upgrade; "" close; }
   server {
     listen $HOST:$MLFLOW_PORT ssl;
-    location / {
+    # Only what skillops' clients and the MLflow UI use; everything else MLflow serves (its
+    # assistant, jobs, demo generator, AI gateway, MCP, OTLP, prompts, traces, scorers, account
+    # administration) is answered 404 here.
+    location = / { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
+    location /static-files/ { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
+    location = /health { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
+    location = /version { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
+    location = /get-artifact { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
+    location = /model-versions/get-artifact { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
+    location ~ ^/(api|ajax-api)/2\.0/mlflow/(experiments|runs|metrics|artifacts|registered-models|model-versions|logged-models)(/|\$) {
       proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT;
-      proxy_set_header Host \$http_host;
-      proxy_set_header X-Forwarded-Proto https;
     }
+    location ~ ^/(api|ajax-api)/2\.0/mlflow-artifacts/artifacts(/|\$) { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
+    location ~ ^/(api|ajax-api)/2\.0/mlflow/users/current\$ { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
+    location ~ ^/(api|ajax-api)/3\.0/mlflow/users/current/permissions\$ { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
+    # The promotion authority, and GraphQL (the UI's run pages) through its check that a request only reads.
+    location /gate/ { proxy_pass http://127.0.0.1:$GATE_BACKEND_PORT; }
+    location = /graphql { proxy_pass http://127.0.0.1:$GATE_BACKEND_PORT; }
+    location / { return 404; }
   }
   server {
     listen $HOST:$PREFECT_PORT ssl;
@@ -148,8 +183,6 @@ http {
       proxy_http_version 1.1;  # Prefect's events and logs go over websockets
       proxy_set_header Upgrade \$http_upgrade;
       proxy_set_header Connection \$connection_upgrade;
-      proxy_set_header Host \$http_host;
-      proxy_set_header X-Forwarded-Proto https;
     }
   }
 }
@@ -164,7 +197,8 @@ mlflow_auth_ini() {
 default_permission = NO_PERMISSIONS
 database_uri = postgresql://skillops_mlflow_auth@/mlflow_auth?host=$STATE/postgres-socket&port=$PG_PORT
 admin_username = admin
-authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# MLflow's basic auth, plus a limit on wrong passwords per client address.
+authorization_function = skillops.stack.throttle:authenticate
 EOF
 }
 
@@ -175,7 +209,7 @@ own_servers() {
   scripts/tls.sh "$STATE/tls" "${names[@]}"
   export MLFLOW_TRACKING_SERVER_CERT_PATH=$STATE/tls/ca.crt PREFECT_API_SSL_CERT_FILE=$STATE/tls/ca.crt
   PG_HOST=$HOST PG_NETWORK=${NETWORK:-$HOST/32} PG_REMOTE=optuna PG_TLS_DIR=$STATE/tls \
-    scripts/postgres.sh up "$STATE" "$PG_PORT" prefect mlflow mlflow_auth optuna
+    scripts/postgres.sh up "$STATE" "$PG_PORT" prefect mlflow mlflow_auth optuna gate
   local admin_password prefect_auth
   admin_password=$(secret mlflow-admin)
   prefect_auth=skillops:$(secret prefect-auth)
@@ -194,7 +228,8 @@ own_servers() {
   )
   mkdir -p "$STATE/artifacts"
   mlflow_auth_ini
-  local allowed=$HOST:$MLFLOW_PORT name
+  # The public name, and 127.0.0.1 for this machine's own tools (accounts, webhooks, the authority).
+  local allowed=$HOST:$MLFLOW_PORT,127.0.0.1:$MLFLOW_BACKEND_PORT name
   for name in "${extra[@]}"; do allowed+=",$name:$MLFLOW_PORT"; done
   (
     export PGPASSFILE=$STATE/pgpass MLFLOW_AUTH_CONFIG_PATH=$STATE/mlflow-auth.ini
@@ -222,14 +257,29 @@ own_servers() {
   wait_for "$PUBLIC_MLFLOW/health" mlflow-server
   cat >"$STATE/stack.json" <<EOF
 {"host": "$HOST", "prefect_api_url": "$PUBLIC_PREFECT/api", "mlflow_tracking_uri": "$PUBLIC_MLFLOW",
+ "mlflow_backend_uri": "http://127.0.0.1:$MLFLOW_BACKEND_PORT",
  "optuna_storage": "postgresql://skillops_optuna@$HOST:$PG_PORT/optuna?sslmode=verify-full", "pg_port": $PG_PORT}
 EOF
-  # The roles, the stack owner's account (admin) and this machine's worker account.
+  # The roles, the stack owner's account (admin), the promotion authority's account and this
+  # machine's worker account.
   MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$admin_password \
     "$VENV/bin/skillops" users setup --stack-dir "$STATE" >/dev/null
+  (
+    # The authority's account and database password reach it through its environment and PGPASSFILE.
+    export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_BACKEND_PORT MLFLOW_TRACKING_USERNAME=skillops-gate
+    MLFLOW_TRACKING_PASSWORD=$(cat "$STATE/secrets/gate-account")
+    export MLFLOW_TRACKING_PASSWORD PGPASSFILE=$STATE/pgpass
+    export SKILLOPS_GATE_DATABASE="postgresql+psycopg://skillops_gate@/gate?host=$STATE/postgres-socket&port=$PG_PORT"
+    export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false  # its log: one line a decision, not bars
+    unset MLFLOW_TRACKING_SERVER_CERT_PATH SKILLOPS_GATE_URL
+    start gate "$VENV/bin/python" -m skillops.gate.service --port "$GATE_BACKEND_PORT" --workdir "$STATE/gate"
+  )
+  wait_for "$PUBLIC_MLFLOW/gate/health" gate
   if [[ -n ${WEBHOOK_URL:-} ]]; then
     secret webhook >/dev/null
-    MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$admin_password \
+    # Straight to the tracking server: its webhook routes are not among those nginx forwards.
+    MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_BACKEND_PORT MLFLOW_TRACKING_USERNAME=admin \
+      MLFLOW_TRACKING_PASSWORD=$admin_password \
       "$VENV/bin/skillops" webhooks add --url "$WEBHOOK_URL" --secret-file "$STATE/secrets/webhook"
   fi
   local worker_account=worker-$(hostname)
@@ -258,24 +308,32 @@ up() {
     echo "The team stack at $MLFLOW_TRACKING_URI needs an account: source the env file that \`skillops users add\` made for this machine." >&2
     exit 2
   fi
+  local template=()
+  if [[ -n $TEAM ]]; then
+    # No job variable of a flow run may set the command, the environment or the working folder
+    # (and flows/worker.py refuses a run that does, whatever the template says later).
+    "$VENV/bin/python" flows/worker.py --job-template >"$STATE/pool-template.json"
+    template=(--base-job-template "$STATE/pool-template.json")
+  fi
   if ! "$VENV/bin/prefect" work-pool inspect skillops >/dev/null 2>&1; then
-    "$VENV/bin/prefect" work-pool create skillops --type process >/dev/null
+    "$VENV/bin/prefect" work-pool create skillops --type process "${template[@]}" >/dev/null
+  elif [[ -n $TEAM ]]; then
+    "$VENV/bin/prefect" work-pool update skillops "${template[@]}" >/dev/null
   fi
   if [[ -n $TEAM ]]; then
     # Machines share the pool; each worker takes one flow run at a time (one training per GPU).
     "$VENV/bin/prefect" work-pool clear-concurrency-limit skillops >/dev/null
-    export SKILLOPS_GIT_URL=${SKILLOPS_GIT_URL:-$(git remote get-url origin 2>/dev/null || echo "file://$PWD")}
-    export SKILLOPS_GIT_REF=${SKILLOPS_GIT_REF:-$(git rev-parse --abbrev-ref HEAD)}
     prefect_file=prefect.team.yaml
-    worker_limit=(--limit "${WORKER_LIMIT:-1}")
+    worker=("$VENV/bin/python" flows/worker.py --pool skillops --limit "${WORKER_LIMIT:-1}")
   else
     # One flow run at a time on this machine: a second scheduled or manual run waits its turn.
     "$VENV/bin/prefect" work-pool set-concurrency-limit skillops 1 >/dev/null
-    prefect_file=prefect.yaml worker_limit=()
+    prefect_file=prefect.yaml
+    worker=("$VENV/bin/prefect" worker start --pool skillops)
   fi
   "$VENV/bin/prefect" --no-prompt deploy --all --prefect-file "$prefect_file" >"$STATE/deploy.log" 2>&1 || { cat "$STATE/deploy.log"; exit 1; }
   "$VENV/bin/python" flows/orchestration.py watch-heartbeats
-  start worker "$VENV/bin/prefect" worker start --pool skillops "${worker_limit[@]}"
+  start worker "${worker[@]}"
   if [[ $MLFLOW_TRACKING_URI != http* ]]; then
     start mlflow-ui "$VENV/bin/mlflow" ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port "$MLFLOW_PORT"
     wait_for "http://127.0.0.1:${MLFLOW_PORT}/health" mlflow-ui
@@ -300,6 +358,7 @@ write_env() {  # what every shell of this machine needs to use this stack: addre
       local ca=${STACK_CA:-${MLFLOW_TRACKING_SERVER_CERT_PATH:-}}
       [[ -n $ca ]] && echo "export MLFLOW_TRACKING_SERVER_CERT_PATH=$ca PREFECT_API_SSL_CERT_FILE=$ca PGSSLROOTCERT=$ca"
       [[ -n ${SKILLOPS_OPTUNA_STORAGE:-} ]] && echo "export SKILLOPS_OPTUNA_STORAGE='$SKILLOPS_OPTUNA_STORAGE'"
+      echo "export SKILLOPS_GATE_URL=${SKILLOPS_GATE_URL:-${MLFLOW_TRACKING_URI%/}/gate}"
       # The account: a credentials file (mode 600) read when this file is sourced; the stack owner's by default.
       local credentials=${SKILLOPS_CREDENTIALS:-$STATE/accounts/admin/credentials}
       echo "set -a; . \"\${SKILLOPS_CREDENTIALS:-$credentials}\"; set +a"

@@ -2,8 +2,9 @@
 one Prefect test harness for the session and a real Prefect server for tests about deployments.
 
 The folders are the tiers: `unit` (code), `integration` (real stores, suites and tiny trainings in
-one process), `flows` (whole pipeline runs) and `stack` (real servers and several processes). The
-last two are the `slow` tier that `make test-fast` leaves out.
+one process), `flows` (whole pipeline runs), `stack` (real servers and several processes) and
+`team` (one team stack on a network address, shared by its tests). The last three are the `slow`
+tier that a bare `pytest` leaves out and `make test` runs.
 
 Everything is offline: HF_HUB_OFFLINE makes a stray hub call fail at once instead of hanging.
 """
@@ -26,7 +27,7 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 import bad_inputs
 from helpers import BIN, REPO, build_tiny_model, free_port, seed_champion, small_esco_extract, start_prefect_server
 
-SLOW_TIERS = ("flows", "stack")
+SLOW_TIERS = ("flows", "stack", "team")
 
 
 def pytest_collection_modifyitems(items):

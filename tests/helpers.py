@@ -225,28 +225,66 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class Levels:
+    """What a judgement is made from, written down instead of scored: the candidate's level and
+    each served version's (None: the base model's), as 12 queries around that level. `seen`
+    lists the champions the gate asked about, in order."""
+
+    def __init__(self, levels: dict[str | None, float], candidate: float, seen: list | None = None):
+        self.levels, self.level, self.seen = levels, candidate, seen if seen is not None else []
+
+    @staticmethod
+    def scores(level: float):
+        import numpy as np
+
+        from skillops.evaluation import QueryScores
+
+        values = np.linspace(level - 0.1, level + 0.1, 12).tolist()
+        per_query = {metric: values for metric in ("map", "mrr_at_100", "ndcg_at_100")}
+        return QueryScores(
+            evaluator="reranking", ids=[str(i) for i in range(12)], slices=[""] * 12, per_query=per_query
+        )
+
+    def candidate(self):
+        return {"test": self.scores(self.level)}
+
+    def reference(self, champion):
+        self.seen.append(champion)
+        return {"test": self.scores(self.levels[champion])}, None
+
+
+# The policy a model seeded by `seed_champion` starts with: no run's is weaker, so each run is
+# judged by its own recipe's.
+SEED_POLICY = {
+    "promotion": {
+        "significance_level": None,
+        "secondary_tolerance": 1.0,
+        "slice_tolerance": 1.0,
+        "golden_tolerance": 1.0,
+        "min_slice_queries": 100000,
+        "resamples": 100,
+    },
+    "evaluator": "reranking",
+    "primary_metric": "map",
+    "at_k": 100,
+    "max_variant_drop": 0.99,
+}
+
+
 def seed_champion(model_dir: Path, name: str) -> str:
     """The model a team had before skillops, registered as a candidate of `name` and made its
-    champion by the registry's own promotion step (a judge that lets it through); returns its
+    champion by the local gate (written-down scores by which it beats the base model); returns its
     served version. Runs against the store MLFLOW_TRACKING_URI names."""
-    from skillops import registry, tracking
-    from skillops.promotion import Decision
+    from skillops import gate, registry, tracking
+    from skillops.promotion import ModelPolicy
 
-    adopted = Decision(
-        promote=True,
-        reason="the model before skillops",
-        metric="map",
-        candidate=0.0,
-        reference=0.0,
-        reference_name="base model",
-        delta=0.0,
-    )
     run_id = tracking.start_run(name, "previous champion", {})
     candidate = registry.register(model_dir, run_id, name, {})
     tracking.end_run(run_id)
     # Nothing else promotes while a test seeds its champion: that is the lock every machine holds.
-    lock = "the test seeding the champion"
-    return registry.promote_if_better(name, candidate, lambda champion: adopted, shared_lock=lock).served_version
+    authority = gate.local(shared_lock="the test seeding the champion")
+    authority.first_policy(name, ModelPolicy.model_validate(SEED_POLICY), "the model before skillops")
+    return authority.judge(name, candidate, Levels({None: 0.0}, 1.0)).served_version
 
 
 # The same in a process of its own (another machine's, with its own environment): argv is the

@@ -1,24 +1,27 @@
 """Accounts and roles of the team stack's tracking server (MLflow's basic-auth app).
 
-Four kinds of account, each an MLflow role (granted on every experiment and registered model):
+Four kinds of account, each an MLflow role, and the promotion authority's own account:
 
-| role | may | Prefect |
-|---|---|---|
-| admin | everything (the stack owner; MLflow's own admin) | yes |
-| pipeline | create experiments, runs and registered models; register candidates; move `@champion` (the gate) | yes |
-| maintainer | read everything; move `@champion` back (`skillops rollback`) and change a model's policy | yes |
-| reader | read runs, compare them in the UI, load and serve `models:/<name>@champion` | no |
+| role | MLflow: may | the promotion authority: may ask | Prefect |
+|---|---|---|---|
+| admin | everything (the stack owner; MLflow's own admin) | everything | yes |
+| pipeline | read everything; create runs in its recipes' experiments (EDIT on each, granted by the authority when it opens one) and candidates in `<name>-candidates` (EDIT on each); create experiments | open a model, judge a candidate | yes |
+| maintainer | read everything | roll back, change a policy (with a reason) | yes |
+| reader | read runs, compare them in the UI, load and serve `models:/<name>@champion` | nothing (reads its record) | no |
 
-Unknown users get nothing (`default_permission = NO_PERMISSIONS`), and only a role with the
-workspace's USE may create anything (the server runs with MLFLOW_ENABLE_WORKSPACES). Prefect has one
-shared credential and no roles: whoever holds it can start any deployment, so it goes to the
-pipeline and the maintainers only.
+Nobody but the authority's account (`GATE_ACCOUNT`, a workspace admin whose password never leaves
+the server machine) and the admin writes a served model: its versions, its `@champion`, its
+name, its tags. Unknown users get nothing (`default_permission = NO_PERMISSIONS`); only a role
+with the workspace's USE may create anything (the server runs with MLFLOW_ENABLE_WORKSPACES).
+Prefect has one shared credential and no roles: whoever holds it can start any deployment, so it
+goes to the pipeline and the maintainers only.
 
 `add` writes an account's folder under STATE/accounts/<name>: `credentials` (mode 600: the
-MLflow password, and the Prefect auth string where the role has it), `ca.crt`, `env` (the URLs
-and the CA, and it reads `credentials` when sourced) and, for the pipeline, `pgpass` with the
-password of the Optuna database. Copy the folder to the account's machine; nothing in it is
-printed. Needs the admin's credentials (MLFLOW_TRACKING_USERNAME / _PASSWORD in the environment).
+MLflow password, and the Prefect auth string where the role has it), `ca.crt`, `env` (the URLs,
+the CA and the promotion authority's address, and it reads `credentials` when sourced) and, for
+the pipeline, `pgpass` with the password of the Optuna database. Copy the folder to the account's
+machine; nothing in it is printed. Needs the admin's credentials (MLFLOW_TRACKING_USERNAME /
+_PASSWORD in the environment).
 """
 
 from __future__ import annotations
@@ -31,16 +34,19 @@ from pathlib import Path
 
 ROLES: dict[str, list[tuple[str, str, str]]] = {
     "pipeline": [
-        ("workspace", "*", "USE"),  # creates experiments and registered models
-        ("experiment", "*", "EDIT"),
-        ("registered_model", "*", "EDIT"),
+        ("workspace", "*", "USE"),  # creates experiments (its recipes' are opened by the authority)
+        ("experiment", "*", "READ"),
+        ("registered_model", "*", "READ"),
     ],
-    "maintainer": [("experiment", "*", "READ"), ("registered_model", "*", "EDIT")],
+    "maintainer": [("experiment", "*", "READ"), ("registered_model", "*", "READ")],
     "reader": [("experiment", "*", "READ"), ("registered_model", "*", "READ")],
 }
 # The roles whose members hold Prefect's shared credential.
 PREFECT_ROLES = ("admin", "pipeline", "maintainer")
 WORKSPACE = "default"
+# The promotion authority's account: a workspace admin (it makes served models and grants the
+# pipeline's role EDIT on each model's candidates), its password in STATE/secrets/gate-account.
+GATE_ACCOUNT = "skillops-gate"
 
 
 def _role_name(role: str) -> str:
@@ -54,7 +60,9 @@ def _admin(stack: dict):
         warnings.simplefilter("ignore")
         from mlflow.server import get_app_client
 
-        return get_app_client("basic-auth", tracking_uri=stack["mlflow_tracking_uri"])
+        # On the server machine, straight to the tracking server: its account routes are not
+        # among those nginx lets other machines reach.
+        return get_app_client("basic-auth", tracking_uri=stack.get("mlflow_backend_uri", stack["mlflow_tracking_uri"]))
 
 
 def _stack(stack_dir: Path) -> dict:
@@ -70,7 +78,8 @@ def _stack(stack_dir: Path) -> dict:
 
 
 def setup(stack_dir: Path) -> None:
-    """The roles, each with its grants (idempotent), and the admin's own account folder."""
+    """The roles, each with its grants (idempotent), the admin's own account folder, and the
+    promotion authority's account (its password only in the server machine's secrets)."""
     stack = _stack(stack_dir)
     admin = _admin(stack)
     existing = {role.name: role for role in admin.list_roles(WORKSPACE)}
@@ -80,7 +89,36 @@ def setup(stack_dir: Path) -> None:
         for grant in grants:
             if grant not in granted:
                 admin.add_role_permission(found.id, *grant)
+    gate_password = stack_dir / "secrets" / "gate-account"
+    if not gate_password.is_file():
+        password = secrets.token_urlsafe(24)
+        admin.create_user(GATE_ACCOUNT, password)
+        _private(gate_password, password)
+    gate_role = existing.get(_role_name("gate")) or admin.create_role(WORKSPACE, _role_name("gate"))
+    if ("workspace", "*", "MANAGE") not in {
+        (p.resource_type, p.resource_pattern, p.permission) for p in admin.list_role_permissions(gate_role.id)
+    }:
+        admin.add_role_permission(gate_role.id, "workspace", "*", "MANAGE")
+    if gate_role.name not in {role.name for role in admin.list_user_roles(GATE_ACCOUNT)}:
+        admin.assign_role(GATE_ACCOUNT, gate_role.id)
     _write_account(stack_dir, stack, "admin", "admin", os.environ["MLFLOW_TRACKING_PASSWORD"])
+
+
+def _grant(admin, role: str, resource_type: str, resource: str, permission: str) -> None:
+    found = next(r for r in admin.list_roles(WORKSPACE) if r.name == _role_name(role))
+    granted = {(p.resource_type, p.resource_pattern) for p in admin.list_role_permissions(found.id)}
+    if (resource_type, resource) not in granted:
+        admin.add_role_permission(found.id, resource_type, resource, permission)
+
+
+def grant_candidates(admin, model: str) -> None:
+    """The pipeline's role may register versions of this candidates model (EDIT), not delete them."""
+    _grant(admin, "pipeline", "registered_model", model, "EDIT")
+
+
+def grant_experiment(admin, experiment_id: str) -> None:
+    """The pipeline's role may create runs in this experiment (a recipe's, opened by the authority)."""
+    _grant(admin, "pipeline", "experiment", experiment_id, "EDIT")
 
 
 def add(stack_dir: Path, name: str, role: str) -> Path:
@@ -120,6 +158,7 @@ def _write_account(stack_dir: Path, stack: dict, name: str, role: str, password:
         f"export MLFLOW_TRACKING_URI={stack['mlflow_tracking_uri']}",
         'export MLFLOW_TRACKING_SERVER_CERT_PATH="$here/ca.crt"',
     ]
+    lines.append(f"export SKILLOPS_GATE_URL={stack['mlflow_tracking_uri'].rstrip('/')}/gate")
     if role in PREFECT_ROLES:
         lines += [
             f"export PREFECT_API_URL={stack['prefect_api_url']}",

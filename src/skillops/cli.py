@@ -156,11 +156,11 @@ def cmd_models(args) -> int:
 
 def cmd_rollback(args) -> int:
     from skillops.errors import RollbackError
-    from skillops.registry import rollback
+    from skillops.gate import connect
 
     recipe = _recipe(args)
     try:
-        moved_from, moved_to = rollback(recipe.registered_model_name, args.reason)
+        moved_from, moved_to = connect().rollback(recipe.registered_model_name, args.reason, args.to)
     except RollbackError as error:  # nothing to roll back to: not a usage error
         print(f"skillops rollback: {error}", file=sys.stderr)
         return 1
@@ -169,10 +169,10 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_history(args) -> int:
-    from skillops.registry import history
+    from skillops.gate import connect
 
     name = _recipe(args).registered_model_name
-    moves = history(name)
+    moves = connect().history(name)
     if not moves:
         print(f"{name}: the champion alias has never moved.")
         return 0
@@ -191,33 +191,38 @@ def cmd_history(args) -> int:
 def cmd_policy(args) -> int:
     import json
 
-    from skillops import registry, stages
+    from skillops.config import parse_overrides
+    from skillops.errors import PolicyError
+    from skillops.gate import connect
 
     recipe = _recipe(args)
     name = recipe.registered_model_name
-    current = registry.model_policy(name)
-    if args.set:
-        from skillops.config import parse_overrides
-
-        base = current or stages.model_policy(recipe)
-        changed = {field.removeprefix("promotion."): value for field, value in parse_overrides(args.set).items()}
-        try:  # validated as a recipe's policy is: an unknown field or a bad value is refused
-            promotion = type(base.promotion).model_validate({**base.promotion.model_dump(), **changed})
-            policy = base.model_copy(update={"promotion": promotion})
-        except ValueError as error:
+    gate = connect()
+    if args.set or args.from_recipe:
+        try:
+            change = gate.change_policy(
+                name,
+                args.reason,
+                fields=parse_overrides(args.set or []),
+                recipe=args.recipe if args.from_recipe else None,
+            )
+        except PolicyError as error:  # a bad value, an unknown field, no reason
             print(f"skillops policy: {error}", file=sys.stderr)
             return 2
-        change = registry.set_model_policy(name, policy, args.reason)
         print(f"{name}: policy changed by {change['by']} ({args.reason}).")
-        current = policy
+    try:
+        current = gate.policy(name)
+    except PolicyError as error:  # malformed: one line that says how to repair it
+        print(f"skillops policy: {error}", file=sys.stderr)
+        current = None
     if current is None:
-        print(f"{name} has no policy yet: its first promotion stores the recipe's as written.")
-        return 0
-    print(f"{name} judges its candidates by:")
-    print(json.dumps(current.model_dump(mode="json"), indent=1))
-    for change in registry.policy_changes(name):
+        print(f"{name} has no policy: its first promotion stores the recipe's as written.")
+    else:
+        print(f"{name} judges its candidates by:")
+        print(json.dumps(current.model_dump(mode="json"), indent=1))
+    for change in gate.policy_changes(name):
         print(f"{change['when']}  changed by {change['by']}: {change['why']}")
-    return 0
+    return 0 if current is not None else 1
 
 
 def cmd_users(args) -> int:
@@ -327,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("models", cmd_models, "List registered versions, their aliases and promotion decisions.")
     rollback = add("rollback", cmd_rollback, "Move the champion alias back to the version it replaced.")
     rollback.add_argument("--reason", default="manual rollback", help="recorded on both versions")
+    rollback.add_argument(
+        "--to", metavar="VERSION", help="a version that was champion before (default: the one replaced)"
+    )
     add(
         "history", cmd_history, "Every move of the champion alias: from, to, when, who, why and the decision's numbers."
     )
@@ -336,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FIELD=VALUE",
         help="change a field of the policy, e.g. --set significance_level=0.01 (a maintainer's account; repeatable)",
+    )
+    policy.add_argument(
+        "--from-recipe",
+        action="store_true",
+        help="set the whole policy from the recipe as written: how a model moves to another evaluator or metric, "
+        "and how a lost or malformed policy is repaired",
     )
     policy.add_argument("--reason", default="changed by hand", help="recorded with the change")
     users = commands.add_parser(

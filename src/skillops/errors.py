@@ -44,6 +44,16 @@ class RollbackError(SkillopsError):
     """The champion cannot be moved back; the message says why."""
 
 
+class PolicyError(PromotionError):
+    """A served model's policy is missing or malformed; the message names the model, the field and
+    the command that repairs it. Nothing is promoted until it is repaired."""
+
+
+class AccessError(SkillopsError):
+    """The promotion authority refused the caller (wrong role, unknown account); the message says
+    which account may do it."""
+
+
 class ServerError(SkillopsError):
     """A server skillops needs (tracking server, database, Prefect) did not answer in time; the
     message names the server and the setting that sets how long skillops waits."""

@@ -21,10 +21,13 @@ a run whose own policy is weaker in any field (`weaker_than`) may register, neve
 
 from __future__ import annotations
 
-import numpy as np
-from pydantic import BaseModel
+from typing import Any
 
-from skillops.config import PromotionPolicy
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from skillops.config import PromotionPolicy, Recipe
+from skillops.errors import PolicyError
 from skillops.evaluation import QueryScores, VariantCheck
 
 CONFIDENCE = 0.95  # of the bootstrap interval reported for the primary metric's difference
@@ -41,6 +44,34 @@ class ModelPolicy(BaseModel):
     at_k: int
     golden: dict[str, str] = {}  # golden set name -> fingerprint of its file
     max_variant_drop: float = 0.005  # serving.max_relative_drop: how far below fp32 a served variant may be
+
+    @classmethod
+    def of_recipe(cls, recipe: Recipe) -> ModelPolicy:
+        """What a recipe would judge the model's candidates by, golden sets fingerprinted by content."""
+        from skillops.preparation import fingerprint_files
+
+        evaluation = recipe.evaluation
+        return cls(
+            promotion=recipe.promotion,
+            evaluator=evaluation.evaluator,
+            primary_metric=evaluation.primary_metric,
+            at_k=evaluation.at_k,
+            golden={golden.name: fingerprint_files([golden.location]) for golden in evaluation.golden},
+            max_variant_drop=recipe.serving.max_relative_drop,
+        )
+
+    def with_promotion(self, fields: dict[str, Any]) -> ModelPolicy:
+        """A copy with promotion fields replaced ("golden_tolerance" or "promotion.golden_tolerance"),
+        validated as a recipe's are: an unknown field or a bad value raises `PolicyError`."""
+        changed = {field.removeprefix("promotion."): value for field, value in fields.items()}
+        try:
+            promotion = PromotionPolicy.model_validate({**self.promotion.model_dump(), **changed})
+        except ValidationError as error:
+            problem = error.errors()[0]
+            raise PolicyError(
+                f"promotion.{'.'.join(str(p) for p in problem['loc'])} = {problem.get('input')!r}: {problem['msg']}"
+            ) from None
+        return self.model_copy(update={"promotion": promotion})
 
 
 # Fields where a higher value lets more candidates through ...

@@ -1,32 +1,27 @@
-"""MLflow model registry: register candidates, find the champion, move its alias under a lock.
+"""MLflow model registry: register candidates, find the champion, copy a candidate into the
+served model, load a registered model.
 
 Two registered models per recipe. Every candidate is a version of `<name>-candidates`; the gate
-copies the one it promotes into `<name>`, the served model, and moves `<name>@champion` there. So
-the served model holds nothing the gate did not pass: whoever may move its alias (a maintainer's
-rollback) can only choose among versions that once beat the champion before them. (In MLflow's
+(`skillops.gate`) registers the one it promotes into `<name>`, the served model, and moves
+`<name>@champion` there. So the served model holds nothing the gate did not pass. (In MLflow's
 open-source server, creating a version and moving an alias both need EDIT on the registered
-model; one model could not tell "may register" from "may serve".) The policy candidates are
-judged by is a tag of the served model (`model_policy`), and every move records the account
-that made it.
+model; one model could not tell "may register" from "may serve".)
 
 The lock: MLflow aliases are last-writer-wins, with no compare-and-set, so promoters must take
-turns. On one machine (a sqlite store) a file lock next to the store does it. With a tracking
-server, promoters on other machines never see that file: the caller must hold a lock that every
-machine takes (the flow holds its Prefect server's global concurrency limit) and say so, or the
-promotion is refused. A lease written into MLflow tags was the other design, and was rejected:
-with last-writer-wins tags it holds only if every write lands within a known time, which a busy
-tracking server does not promise.
+turns. On one machine (a sqlite store) a file lock next to the store does it (`file_lock`). With
+a tracking server, promoters on other machines never see that file: a team's stack judges in its
+promotion authority alone; a plain tracking server needs the caller to hold a lock that every
+machine takes (the flow holds its Prefect server's global concurrency limit) and say so
+(`require_shared_lock`), or the promotion is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +31,15 @@ import yaml
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
-from skillops.errors import ModelNotFoundError, PromotionError, RollbackError
-from skillops.promotion import Decision, ModelPolicy
+from skillops.errors import ModelNotFoundError, PromotionError
 from skillops.tracking import account, client, store_dir, tracking_uri, uses_server
 from skillops.uris import safe_uri
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
-MOVE_TAG_PREFIX = "skillops.champion_move."  # one tag per alias move, on both served versions
-POLICY_TAG = "skillops.policy"  # on the served model: the ModelPolicy its candidates are judged by
-POLICY_CHANGE_PREFIX = "skillops.policy_change."  # one tag per change of it
 CANDIDATE_TAG = "skillops.candidate_version"  # on a served version: the candidate it is a copy of
 SERVED_TAG = "skillops.served_as"  # on a promoted candidate: the served version it became
-MAX_RECHECKS = 5  # judgements of one candidate while the champion keeps moving, before giving up
 
 # Written explicitly: MLflow's inference of requirements imports and inspects the model (slow)
 # and cannot reach PyPI offline anyway.
@@ -75,7 +65,7 @@ def register(
     if registered is not None:
         logger.info("Run %s already registered candidate version %s of %s", run_id, registered, name)
         return registered
-    model_uri = _logged_model(run_id) or _log_model(Path(model_dir), run_id, variant)
+    model_uri = _logged_model(run_id) or log_model(Path(model_dir), run_id, variant)
     all_tags = {
         **{key: str(value) for key, value in tags.items()},
         "skillops.registered_by": account(),
@@ -107,7 +97,7 @@ def _logged_model(run_id: str) -> str | None:
     return None
 
 
-def _log_model(model_dir: Path, run_id: str, variant: str) -> str:
+def log_model(model_dir: Path, run_id: str, variant: str) -> str:
     """The model as MLflow's pyfunc `skillops.serving.EmbeddingModel`: `mlflow models serve` and
     `mlflow.pyfunc.load_model` encode with `variant` (prompts applied), from the model folder."""
     import warnings
@@ -204,7 +194,7 @@ def require_shared_lock(held: str | None) -> None:
 
 
 @contextlib.contextmanager
-def _file_lock(name: str) -> Iterator[None]:
+def file_lock(name: str) -> Iterator[None]:
     """One promoter at a time per model among the processes of this machine."""
     lock_dir = store_dir() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
@@ -216,59 +206,7 @@ def _file_lock(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def promote_if_better(
-    name: str, candidate: str, judge: Callable[[str | None], Decision], shared_lock: str | None = None
-) -> Decision:
-    """Decide on candidate version `candidate` of `<name>-candidates` and, if the decision says so,
-    copy it into the served model `name` and move `name@champion` to the copy. The decision is
-    recorded on the candidate (and so on its copy); the returned decision names the served version.
-
-    `shared_lock` names a lock the caller holds that promoters on every machine take; without it,
-    a file lock on this machine is taken, which only a store on this machine may rely on.
-
-    `judge(champion_version)` compares the candidate with that champion (None: no champion yet)
-    on the run's frozen test set. Under the lock, the champion is read, judged, and read again
-    just before the alias moves: if it changed meanwhile (a promoter on another machine, a
-    rollback), the candidate is judged again against the new champion. So a run can never move
-    the alias past a champion it did not beat. A retry after a crash between the copy and the
-    alias move finds the copy and does not make a second one.
-    """
-    require_shared_lock(shared_lock)
-    mlflow_client = client()
-    with contextlib.nullcontext() if shared_lock else _file_lock(name):
-        for _ in range(MAX_RECHECKS):
-            current = champion_version(name)
-            decision = judge(current)
-            if champion_version(name) == current:
-                break
-        else:
-            raise PromotionError(
-                f"The champion of {name!r} moved {MAX_RECHECKS} times while candidate {candidate} was being "
-                "judged; something else is moving the alias. Run again once it has stopped."
-            )
-        record = {
-            "skillops.decision": "promoted" if decision.promote else "not promoted",
-            "skillops.decision_reason": decision.reason,
-            "skillops.decision_time": datetime.now(UTC).isoformat(timespec="seconds"),
-            "skillops.decision_by": account(),
-            "skillops.previous_champion": current or "none",
-            "skillops.decision_numbers": json.dumps(_numbers(decision)),
-        }
-        for key, value in record.items():
-            mlflow_client.set_model_version_tag(candidates(name), candidate, key, value)
-        if decision.promote:
-            served = _served_copy(name, candidate)
-            for key, value in record.items():  # a copy made by an earlier attempt has that attempt's
-                mlflow_client.set_model_version_tag(name, served, key, value)
-            mlflow_client.set_registered_model_alias(name, CHAMPION, served)
-            _record_move(name, current, served, "promotion", decision.reason, decision, candidate)
-            mlflow_client.set_model_version_tag(candidates(name), candidate, SERVED_TAG, served)
-            decision = decision.model_copy(update={"served_version": served})
-    logger.info("Candidate %s of %s: %s", candidate, name, decision.reason)
-    return decision
-
-
-def _served_copy(name: str, candidate: str) -> str:
+def served_copy(name: str, candidate: str) -> str:
     """The served model's version that is a copy of this candidate, made now unless it exists."""
     with contextlib.suppress(MlflowException):  # no served model yet
         for version in client().search_model_versions(f"name = '{name}'"):
@@ -277,86 +215,6 @@ def _served_copy(name: str, candidate: str) -> str:
     copy = client().copy_model_version(model_uri(candidates(name), candidate), name)
     client().set_model_version_tag(name, str(copy.version), CANDIDATE_TAG, candidate)
     return str(copy.version)
-
-
-def _numbers(decision: Decision) -> dict[str, Any]:
-    return {
-        "metric": decision.metric,
-        "candidate": round(decision.candidate, 6),
-        "reference": round(decision.reference, 6),
-        "reference_name": decision.reference_name,
-        "delta": round(decision.delta, 6),
-        "p_value": None if decision.p_value is None else round(decision.p_value, 6),
-    }
-
-
-def _record_move(
-    name: str,
-    old: str | None,
-    new: str,
-    kind: str,
-    why: str,
-    decision: Decision | None = None,
-    candidate: str | None = None,
-) -> dict:
-    """One alias move, on both served versions it concerns: from, to, when, who, why, and for a
-    promotion the candidate it came from and the decision's numbers."""
-    now = datetime.now(UTC)
-    move = {
-        "from": old,
-        "to": new,
-        "when": now.isoformat(timespec="seconds"),
-        "kind": kind,
-        "by": account(),
-        "why": why,
-        **({"candidate": candidate} if candidate else {}),
-        **({"numbers": _numbers(decision)} if decision else {}),
-    }
-    value = json.dumps(move)
-    key = MOVE_TAG_PREFIX + now.strftime("%Y%m%dT%H%M%S%fZ")  # sorts by time; no ':' (not allowed in keys)
-    for touched in {new, old} - {None}:
-        client().set_model_version_tag(name, touched, key, value)
-    return move
-
-
-def model_policy(name: str) -> ModelPolicy | None:
-    """The policy the served model `name` judges its candidates by (None: no model or no policy yet)."""
-    try:
-        tags = client().get_registered_model(name).tags
-    except MlflowException:
-        return None
-    return ModelPolicy.model_validate_json(tags[POLICY_TAG]) if POLICY_TAG in tags else None
-
-
-def set_model_policy(name: str, policy: ModelPolicy, reason: str) -> dict:
-    """Store `policy` with the served model (created if it is new) and record the change: who,
-    when, from, to and why. Returns the change."""
-    mlflow_client = client()
-    with contextlib.suppress(MlflowException):  # it exists already
-        mlflow_client.create_registered_model(name, description=f"The served model: candidates in {candidates(name)}")
-    old = model_policy(name)
-    now = datetime.now(UTC)
-    change = {
-        "when": now.isoformat(timespec="seconds"),
-        "by": account(),
-        "why": reason,
-        "from": None if old is None else old.model_dump(mode="json"),
-        "to": policy.model_dump(mode="json"),
-    }
-    mlflow_client.set_registered_model_tag(name, POLICY_TAG, policy.model_dump_json())
-    mlflow_client.set_registered_model_tag(
-        name, POLICY_CHANGE_PREFIX + now.strftime("%Y%m%dT%H%M%S%fZ"), json.dumps(change)
-    )
-    return change
-
-
-def policy_changes(name: str) -> list[dict]:
-    """Every recorded change of the served model's policy, oldest first."""
-    try:
-        tags = client().get_registered_model(name).tags
-    except MlflowException:
-        return []
-    return [json.loads(tags[key]) for key in sorted(tags) if key.startswith(POLICY_CHANGE_PREFIX)]
 
 
 TUNED_PARAMS = {"learning_rate": float, "batch_size": int, "warmup_ratio": float}
@@ -369,42 +227,3 @@ def trained_with(name: str, version: str) -> dict[str, Any]:
     params = mlflow_client.get_run(mlflow_client.get_model_version(name, version).run_id).data.params
     found = {key: params.get(f"best.{key}", params.get(f"training.{key}")) for key in TUNED_PARAMS}
     return {key: TUNED_PARAMS[key](value) for key, value in found.items() if value is not None}
-
-
-def history(name: str) -> list[dict]:
-    """Every recorded move of the champion alias of `name`, oldest first."""
-    moves = {}
-    for version in client().search_model_versions(f"name = '{name}'"):
-        for key, value in version.tags.items():
-            if key.startswith(MOVE_TAG_PREFIX):
-                moves[key] = json.loads(value)
-    return [moves[key] for key in sorted(moves)]
-
-
-def rollback(name: str, reason: str) -> tuple[str, str]:
-    """Move `champion` back to the version it replaced; returns (from_version, to_version).
-
-    With a tracking server the file lock excludes only this machine's promoters; a promotion
-    elsewhere re-reads the champion just before it moves the alias, so it judges again against
-    the version rolled back to, unless the two writes fall in the same instant."""
-    mlflow_client = client()
-    with _file_lock(name):
-        current = champion_version(name)
-        if current is None:
-            raise RollbackError(f"{name!r} has no champion, so there is nothing to roll back.")
-        previous = mlflow_client.get_model_version(name, current).tags.get("skillops.previous_champion", "none")
-        if previous == "none":
-            raise RollbackError(
-                f"Version {current} of {name!r} was its first champion; there is no earlier one to "
-                "roll back to. Promote another version instead."
-            )
-        mlflow_client.set_registered_model_alias(name, CHAMPION, previous)
-        move = _record_move(name, current, previous, "rollback", reason)
-        mlflow_client.set_model_version_tag(
-            name, previous, "skillops.rollback", f"{move['when']}: champion moved back from version {current}: {reason}"
-        )
-        mlflow_client.set_model_version_tag(
-            name, current, "skillops.rolled_back", f"{move['when']}: replaced by version {previous}: {reason}"
-        )
-    logger.info("Champion of %s moved back from version %s to %s", name, current, previous)
-    return current, previous

@@ -9,6 +9,7 @@ neither do its scores on the same frozen eval snapshot.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -17,12 +18,15 @@ from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from requests import HTTPError
 
 from skillops import registry
 from skillops.evaluation import QueryScores
 from skillops.modeling import resolve_model
 from skillops.preparation import fingerprint_files
 from skillops.tracking import client, store_dir
+
+logger = logging.getLogger(__name__)
 
 SCORE_CACHE = "score-cache"  # in the run that registered a version, and the local folder that mirrors it
 
@@ -37,13 +41,14 @@ def _score_cache_file(run_id: str, eval_fingerprint: str, eval_set: str) -> Path
 
 def save_scores(run_id: str, eval_fingerprint: str, scores: dict[str, QueryScores]) -> None:
     """`scores`: eval set ("test", "golden-<name>") -> per-query scores of the model `run_id`
-    registered. Kept as artifacts of that run, where a run on any machine finds them, and locally
-    as a read-through copy."""
+    registered. Kept locally as a read-through copy, and as artifacts of that run, where a run on
+    any machine finds them."""
     for eval_set, values in scores.items():
         path = _score_cache_file(run_id, eval_fingerprint, eval_set)
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_whole(path, values)
-        client().log_artifact(run_id, str(path), SCORE_CACHE)
+    for eval_set in scores:
+        client().log_artifact(run_id, str(_score_cache_file(run_id, eval_fingerprint, eval_set)), SCORE_CACHE)
 
 
 def _fetch_shared_copy(path: Path, run_id: str) -> bool:
@@ -81,7 +86,15 @@ def version_scores(
         return scores, f"cached scores of version {version} on eval snapshot {eval_fingerprint}{where}"
     scored_on = registered.tags.get("skillops.eval_fingerprint", "unknown")
     fresh = score(registry.load(registry.model_uri(name, version), as_served=True), missing)
-    save_scores(registered.run_id, eval_fingerprint, fresh)
+    try:
+        save_scores(registered.run_id, eval_fingerprint, fresh)
+    except (MlflowException, HTTPError) as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if getattr(error, "error_code", None) != "PERMISSION_DENIED" and status != 403:
+            raise
+        # On a team's stack a served version's run is the promotion authority's, which no worker
+        # writes: this machine keeps its copy (written above), the authority its own scores.
+        logger.info("Scores of version %s kept on this machine only (its run is not this account's)", version)
     return (
         scores | fresh,
         f"version {version} re-scored on eval snapshot {eval_fingerprint} ({', '.join(missing)}; "

@@ -14,6 +14,7 @@ In the model folder: `onnx/model.onnx` (optimised) and `onnx/model_int8.onnx`.
 
 from __future__ import annotations
 
+import json
 import logging
 import types
 import warnings
@@ -87,6 +88,39 @@ def export(model, model_dir: Path, variants: list[str]) -> dict[str, Path]:
         built["int8"] = model_dir / FILES["int8"]
     exported.unlink()
     return built
+
+
+# What a sentence-transformers model folder holds that loads as data: weights, configs, tokenizer
+# files, ONNX graphs (onnxruntime runs only its own operators) and the model card.
+_DATA_SUFFIXES = {".safetensors", ".json", ".txt", ".model", ".onnx", ".md", ".png"}
+
+
+def check_model_files(model_dir: Path) -> None:
+    """Refuse a model folder that could run code when loaded: a file that is not data
+    (`_DATA_SUFFIXES`: no Python, no pickle), a module outside sentence-transformers' own in
+    `modules.json`, or a config that asks for the model's own code (`auto_map`). The promotion
+    authority checks every candidate with this before it loads or serves it."""
+    from skillops.errors import PromotionError
+
+    problems = []
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file() and path.suffix not in _DATA_SUFFIXES:
+            problems.append(f"{path.relative_to(model_dir)} is not a data file")
+    modules = model_dir / "modules.json"
+    if not modules.is_file():
+        problems.append("modules.json is missing")
+    else:
+        for module in json.loads(modules.read_text("utf-8")):
+            if not str(module.get("type", "")).startswith("sentence_transformers."):
+                problems.append(f"modules.json names the module {module.get('type')!r}")
+    for config in model_dir.rglob("config*.json"):
+        if "auto_map" in json.loads(config.read_text("utf-8")):
+            problems.append(f"{config.relative_to(model_dir)} asks for the model's own code (auto_map)")
+    if problems:
+        raise PromotionError(
+            f"{model_dir}: refused, it could run code when loaded: {'; '.join(problems)}. A candidate holds a "
+            "sentence-transformers folder of weights, configs and ONNX graphs only."
+        )
 
 
 def load(model_dir: str | Path, variant: str = "fp32", threads: int | None = None):

@@ -51,6 +51,18 @@ class Settings(BaseSettings):
         description="At serve time: serve this variant instead of the one the gate chose (fp32: the PyTorch weights).",
     )
 
+    gate_url: str | None = Field(
+        None,
+        description="A team's promotion authority (https://<stack>:5000/gate; an account's env file sets it): "
+        "candidates are judged, champions moved, policies changed and rollbacks made there, never in this process.",
+    )
+
+    gate_database: str | None = Field(
+        None,
+        description="The promotion authority's own database (on the server machine only; scripts/stack.sh sets "
+        "it): its record of policies, judgements and moves, and the evaluation sets it holds.",
+    )
+
     # What a run waits for, and how long.
     server_wait_seconds: float = Field(
         120,

@@ -23,6 +23,7 @@ import pandas as pd
 from skillops import (
     checkpoints,
     esco,
+    gate,
     preparation,
     registry,
     score_cache,
@@ -42,7 +43,7 @@ from skillops.evaluation import GoldenScores, QueryScores, Scores, evaluate, sco
 from skillops.modeling import load_model
 from skillops.paths import outputs_root
 from skillops.preparation import PreparedData
-from skillops.promotion import Decision, ModelPolicy, choose_variant, decide, weaker_than
+from skillops.promotion import Decision, ModelPolicy, choose_variant
 from skillops.reports import card_summary, loss_curve_chart, rounds_chart, write_evaluation_report
 from skillops.training import Round, TrainingSpec, check_processes, train_rounds
 from skillops.tuning import TrialWorker
@@ -124,8 +125,13 @@ def start(
         "mlflow.source.name": (flow_run.deployment or flow_run.name) if flow_run else "flows/train_esco.py",
         "mlflow.source.type": "JOB" if flow_run else "LOCAL",
         "mlflow.source.git.commit": fingerprints.code.split("+")[0],
+        # Where the library that ran was imported from (a worker's: its clone at that commit).
+        "skillops.library": str(Path(__file__).resolve().parent),
         **({tracking.FLOW_RUN_TAG: flow_run.id, tracking.PREFECT_API_TAG: flow_run.api} if flow_run else {}),
     }
+    remote = _remote_gate()
+    if remote is not None:  # on a team's stack, the authority makes the experiment this account may write
+        remote.open_experiment(recipe.name)
     run = RunContext(
         recipe=recipe,
         fingerprints=fingerprints,
@@ -541,6 +547,9 @@ def register(run: RunContext, data: PreparedData, candidate_dir: Path, scores: S
     }
     name = recipe.registered_model_name
     tags["skillops.variant_checks"] = json.dumps([check.model_dump() for check in scores.variants])
+    remote = _remote_gate()
+    if remote is not None:  # the authority opens the model (its first policy) and its candidates model
+        remote.open(name, run.recipe_source or recipe.name, run.fingerprints.code)
     version = registry.register(candidate_dir, run.run_id, name, tags, recipe.description, scores.served_variant)
     _candidate.cache_clear()
     # A later run that finds this version as its champion, on the same snapshot, reads these
@@ -552,68 +561,58 @@ def register(run: RunContext, data: PreparedData, candidate_dir: Path, scores: S
     return version
 
 
-def model_policy(recipe: Recipe) -> ModelPolicy:
-    """What a recipe would judge the model's candidates by, golden sets fingerprinted by content."""
-    evaluation = recipe.evaluation
-    return ModelPolicy(
-        promotion=recipe.promotion,
-        evaluator=evaluation.evaluator,
-        primary_metric=evaluation.primary_metric,
-        at_k=evaluation.at_k,
-        golden={golden.name: preparation.fingerprint_files([golden.location]) for golden in evaluation.golden},
-        max_variant_drop=recipe.serving.max_relative_drop,
-    )
+class _RunEvidence:
+    """What the local gate judges from: this run's per-query scores of the candidate (as served),
+    the base model and the champion it scored, on its frozen sets; a champion that moved since is
+    scored on the same sets (from the cache when its run saved them)."""
+
+    def __init__(self, run: RunContext, data: PreparedData, scores: Scores) -> None:
+        self.run, self.data, self.scores = run, data, scores
+
+    def candidate(self) -> dict[str, QueryScores]:
+        golden = {preparation.golden_part(n): v.candidate for n, v in self.scores.golden.items()}
+        return {"test": self.scores.candidate, **golden}
+
+    def reference(self, champion: str | None) -> tuple[dict[str, QueryScores], str | None]:
+        scores = self.scores
+        if champion is None:
+            return {"test": scores.base, **{preparation.golden_part(n): v.base for n, v in scores.golden.items()}}, None
+        if champion == scores.champion_version:
+            golden = {preparation.golden_part(n): v.champion for n, v in scores.golden.items()}
+            return {"test": scores.champion, **golden}, None
+        return _version_scores(self.run, self.data, champion)
 
 
-def _policy_of_the_model(run: RunContext) -> ModelPolicy:
-    """The policy stored with the served model; a model without one yet gets the recipe's as
-    written (before this run's overrides), so overrides can never set it."""
-    name = run.recipe.registered_model_name
-    stored = registry.model_policy(name)
-    if stored is None:
-        written = load_recipe(run.recipe_source) if run.recipe_source else run.recipe
-        stored = model_policy(written)
-        registry.set_model_policy(
-            name, stored, f"first policy of the model: recipe {run.recipe_source or run.recipe.name} as written"
-        )
-    return stored
+def _remote_gate():
+    """The team's promotion authority when this process works with one (None: a store of its own)."""
+    url = gate.remote_url()
+    if url is None:
+        return None
+    from skillops.gate.client import RemoteGate
+
+    return RemoteGate(url)
 
 
 def promote(
     run: RunContext, data: PreparedData, version: str, scores: Scores, shared_lock: str | None = None
 ) -> Decision:
-    """Judge the candidate against the champion of the moment, under the registry's lock
-    (`shared_lock`: one the caller holds for every machine; see `registry`).
-
-    If another run moved the champion after this run's `evaluate_models`, the new champion is
-    judged against instead (its scores usually come from the cache: that run registered them)."""
+    """Ask the gate to judge the candidate against the champion of the moment: the team's
+    promotion authority, which scores it itself, or on one machine the local authority, which
+    judges from this run's scores under the registry's lock (`shared_lock`: one the caller holds
+    for every machine; see `registry`). The model's first policy is the recipe's as written
+    (before this run's overrides), so overrides can never set it."""
     recipe = run.recipe
-    notes = {}
-    weaker = weaker_than(model_policy(recipe), _policy_of_the_model(run))
-
-    def judge(champion: str | None) -> Decision:
-        if champion is None:
-            reference, name = scores.base, "base model"
-            golden = {golden_set: values.base for golden_set, values in scores.golden.items()}
-        elif champion == scores.champion_version:
-            reference, name = scores.champion, "champion"
-            golden = {golden_set: values.champion for golden_set, values in scores.golden.items()}
-        else:
-            champion_scores, notes["champion_source"] = _version_scores(run, data, champion)
-            reference, name, golden = champion_scores["test"], "champion", _golden(champion_scores)
-        return decide(
-            scores.candidate,
-            reference,
-            name,
-            recipe.evaluation.primary_metric,
-            recipe.evaluation.headline_metrics(),
-            recipe.promotion,
-            champion,
-            {golden_set: (values.candidate, golden[golden_set]) for golden_set, values in scores.golden.items()},
-            weaker_policy=weaker,
-        )
-
-    decision = registry.promote_if_better(recipe.registered_model_name, version, judge, shared_lock)
+    name = recipe.registered_model_name
+    remote = _remote_gate()
+    if remote is not None:
+        decision = remote.judge(name, version, ModelPolicy.of_recipe(recipe))
+    else:
+        registry.require_shared_lock(shared_lock)
+        authority = gate.local(shared_lock)
+        written = load_recipe(run.recipe_source) if run.recipe_source else recipe
+        why = f"first policy of the model: recipe {run.recipe_source or recipe.name} as written"
+        authority.first_policy(name, ModelPolicy.of_recipe(written), why)
+        decision = authority.judge(name, version, _RunEvidence(run, data, scores), ModelPolicy.of_recipe(recipe))
     tracking.set_tags(
         run.run_id,
         {
@@ -622,7 +621,6 @@ def promote(
             "skillops.model_version": version,
             "skillops.judged_against": decision.reference_version or "base model",
             **({"skillops.served_version": decision.served_version} if decision.served_version else {}),
-            **notes,
         },
     )
     if decision.p_value is not None:
@@ -700,5 +698,7 @@ def report(
         tracking.log_artifact(run.run_id, path, "report")
     table = scores.table(run.recipe.evaluation.reported_metrics())
     summary = card_summary(run.recipe, table, decision, run.run_id)
-    registry.describe(run.recipe.registered_model_name, version, summary, decision.served_version)
+    # On a team's stack the served version is the promotion authority's, which describes it itself.
+    served = decision.served_version if _remote_gate() is None else None
+    registry.describe(run.recipe.registered_model_name, version, summary, served)
     return text

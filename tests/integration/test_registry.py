@@ -1,22 +1,25 @@
-"""Registry steps on a real sqlite MLflow store: candidates in `<name>-candidates`, promotion under
-the lock with a re-check of the champion, the served model holding only what the gate passed,
-alias-move records naming who moved it, rollback round trip, the model's own policy, stale runs."""
+"""Registry steps and the local gate on a real sqlite MLflow store: candidates in
+`<name>-candidates`, promotion under the lock with a re-check of the champion, the served model
+holding only what the gate passed, alias-move records naming who moved it, rollback round trip,
+the model's own policy, stale runs."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from skillops import registry, score_cache, tracking
+from helpers import Levels
+from skillops import gate, registry, score_cache, tracking
 from skillops.cli import main as cli
 from skillops.config import PromotionPolicy
-from skillops.errors import RollbackError
-from skillops.evaluation import QueryScores
+from skillops.errors import PolicyError, RollbackError
+from skillops.gate.record import MOVE_TAG_PREFIX, POLICY_TAG
 from skillops.modeling import load_model
-from skillops.promotion import decide
+from skillops.promotion import ModelPolicy
 
 NAME = "tiny-registry"
-QUERIES = 12
+POLICY = ModelPolicy(promotion=PromotionPolicy(), evaluator="reranking", primary_metric="map", at_k=100)
 
 
 def _register(model_dir, run_name):
@@ -26,49 +29,29 @@ def _register(model_dir, run_name):
     return version
 
 
-def _scores(level: float) -> QueryScores:
-    values = np.linspace(level - 0.1, level + 0.1, QUERIES)
-    return QueryScores(
-        evaluator="reranking",
-        ids=[str(i) for i in range(QUERIES)],
-        slices=[""] * QUERIES,
-        per_query={"map": values.tolist()},
-    )
-
-
-def judge_by(levels: dict[str | None, float], candidate: float, seen: list):
-    """A judge as stages.promote builds it: this candidate against whichever champion is current."""
-
-    def judge(champion):
-        seen.append(champion)
-        return decide(
-            _scores(candidate),
-            _scores(levels[champion]),
-            "champion" if champion else "base model",
-            "map",
-            ["map"],
-            PromotionPolicy(),
-            champion,
-        )
-
-    return judge
+def _gate():
+    """The local gate of this store, the model's policy set as its first promotion sets it."""
+    authority = gate.local()
+    authority.first_policy(NAME, POLICY, "first policy")
+    return authority
 
 
 def test_promotions_rollback_round_trip_and_history(tiny_bert, mlflow_store, capsys):
     levels = {None: 0.4}  # the base model's level, then each served version's
+    authority = _gate()
     c1 = _register(tiny_bert, "first")
-    first = registry.promote_if_better(NAME, c1, judge_by(levels, 0.5, []))
+    first = authority.judge(NAME, c1, Levels(levels, 0.5))
     assert first.promote and first.served_version == "1"
     levels["1"] = 0.5
     c2 = _register(tiny_bert, "second")
-    assert registry.promote_if_better(NAME, c2, judge_by(levels, 0.6, [])).served_version == "2"
+    assert authority.judge(NAME, c2, Levels(levels, 0.6)).served_version == "2"
     levels["2"] = 0.6
     assert registry.champion_version(NAME) == "2"
 
     # A refused candidate leaves the champion where it is, with its reason and numbers recorded,
     # and never enters the served model.
     c3 = _register(tiny_bert, "third")
-    refused = registry.promote_if_better(NAME, c3, judge_by(levels, 0.55, []))
+    refused = authority.judge(NAME, c3, Levels(levels, 0.55))
     assert not refused.promote and refused.served_version is None and registry.champion_version(NAME) == "2"
     tags = tracking.client().get_model_version(registry.candidates(NAME), c3).tags
     assert tags["skillops.decision"] == "not promoted" and json.loads(tags["skillops.decision_numbers"])[
@@ -87,16 +70,19 @@ def test_promotions_rollback_round_trip_and_history(tiny_bert, mlflow_store, cap
     loaded = registry.load(f"models:/{NAME}@champion")
     assert np.allclose(loaded.encode(["data analyst"]), load_model(str(tiny_bert)).encode(["data analyst"]), atol=1e-6)
     with pytest.raises(RollbackError, match="first champion"):
-        registry.rollback(NAME, "again")
+        authority.rollback(NAME, "again")
     assert registry.champion_version(NAME) == "1"
 
     # ... and forward again: a new candidate is judged against v1, the champion after the rollback.
     c4 = _register(tiny_bert, "fourth")
     seen = []
-    assert registry.promote_if_better(NAME, c4, judge_by(levels, 0.7, seen)).served_version == "3"
+    assert authority.judge(NAME, c4, Levels(levels, 0.7, seen)).served_version == "3"
     assert seen == ["1"] and registry.champion_version(NAME) == "3"
+    # A rollback goes only to a version that was champion before.
+    with pytest.raises(RollbackError, match="was never its champion"):
+        authority.rollback(NAME, "to a stranger", to="7")
 
-    moves = registry.history(NAME)
+    moves = authority.history(NAME)
     assert [(m["kind"], m["from"], m["to"], m.get("candidate")) for m in moves] == [
         ("promotion", None, "1", c1),
         ("promotion", "1", "2", c2),
@@ -106,9 +92,7 @@ def test_promotions_rollback_round_trip_and_history(tiny_bert, mlflow_store, cap
     assert {m["by"] for m in moves} == {tracking.account()}  # who moved it, every time
     assert moves[1]["numbers"]["candidate"] == pytest.approx(0.6) and moves[1]["numbers"]["p_value"] < 0.05
     assert moves[2]["why"] == "bad feedback from recruiters" and moves[2]["when"]
-    v2_moves = [
-        k for k in tracking.client().get_model_version(NAME, "2").tags if k.startswith(registry.MOVE_TAG_PREFIX)
-    ]
+    v2_moves = [k for k in tracking.client().get_model_version(NAME, "2").tags if k.startswith(MOVE_TAG_PREFIX)]
     assert len(v2_moves) == 2  # became champion, then was rolled back
     capsys.readouterr()
     assert cli(["history", str(_recipe_file(mlflow_store))]) == 0
@@ -134,7 +118,7 @@ def test_registering_and_promoting_again_after_a_lost_answer_makes_no_second_ver
     assert len(logged) == 1
     # The model was logged, but the version never made (the process died in between).
     other = tracking.start_run("registry-test", "logged only", {})
-    registry._log_model(tiny_bert, other, "fp32")
+    registry.log_model(tiny_bert, other, "fp32")
     second = registry.register(tiny_bert, other, NAME, {})
     assert (
         len(
@@ -146,24 +130,21 @@ def test_registering_and_promoting_again_after_a_lost_answer_makes_no_second_ver
         and second != candidate
     )
 
-    copy = registry._served_copy(NAME, candidate)  # an attempt that died before moving the alias
-    decision = registry.promote_if_better(NAME, candidate, judge_by({None: 0.4}, 0.5, []))
+    copy = registry.served_copy(NAME, candidate)  # an attempt that died before moving the alias
+    decision = _gate().judge(NAME, candidate, Levels({None: 0.4}, 0.5))
     assert decision.served_version == copy
     assert len(tracking.client().search_model_versions(f"name = '{NAME}'")) == 1
 
 
 def test_the_policy_belongs_to_the_served_model_and_every_change_is_recorded(mlflow_store, capsys):
-    from skillops.promotion import ModelPolicy
-
-    policy = ModelPolicy(promotion=PromotionPolicy(), evaluator="reranking", primary_metric="map", at_k=100)
-    registry.set_model_policy(NAME, policy, "first policy")
-    assert registry.model_policy(NAME) == policy
+    authority = _gate()
+    assert authority.policy(NAME) == POLICY
     assert (
         cli(["policy", str(_recipe_file(mlflow_store)), "--set", "significance_level=0.01", "--reason", "stricter"])
         == 0
     )
-    assert registry.model_policy(NAME).promotion.significance_level == 0.01
-    changes = registry.policy_changes(NAME)
+    assert authority.policy(NAME).promotion.significance_level == 0.01
+    changes = authority.policy_changes(NAME)
     assert [c["why"] for c in changes] == ["first policy", "stricter"]
     assert changes[1]["from"]["promotion"]["significance_level"] == 0.05 and changes[1]["by"] == tracking.account()
     capsys.readouterr()
@@ -171,8 +152,45 @@ def test_the_policy_belongs_to_the_served_model_and_every_change_is_recorded(mlf
     assert "significance_level" in capsys.readouterr().err
     assert cli(["policy", str(_recipe_file(mlflow_store)), "--set", "golden_tolerence=0.5"]) == 2  # misspelt
     assert "golden_tolerence" in capsys.readouterr().err
-    assert registry.model_policy(NAME).promotion.significance_level == 0.01
-    assert len(registry.policy_changes(NAME)) == 2
+    assert authority.policy(NAME).promotion.significance_level == 0.01
+    assert len(authority.policy_changes(NAME)) == 2
+
+
+def test_a_corrupted_or_deleted_policy_stops_promotion_with_one_line_that_names_the_repair(
+    tiny_bert, mlflow_store, capsys
+):
+    """A policy tag set to garbage, or one with a field out of range, is never read as some
+    default: the gate refuses, `skillops policy` says in one line which model, which field and
+    which command repairs it; a deleted policy on a model with a champion is never re-created from
+    a recipe by a run; the repair is a recorded change."""
+    authority = _gate()
+    candidate = _register(tiny_bert, "first")
+    assert authority.judge(NAME, candidate, Levels({None: 0.4}, 0.5)).promote
+    client = tracking.client()
+    recipe = str(_recipe_file(mlflow_store))
+    for garbage, field in (
+        ("garbage", re.escape("(the whole policy)")),
+        (POLICY.model_dump_json().replace("0.05", "7"), "promotion.significance_level"),
+    ):
+        client.set_registered_model_tag(NAME, POLICY_TAG, garbage)
+        with pytest.raises(
+            PolicyError,
+            match=rf"The policy of '{NAME}' .* {field}.*skillops policy <the recipe of {NAME}> --from-recipe",
+        ):
+            authority.judge(NAME, _register(tiny_bert, "refused"), Levels({None: 0.4, "1": 0.5}, 0.9))
+        capsys.readouterr()
+        assert cli(["policy", recipe]) == 1
+        printed = capsys.readouterr()
+        assert printed.err.count("\n") == 1 and "--from-recipe" in printed.err and "Traceback" not in printed.err
+    client.delete_registered_model_tag(NAME, POLICY_TAG)
+    with pytest.raises(
+        PolicyError, match=rf"'{NAME}' has no policy in the gate's record but has a champion \(version 1\)"
+    ):
+        authority.first_policy(NAME, POLICY, "a run's recipe, as a reset would take it")
+    assert registry.champion_version(NAME) == "1"
+    assert cli(["policy", recipe, "--from-recipe", "--reason", "repaired after an incident"]) == 0
+    assert authority.policy_changes(NAME)[-1]["why"] == "repaired after an incident"
+    assert authority.judge(NAME, _register(tiny_bert, "after repair"), Levels({None: 0.4, "1": 0.5}, 0.9)).promote
 
 
 def _recipe_file(store):
@@ -183,20 +201,21 @@ def _recipe_file(store):
 
 def test_a_champion_that_moves_while_judging_is_judged_again(tiny_bert, mlflow_store):
     levels = {None: 0.4}
+    authority = _gate()
     c1, c2, c3 = (_register(tiny_bert, name) for name in ("first", "second", "third"))
-    v1 = registry.promote_if_better(NAME, c1, judge_by(levels, 0.5, [])).served_version
-    v2 = registry._served_copy(NAME, c2)  # another machine's promotion, about to move the alias
+    v1 = authority.judge(NAME, c1, Levels(levels, 0.5)).served_version
+    v2 = registry.served_copy(NAME, c2)  # another machine's promotion, about to move the alias
     levels.update({v1: 0.5, v2: 0.8})
     seen = []
-    judge = judge_by(levels, 0.7, seen)
 
-    def judge_while_another_run_promotes(champion):
-        decision = judge(champion)
-        if len(seen) == 1:  # another machine's run moves the alias right after this read
-            tracking.client().set_registered_model_alias(NAME, registry.CHAMPION, v2)
-        return decision
+    class AnotherRunPromotes(Levels):
+        def reference(self, champion):
+            found = super().reference(champion)
+            if len(seen) == 1:  # another machine's run moves the alias right after this read
+                tracking.client().set_registered_model_alias(NAME, registry.CHAMPION, v2)
+            return found
 
-    decision = registry.promote_if_better(NAME, c3, judge_while_another_run_promotes)
+    decision = authority.judge(NAME, c3, AnotherRunPromotes(levels, 0.7, seen))
     # c3 beat v1 (0.7 > 0.5), but the re-check saw v2 (0.8): judged again, and refused.
     assert seen == [v1, v2]
     assert not decision.promote and decision.reference_version == v2
@@ -227,7 +246,7 @@ def test_a_versions_scores_are_found_in_the_shared_store_from_another_folder(tin
     import shutil
 
     version = _register(tiny_bert, "scored")
-    scored = {"test": _scores(0.6), "golden-descriptions": _scores(0.5)}
+    scored = {"test": Levels.scores(0.6), "golden-descriptions": Levels.scores(0.5)}
     run_id = tracking.client().get_model_version(registry.candidates(NAME), version).run_id
     score_cache.save_scores(run_id, "snap1", scored)
     shutil.rmtree(mlflow_store / score_cache.SCORE_CACHE)
@@ -235,9 +254,9 @@ def test_a_versions_scores_are_found_in_the_shared_store_from_another_folder(tin
 
     def score(model, eval_sets):
         calls.append(eval_sets)
-        return {eval_set: _scores(0.4) for eval_set in eval_sets}
+        return {eval_set: Levels.scores(0.4) for eval_set in eval_sets}
 
-    served = registry._served_copy(NAME, version)  # the copy shares its run's scores
+    served = registry.served_copy(NAME, version)  # the copy shares its run's scores
     found, source = score_cache.version_scores(NAME, served, "snap1", list(scored), score)
     assert found == scored and calls == []
     assert source == f"cached scores of version {served} on eval snapshot snap1 (from the shared store)"
@@ -246,7 +265,7 @@ def test_a_versions_scores_are_found_in_the_shared_store_from_another_folder(tin
 
     fresh, source = score_cache.version_scores(NAME, served, "snap2", ["test"], score)
     assert calls == [["test"]] and source.startswith(f"version {served} re-scored on eval snapshot snap2")
-    assert fresh["test"] == _scores(0.4)
+    assert fresh["test"] == Levels.scores(0.4)
 
 
 def test_a_version_says_what_it_was_trained_with(tiny_bert, mlflow_store):
@@ -259,5 +278,5 @@ def test_a_version_says_what_it_was_trained_with(tiny_bert, mlflow_store):
     tracking.log_params(run_id, {"best.learning_rate": 3e-5, "best.batch_size": 16})
     candidate = registry.register(tiny_bert, run_id, NAME, {})
     tracking.end_run(run_id)
-    served = registry._served_copy(NAME, candidate)
+    served = registry.served_copy(NAME, candidate)
     assert registry.trained_with(NAME, served) == {"learning_rate": 3e-5, "batch_size": 16, "warmup_ratio": 0.0}

@@ -121,7 +121,7 @@ def test_a_run_rides_out_a_restart_of_the_tracking_server_and_names_a_longer_out
         # 2. An outage longer than the wait stops the run, naming the server and the setting ...
         longer = _train(env, recipes["restart"], tmp_path / "longer.log", SKILLOPS_SERVER_WAIT_SECONDS="10")
         wait_until(
-            lambda: in_training("restart") and in_training("restart").info.status == "RUNNING",
+            lambda: (run := in_training("restart")) and run.info.status == "RUNNING",
             "the next run to be training",
             300,
         )
