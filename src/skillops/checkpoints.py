@@ -5,8 +5,10 @@ An attempt (one data, recipe and code: `Fingerprints.attempt`) writes into its f
 worker: the tuning result (`best_params.json`), each finished training round (`done.json`, the
 model, its log) and the trainer's checkpoints. `Mirror` copies them under `attempt/` of the
 pipeline's MLflow run while training goes on: a background thread uploads each checkpoint the
-trainer finished (marked by `COMPLETE`, written after the trainer's own files), writes its marker
-last, and deletes the one before, so the store holds the newest complete checkpoint. `restore`
+trainer finished, from the copy of it the trainer hard-linked into staged/ when it saved it (the
+trainer may delete its own older checkpoints at any moment; the staged copies are the mirror's),
+writes its marker last, and deletes the one before, so the store holds the newest complete
+checkpoint. `restore`
 brings an earlier run's `attempt/` of the same attempt into a new worker's empty folder, from any
 machine that shares the store.
 """
@@ -14,7 +16,6 @@ machine that shares the store.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 from skillops import tracking
 from skillops.settings import settings
 from skillops.training import CHECKPOINT_COMPLETE as COMPLETE
+from skillops.training import STAGED
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class Mirror:
         # Training is over (finished or failed): what it saved last matters more than waiting.
         self._stop.set()
         self._thread.join(timeout=60)
+        for staged in self.attempt_dir.glob(f"train/**/{STAGED}"):
+            shutil.rmtree(staged, ignore_errors=True)
 
     def keep(self, path: Path) -> None:
         """Upload a file or folder of the attempt now (a finished round, the tuning result)."""
@@ -67,21 +71,31 @@ class Mirror:
                 logger.warning("Checkpoint upload failed (%s); trying again", error)
 
     def _upload_new(self) -> None:
-        for marker in sorted(self.attempt_dir.glob(f"train/**/checkpoints/checkpoint-*/{COMPLETE}")):
-            checkpoint = marker.parent
-            relative = str(checkpoint.relative_to(self.attempt_dir))
-            if relative in self.uploaded or self._stop.is_set():
-                continue
+        """The newest staged checkpoint of each training folder, uploaded under the path the
+        trainer gave it (train/.../checkpoints/checkpoint-N); staged copies it supersedes are
+        dropped unsent. The staged folders are the mirror's own: the trainer never deletes them."""
+        newest: dict[Path, Path] = {}
+        for staged in self.attempt_dir.glob(f"train/**/{STAGED}/checkpoint-*"):
+            if staged.name.rsplit("-", 1)[1].isdigit() and (staged / COMPLETE).is_file():  # not one being staged
+                current = newest.get(staged.parent)
+                step = int(staged.name.rsplit("-", 1)[1])
+                if current is None or step > int(current.name.rsplit("-", 1)[1]):
+                    newest[staged.parent] = staged
+        for folder, staged in newest.items():
+            for superseded in folder.glob("checkpoint-*"):
+                if superseded != staged and superseded.suffix != ".partial":
+                    shutil.rmtree(superseded, ignore_errors=True)
+            if self._stop.is_set():
+                return
+            relative = str((folder.parent / "checkpoints" / staged.name).relative_to(self.attempt_dir))
             started = time.monotonic()
-            upload = self.attempt_dir / ".upload"
-            shutil.rmtree(upload, ignore_errors=True)
-            # Hard links: the trainer may delete the checkpoint meanwhile, and links cost nothing.
-            shutil.copytree(checkpoint, upload / "files", copy_function=os.link)
-            (upload / "files" / COMPLETE).rename(upload / COMPLETE)
             target = f"{ARTIFACT_PATH}/{relative}"
-            tracking.log_artifacts(self.run_id, upload / "files", target)
-            tracking.log_artifact(self.run_id, upload / COMPLETE, target)  # last: readers trust only complete uploads
-            shutil.rmtree(upload, ignore_errors=True)
+            marker = self.attempt_dir / ".upload" / COMPLETE
+            marker.parent.mkdir(exist_ok=True)
+            (staged / COMPLETE).replace(marker)
+            tracking.log_artifacts(self.run_id, staged, target)
+            tracking.log_artifact(self.run_id, marker, target)  # last: readers trust only complete uploads
+            shutil.rmtree(staged, ignore_errors=True)
             self.seconds.append(time.monotonic() - started)
             logger.info("Checkpoint %s kept in the run's artifact store (%.1f s)", relative, self.seconds[-1])
             for older, path in list(self.uploaded.items()):

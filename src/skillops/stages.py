@@ -404,7 +404,9 @@ def train(run: RunContext, data: PreparedData, params: dict) -> Path:
             config.seed,
         )
         tracking.log_metrics(run.run_id, shares)
-    spec = TrainingSpec.for_recipe(recipe, data.paths.train, run.attempt_dir / "train", config, starting_model(run)[0])
+    spec = TrainingSpec.for_recipe(
+        recipe, data.paths.train, run.attempt_dir / "train", config, starting_model(run)[0]
+    ).model_copy(update={"stage_checkpoints": True})  # for the checkpoint mirror below
     with checkpoints.Mirror(run.run_id, run.attempt_dir) as mirror:
         rounds = train_rounds(
             spec,

@@ -27,6 +27,11 @@ from skillops.modeling import device, load_model, mixed_precision, require_devic
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_COMPLETE = "skillops-complete.json"  # in a checkpoint the trainer finished writing: {"step": N}
+# Beside checkpoints/: each complete checkpoint again, as hard links made the moment it is saved, for
+# the checkpoint mirror to upload (`skillops.checkpoints`). The trainer deletes its older
+# checkpoints as it saves new ones; these copies are the mirror's to delete, so it never reads a
+# folder the trainer may remove.
+STAGED = "staged"
 
 
 class TrainingSpec(BaseModel):
@@ -40,6 +45,7 @@ class TrainingSpec(BaseModel):
     prompts: Prompts
     output_dir: Path  # checkpoints/, model/, done.json, log_history.json
     label: str = "training"  # how progress lines name it
+    stage_checkpoints: bool = False  # hard-link each complete checkpoint into staged/ for the mirror
 
     @classmethod
     def for_recipe(
@@ -193,7 +199,11 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
         evaluator=evaluator,
         callbacks=[
             *(callbacks or []),
-            *([progress.training_progress(spec.label), _mark_complete_callback()] if main_process else []),
+            *(
+                [progress.training_progress(spec.label), _mark_complete_callback(spec.stage_checkpoints)]
+                if main_process
+                else []
+            ),
         ],
     )
     if not progress.interactive():
@@ -236,16 +246,22 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
     return result
 
 
-def _mark_complete_callback():
+def _mark_complete_callback(stage: bool):
     from transformers import TrainerCallback
 
     class MarkComplete(TrainerCallback):
-        """The trainer calls this once it has written a whole checkpoint: only a checkpoint with the
-        marker is copied to the artifact store (`skillops.checkpoints`)."""
+        """The trainer calls this once it has written a whole checkpoint: the marker says so (only
+        a checkpoint with it is kept in the artifact store), and with `stage` the checkpoint is
+        hard-linked into staged/ at once, before the trainer can rotate it away."""
 
         def on_save(self, args, state, control, **kwargs):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             (checkpoint / CHECKPOINT_COMPLETE).write_text(json.dumps({"step": state.global_step}), "utf-8")
+            if stage:
+                staged = Path(args.output_dir).parent / STAGED / checkpoint.name
+                shutil.rmtree(staged, ignore_errors=True)
+                shutil.copytree(checkpoint, staged.with_suffix(".partial"), copy_function=os.link)
+                staged.with_suffix(".partial").rename(staged)  # whole, or not there
 
     return MarkComplete()
 
