@@ -55,13 +55,20 @@ class Mirror:
             shutil.rmtree(staged, ignore_errors=True)
 
     def keep(self, path: Path) -> None:
-        """Upload a file or folder of the attempt now (a finished round, the tuning result)."""
+        """Upload a file or folder of the attempt now (a finished round, the tuning result); the
+        staged checkpoints in it are the mirror thread's, which may be deleting them."""
         relative = path.relative_to(self.attempt_dir)
         where = f"{ARTIFACT_PATH}/{relative.parent}".rstrip("/.")
-        if path.is_dir():
-            tracking.log_artifacts(self.run_id, path, f"{where}/{path.name}")
-        else:
+        if not path.is_dir():
             tracking.log_artifact(self.run_id, path, where)
+            return
+        for item in path.iterdir():
+            if item.name == STAGED:
+                continue
+            if item.is_dir():
+                tracking.log_artifacts(self.run_id, item, f"{where}/{path.name}/{item.name}")
+            else:
+                tracking.log_artifact(self.run_id, item, f"{where}/{path.name}")
 
     def _watch(self) -> None:
         while not self._stop.wait(settings().checkpoint_poll_seconds):
