@@ -30,11 +30,14 @@ team-packages:
 		echo "Installing PostgreSQL and nginx (Debian's packages postgresql, nginx)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql nginx >/dev/null; }
 
-test: install team-packages  ## every test, as CI runs them
-	$(PY) -m pytest --durations=15
+# Most of the slow tier waits on servers, schedules and other processes: TEST_WORKERS test processes
+# run side by side on CI's two cores (each module's tests together, the team stack's on one).
+TEST_WORKERS ?= 4
+test: install team-packages  ## every test, as CI runs them, side by side; prints the 15 slowest
+	$(PY) -m pytest -m "" -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
-test-fast: install  ## the edit loop: everything but the slow tier (servers, flows, schedules)
-	$(PY) -m pytest -m "not slow"
+test-fast: install  ## the edit loop: everything but the slow tier (servers, flows, schedules); a bare `pytest` too
+	$(PY) -m pytest
 
 LINTED := src flows tests bench scripts expectations
 lint: install  ## ruff: the rules and the format in pyproject.toml; CI runs this before the tests

@@ -199,6 +199,10 @@ database_uri = postgresql://skillops_mlflow_auth@/mlflow_auth?host=$STATE/postgr
 admin_username = admin
 # MLflow's basic auth, plus a limit on wrong passwords per client address.
 authorization_function = skillops.stack.throttle:authenticate
+# A password is checked (a deliberately slow hash, ~0.3 s here) once per 5 minutes per process, not
+# at every request: a model upload is a hundred requests. A changed or deleted account is dropped
+# from the cache at once, which holds because the server runs one process.
+auth_cache_ttl_seconds = 300
 EOF
 }
 
@@ -234,7 +238,7 @@ own_servers() {
   (
     export PGPASSFILE=$STATE/pgpass MLFLOW_AUTH_CONFIG_PATH=$STATE/mlflow-auth.ini
     export MLFLOW_AUTH_ADMIN_USERNAME=admin MLFLOW_AUTH_ADMIN_PASSWORD=$admin_password
-    # The same key for every worker process of the server: sessions and CSRF tokens hold across them.
+    # A stable key: sessions and CSRF tokens hold across restarts of the server.
     MLFLOW_FLASK_SERVER_SECRET_KEY=$(secret mlflow-secret-key)
     export MLFLOW_FLASK_SERVER_SECRET_KEY
     # Only a role with the workspace's USE (the pipeline's) may create experiments and models.
@@ -248,7 +252,7 @@ own_servers() {
     [[ ${WEBHOOK_URL:-} == http://* ]] && export MLFLOW_WEBHOOK_ALLOWED_SCHEMES=https,http
     start mlflow-server "$VENV/bin/mlflow" server --app-name basic-auth \
       --backend-store-uri "postgresql://skillops_mlflow@/mlflow?host=$STATE/postgres-socket&port=$PG_PORT" \
-      --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_BACKEND_PORT" --workers 2 \
+      --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_BACKEND_PORT" --workers 1 \
       --allowed-hosts "$allowed" --cors-allowed-origins "$PUBLIC_MLFLOW"
   )
   nginx_conf

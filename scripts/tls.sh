@@ -6,7 +6,7 @@
 #
 # NAME: an IP address or a DNS name clients connect to (the first is the stack's HOST). With
 # TLS_CERT and TLS_KEY set (and TLS_CA, the CA that signed them, when it is not a public one),
-# those are copied in instead and nothing is made. Keys are mode 600; only ca.crt goes to clients.
+# those are copied in instead and nothing is made. Keys are mode 600, certificates 640; only ca.crt goes to clients.
 set -euo pipefail
 [[ $# -ge 2 ]] || { echo "usage: $0 DIR NAME..."; exit 2; }
 dir=$1; shift
@@ -15,9 +15,9 @@ chmod 700 "$dir"
 
 if [[ -n ${TLS_CERT:-} || -n ${TLS_KEY:-} ]]; then
   [[ -f ${TLS_CERT:-} && -f ${TLS_KEY:-} ]] || { echo "TLS_CERT and TLS_KEY must both name files" >&2; exit 2; }
-  install -m 644 "$TLS_CERT" "$dir/server.crt"
+  install -m 640 "$TLS_CERT" "$dir/server.crt"
   install -m 600 "$TLS_KEY" "$dir/server.key"
-  install -m 644 "${TLS_CA:-$TLS_CERT}" "$dir/ca.crt"
+  install -m 640 "${TLS_CA:-$TLS_CERT}" "$dir/ca.crt"
   echo "tls: the team's certificate $TLS_CERT"
   exit 0
 fi
@@ -36,7 +36,7 @@ if [[ ! -f $dir/ca.key ]]; then
   openssl req -x509 -newkey rsa:3072 -sha256 -days 1825 -nodes -keyout "$dir/ca.key" -out "$dir/ca.crt" \
     -subj "/CN=skillops team stack CA" -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-  chmod 644 "$dir/ca.crt"
+  chmod 640 "$dir/ca.crt"
 fi
 # A new server certificate when the names change (another HOST), else the one there is kept.
 if [[ ! -f $dir/server.crt || $(cat "$dir/server.names" 2>/dev/null) != "$names" ]]; then
@@ -46,7 +46,7 @@ if [[ ! -f $dir/server.crt || $(cat "$dir/server.names" 2>/dev/null) != "$names"
     -days 825 -sha256 -out "$dir/server.crt" \
     -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' "$names") 2>/dev/null
   rm -f "$dir/server.csr"
-  chmod 644 "$dir/server.crt"
+  chmod 640 "$dir/server.crt"
   echo "$names" >"$dir/server.names"
   echo "tls: server certificate for $names, signed by the stack's CA ($dir/ca.crt)"
 fi

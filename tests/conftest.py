@@ -30,10 +30,22 @@ from helpers import BIN, REPO, build_tiny_model, free_port, seed_champion, small
 SLOW_TIERS = ("flows", "stack", "team")
 
 
+# Longest first, so that side by side the long groups start at once instead of ending last.
+TIER_ORDER = ("team", "stack", "flows", "integration", "unit")
+
+
 def pytest_collection_modifyitems(items):
+    items.sort(
+        key=lambda item: TIER_ORDER.index(folder) if (folder := Path(item.path).parent.name) in TIER_ORDER else 0
+    )
     for item in items:
-        if Path(item.path).parent.name in SLOW_TIERS:
+        folder = Path(item.path).parent.name
+        if folder in SLOW_TIERS:
             item.add_marker(pytest.mark.slow)
+        # `make test` runs tests side by side (pytest-xdist, --dist loadgroup): a module's tests
+        # together (its fixtures are built once), and every test of the team stack on one worker,
+        # where the stack is started once.
+        item.add_marker(pytest.mark.xdist_group("team" if folder == "team" else Path(item.path).stem))
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ the stack's admin made with `skillops users add` and reads nothing of A's.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -120,16 +121,16 @@ def call(url, ca=None, body=None, user=None, method=None, headers=None, source="
         connection.close()
 
 
-def prefect(env, path, body=None, expect=200):
+def prefect(env, path, body=None, expect=200, method=None):
     """A Prefect API call with the credentials of `env`'s account (and, for a write, the CSRF
     token that Prefect's protection asks for, fetched as its own client fetches it)."""
     api, ca, auth = env["PREFECT_API_URL"], env["PREFECT_API_SSL_CERT_FILE"], env["PREFECT_API_AUTH_STRING"]
     headers = {}
-    if body is not None:
+    if body is not None or method not in (None, "GET"):
         status, text = call(f"{api}/csrf-token?client=skillops-tests", ca, user=auth)
         assert status == 200, (status, text)
         headers = {"Prefect-Csrf-Token": json.loads(text)["token"], "Prefect-Csrf-Client": "skillops-tests"}
-    status, text = call(api + path, ca, body, auth, headers=headers)
+    status, text = call(api + path, ca, body, auth, headers=headers, method=method)
     if expect is None:
         return status, text
     assert status == expect, (status, text)
@@ -220,15 +221,30 @@ class Team:
             machine.run("scripts/stack.sh", "down", env=env, check=False, timeout=180)
         return not (self.servers / "postgres" / "postmaster.pid").exists()
 
+    CREDENTIALS = ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
     def mlflow(self, account: str):
-        """An MLflow client as `account` (its own process environment, not this one's)."""
+        """An MLflow client that calls as `account` (MLflow reads the credentials from this
+        process's environment at each request: they stay set until another account's client is
+        made; `as_account` puts the earlier ones back)."""
         import mlflow
 
         env = self.accounts[account]
-        os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
-        os.environ["MLFLOW_TRACKING_USERNAME"] = env["MLFLOW_TRACKING_USERNAME"]
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = env["MLFLOW_TRACKING_PASSWORD"]
+        os.environ.update({key: env[key] for key in self.CREDENTIALS})
         return mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"], env["MLFLOW_TRACKING_URI"])
+
+    @contextlib.contextmanager
+    def as_account(self, account: str):
+        """An MLflow client as `account` for the block, the environment's credentials put back after."""
+        saved = {key: os.environ.get(key) for key in self.CREDENTIALS}
+        try:
+            yield self.mlflow(account)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def user(self, account: str) -> str:
         """`name:password` of an account, for HTTP basic auth."""
@@ -267,9 +283,9 @@ class Team:
     def state_of(self, name: str) -> dict:
         """What an attack must leave as it was: the served model's champion, versions, name,
         the policy and the authority's record."""
-        client = self.mlflow("admin")
-        model = client.get_registered_model(name)
-        versions = client.search_model_versions(f"name = '{name}'")
+        with self.as_account("admin") as client:
+            model = client.get_registered_model(name)
+            versions = client.search_model_versions(f"name = '{name}'")
         gate = call(f"{self.mlflow_url}/gate/models/{name}", self.ca, user=self.user("reader-b"))
         assert gate[0] == 200, gate
         record = json.loads(gate[1])

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 from pathlib import Path
 
 ROLES: dict[str, list[tuple[str, str, str]]] = {
@@ -142,7 +141,7 @@ def _write_account(stack_dir: Path, stack: dict, name: str, role: str, password:
     folder = stack_dir / "accounts" / name
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
-    shutil.copyfile(stack_dir / "tls" / "ca.crt", folder / "ca.crt")
+    _private(folder / "ca.crt", (stack_dir / "tls" / "ca.crt").read_text("utf-8"))
     credentials = [f"MLFLOW_TRACKING_USERNAME='{name}'", f"MLFLOW_TRACKING_PASSWORD='{password}'"]
     if role in PREFECT_ROLES:
         auth = (stack_dir / "secrets" / "prefect-auth").read_text("utf-8").strip()
@@ -172,7 +171,7 @@ def _write_account(stack_dir: Path, stack: dict, name: str, role: str, password:
             'export PGPASSFILE="$here/pgpass" PGSSLROOTCERT="$here/ca.crt"',
         ]
     lines.append('set -a; . "$here/credentials"; set +a')
-    (folder / "env").write_text("\n".join(lines) + "\n", "utf-8")
+    _private(folder / "env", "\n".join(lines) + "\n")
     return folder
 
 

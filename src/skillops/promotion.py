@@ -258,6 +258,37 @@ def _same_queries(candidate: QueryScores, reference: QueryScores, reference_name
         )
 
 
+def policy_check(weaker_policy: list[str]) -> Check:
+    """The failed check of a run whose policy is weaker than its model's (`weaker_than`)."""
+    return Check(
+        name="policy",
+        passed=False,
+        detail="this run's policy is weaker than the one the model is judged by, so it may register but not "
+        f"promote: {'; '.join(weaker_policy)}. Run with the model's policy (`skillops policy` shows it; a "
+        "maintainer changes it with `skillops policy --set` or `--from-recipe`)",
+    )
+
+
+def refuse_unjudgeable(
+    weaker_policy: list[str], metric: str, reference_name: str, reference_version: str | None
+) -> Decision:
+    """The decision on a candidate scored by another evaluator than its model's: nothing to compare
+    (its scores are not the model's metric), refused for the policy alone."""
+    check = policy_check(weaker_policy)
+    nan = float("nan")
+    return Decision(
+        promote=False,
+        reason=check.detail,
+        metric=metric,
+        candidate=nan,
+        reference=nan,
+        reference_name=reference_name,
+        reference_version=reference_version,
+        delta=nan,
+        checks=[check],
+    )
+
+
 def decide(
     candidate: QueryScores,
     reference: QueryScores,
@@ -282,17 +313,7 @@ def decide(
     versus = f"the {reference_name}'s {bar:.4f}"
 
     verdict = "beats" if delta > 0 else "is equal to" if delta == 0 else "is worse than"
-    checks = []
-    if weaker_policy:
-        checks.append(
-            Check(
-                name="policy",
-                passed=False,
-                detail="this run's policy is weaker than the one the model is judged by, so it may register but not "
-                f"promote: {'; '.join(weaker_policy)}. Run with the model's policy (`skillops policy` shows it; a "
-                "maintainer changes it with `skillops policy set`)",
-            )
-        )
+    checks = [policy_check(weaker_policy)] if weaker_policy else []
     checks.append(
         Check(
             name="improvement",

@@ -27,6 +27,8 @@ def _flow(recipe: Path, work: Path, log: Path) -> subprocess.Popen:
     server) so that a test can kill all of it."""
     env = {k: v for k, v in os.environ.items() if k not in ("SKILLOPS_OPTUNA_STORAGE", "PREFECT_API_URL")}
     env.update(SKILLOPS_OUTPUTS_DIR=str(work / "outputs"), PREFECT_HOME=str(work / "prefect-home"))
+    # A killed trial is found by its stale heartbeat after a grace of 14 s (production: 140 s).
+    env.update(SKILLOPS_SERVER_WAIT_SECONDS="10", SKILLOPS_TRIAL_HEARTBEAT_SECONDS="2")
     return subprocess.Popen(
         [str(BIN / "python"), str(REPO / "flows" / "train_esco.py"), str(recipe)],
         env=env,

@@ -4,7 +4,7 @@ restart, promote one at a time, the champion ends as the best of them that beat 
 champion, and every decision is recorded.
 
 The slot is held by the test while the four runs register and line up for it, so that all of them
-are waiting when the server goes down (for 20 s); a server that kept its slots in memory (Prefect's
+are waiting when the server goes down (for a few seconds); a server that kept its slots in memory (Prefect's
 default) would come back with the slot counted as taken and no lease to release it."""
 
 import json
@@ -23,6 +23,7 @@ from skillops import registry
 pytestmark = pytest.mark.faults
 
 NAME = "tiny-esco"
+OUTAGE_SECONDS = 5  # the Prefect server away, with every run waiting for the promotion slot
 # Four candidates of different quality: two trained hard, one lightly, one barely at all.
 CANDIDATES = [
     {"max_steps": 80, "learning_rate": 2e-3, "seed": 1},
@@ -109,7 +110,7 @@ def test_four_runs_promoting_at_once_across_a_restart_of_the_prefect_server(
     time.sleep(5)  # past registering, into the promote task
     processes[0].send_signal(signal.SIGKILL)
     processes[0].wait(timeout=30)
-    time.sleep(20)
+    time.sleep(OUTAGE_SECONDS)
     processes[0] = start_prefect_server(env, tmp_path / "server.log")
     holder.stdin.close()  # the slot is released: the runs take it one at a time
     assert holder.wait(timeout=180) == 0

@@ -118,7 +118,7 @@ def test_schedule_skip_resume_and_one_training_at_a_time(stack, small_esco, tiny
 
     # 3. SIGKILL mid-training, then the same run again: it resumes from the last checkpoint.
     long_run = json.dumps(
-        {"training.max_steps": 400, "training.checkpoint_every_steps": 20, "training.learning_rate": 1e-3}
+        {"training.max_steps": 200, "training.checkpoint_every_steps": 20, "training.learning_rate": 1e-3}
     )
     _prefect(env, "deployment", "run", "train-esco/weekly", "--param", f"overrides={long_run}")
     checkpoints = tmp_path / "outputs" / "attempts"

@@ -18,8 +18,10 @@ from skillops import tracking
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback
-# The storage waits this long for its database; the heartbeats' grace period follows (50 s).
-WAIT_SECONDS = 30
+# The storage waits this long for its database (15 s away here); with trial heartbeats every 2 s
+# the grace period that follows is 24 s (production: 120 s and 10 s, 140 s).
+WAIT_SECONDS = 20
+HEARTBEAT_SECONDS = 2
 pytestmark = pytest.mark.faults
 # Run in a process of its own, so that it can be killed: tune the recipe once, print the result.
 SEARCH = """
@@ -83,7 +85,14 @@ def test_two_workers_share_a_study_across_a_database_restart_and_a_killed_worker
     )
     log = tmp_path / "search.log"
     search = _search(
-        recipe, tmp_path, log, {"PGPASSFILE": str(pgpass), "SKILLOPS_SERVER_WAIT_SECONDS": str(WAIT_SECONDS)}
+        recipe,
+        tmp_path,
+        log,
+        {
+            "PGPASSFILE": str(pgpass),
+            "SKILLOPS_SERVER_WAIT_SECONDS": str(WAIT_SECONDS),
+            "SKILLOPS_TRIAL_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
+        },
     )
     states = optuna.trial.TrialState
     deadline = time.monotonic() + 300

@@ -38,10 +38,7 @@ def team(tmp_path_factory, small_esco, tiny_bert):
     servers = Path(tempfile.mkdtemp(prefix="skillops-team-"))
     servers.chmod(0o711)
     stack = Team(tmp_path_factory.mktemp("team"), servers, transcript, small_esco, tiny_bert)
-    saved = {
-        key: os.environ.get(key)
-        for key in ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    }
+    saved = {key: os.environ.get(key) for key in Team.CREDENTIALS}  # the tests' MLflow clients set them
     try:
         stack.up()
         yield stack
@@ -55,6 +52,14 @@ def team(tmp_path_factory, small_esco, tiny_bert):
             else:
                 os.environ[key] = value
     assert stopped
+
+
+@pytest.fixture(scope="session")
+def served(team) -> str:
+    """A served model whose first retrain the authority judged and promoted, shared by the tests
+    that only read it or only try to change it; returns its name."""
+    team.promoted_model("served")
+    return "served"
 
 
 @pytest.fixture(autouse=True)
@@ -88,12 +93,12 @@ def _no_secret_anywhere(team: Team) -> None:
         and servers / "postgres" not in path.parents and any(s.encode() in path.read_bytes() for s in secrets)
     ]  # fmt: skip
     assert not leaked
-    client = team.mlflow("admin")
-    everything = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert not any(s in json.dumps([[r.data.tags, r.data.params] for r in everything]) for s in secrets)
-    for model in client.search_registered_models():
-        tags = [v.tags for v in client.search_model_versions(f"name = '{model.name}'")] + [model.tags]
-        assert not any(s in json.dumps(tags) for s in secrets)
+    with team.as_account("admin") as client:
+        everything = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert not any(s in json.dumps([[r.data.tags, r.data.params] for r in everything]) for s in secrets)
+        for model in client.search_registered_models():
+            tags = [v.tags for v in client.search_model_versions(f"name = '{model.name}'")] + [model.tags]
+            assert not any(s in json.dumps(tags) for s in secrets)
     records = [
         prefect(team.accounts["maintainer-b"], "/logs/filter", {"limit": 200}),
         prefect(team.accounts["maintainer-b"], "/artifacts/filter", {"limit": 200}),

@@ -10,7 +10,7 @@ import json
 import re
 
 from helpers import BIN, served_candidates
-from teamstack import STRONG, call
+from teamstack import STRONG, call, prefect
 
 
 def test_a_retrain_from_another_machine_is_judged_and_promoted_by_the_authority(team):
@@ -66,6 +66,9 @@ def test_a_retrain_from_another_machine_is_judged_and_promoted_by_the_authority(
     history = team.b.run(BIN / "skillops", "history", recipe, env=team.accounts["reader-b"]).stdout.splitlines()
     movers = [re.search(r" by (\S+)", line).group(1) for line in history]
     if champion == "2":  # the second retrain beat the first
+        # What the promotion changed for the indexes: the neighbourhoods of the skills, in the decision.
+        decision = prefect(team.accounts["worker-b"], "/artifacts/train-esco-decision/latest")
+        assert "Index churn, version 1 -> 2" in decision["data"]
         assert "champion moved back from version 2" in rolled.stdout, rolled.output
         assert movers[0].startswith("worker-") and movers[-1] == "maintainer-b" and len(movers) == 3
     else:

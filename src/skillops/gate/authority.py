@@ -32,7 +32,7 @@ from skillops.config import EvaluationConfig, Recipe
 from skillops.errors import PolicyError, PromotionError, RollbackError
 from skillops.evaluation import QueryScores
 from skillops.gate.record import Record, now, repair_command
-from skillops.promotion import Decision, ModelPolicy, decide, weaker_than
+from skillops.promotion import Decision, ModelPolicy, decide, refuse_unjudgeable, weaker_than
 from skillops.registry import CHAMPION, SERVED_TAG, candidates
 from skillops.tracking import client
 
@@ -243,10 +243,13 @@ class Authority:
         missing = sorted(f"{GOLDEN}{golden}" for golden in policy.golden if f"{GOLDEN}{golden}" not in candidate)
         if missing:
             weaker = [*weaker, f"evaluation.golden: the candidate was not scored on {missing}"]
+        name = "champion" if champion else "base model"
+        if candidate["test"].evaluator != policy.evaluator:  # another evaluator's scores: nothing to compare
+            return refuse_unjudgeable(weaker, policy.primary_metric, name, champion)
         return decide(
             candidate["test"],
             reference["test"],
-            "champion" if champion else "base model",
+            name,
             policy.primary_metric,
             headline,
             policy.promotion,

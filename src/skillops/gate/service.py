@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,22 +306,27 @@ def create_app(gate: Gate):
 
     def endpoint(action):
         async def handle(request: Request) -> Response:
+            started, who = time.monotonic(), "-"
             try:
                 caller = await run_in_threadpool(gate.caller, request.headers.get("Authorization"), address(request))
+                who = caller.name
                 body = await request.json() if request.method == "POST" else {}
                 name = request.path_params.get("name", "")
-                result = await run_in_threadpool(action, caller, name, body)
+                answer = JSONResponse(await run_in_threadpool(action, caller, name, body))
             except _Refused as refused:
                 headers = {"WWW-Authenticate": 'Basic realm="skillops gate"'} if refused.status == 401 else {}
-                return JSONResponse({"error": "AccessError", "message": str(refused)}, refused.status, headers)
+                answer = JSONResponse({"error": "AccessError", "message": str(refused)}, refused.status, headers)
             except SkillopsError as error:
                 kind = type(error).__name__
-                return JSONResponse({"error": kind, "message": str(error)}, STATUS.get(kind, 400))
+                answer = JSONResponse({"error": kind, "message": str(error)}, STATUS.get(kind, 400))
             except Exception:
                 logger.exception("The promotion authority failed on %s %s", request.method, request.url.path)
                 message = "The promotion authority failed; its log on the server machine says why."
-                return JSONResponse({"error": "PromotionError", "message": message}, 500)
-            return JSONResponse(result)
+                answer = JSONResponse({"error": "PromotionError", "message": message}, 500)
+            # Who asked for what, and how long it took: the authority's own access log.
+            seconds = time.monotonic() - started
+            logger.info("%s %s by %s: %s in %.1f s", request.method, request.url.path, who, answer.status_code, seconds)
+            return answer
 
         return handle
 

@@ -6,8 +6,8 @@ basic-auth check, plus a count of the wrong credentials each client address sent
 `WINDOW_SECONDS`. From `MAX_FAILURES` on, that address is answered 429 whatever it sends, until
 its failures age out; another address, with the right password, is not affected. The address is
 the one nginx puts in X-Forwarded-For (it sets the header, replacing any the client sent, and
-the server listens on 127.0.0.1 only, behind it). The count is per server process: with the
-stack's two, an address is refused after MAX_FAILURES to 2 x MAX_FAILURES wrong guesses.
+the server listens on 127.0.0.1 only, behind it). The count is per server process (the stack
+runs one).
 """
 
 from __future__ import annotations
