@@ -32,7 +32,7 @@ team-packages:
 
 # Most of the slow tier waits on servers, schedules and other processes: TEST_WORKERS test processes
 # run side by side on CI's two cores (each module's tests together, the team stack's on one).
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 test: install team-packages  ## every test, as CI runs them, side by side; prints the 15 slowest
 	$(PY) -m pytest -m "" -n $(TEST_WORKERS) --dist loadgroup --durations=15
 

@@ -34,6 +34,7 @@ SLOW_TIERS = ("flows", "stack", "team")
 TIER_ORDER = ("team", "stack", "flows", "integration", "unit")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
     items.sort(
         key=lambda item: TIER_ORDER.index(folder) if (folder := Path(item.path).parent.name) in TIER_ORDER else 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import types
 import warnings
 from pathlib import Path
@@ -140,15 +141,30 @@ def load(model_dir: str | Path, variant: str = "fp32", threads: int | None = Non
     return model
 
 
+def session_options(threads: int | None = None):
+    """How a served variant's onnxruntime session uses the machine's cores: one pool of `threads`
+    (default: every core) for the graph's operators, run one after another, and threads that
+    sleep when a run ends. Between runs the tokenizer and the pooling take the same cores, and
+    onnxruntime's default of spinning for more work starved them: at batch 32 on two cores the
+    ONNX variant was slower than PyTorch (bench/serving.py)."""
+    from onnxruntime import ExecutionMode, GraphOptimizationLevel, SessionOptions
+
+    options = SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
 def _run_in_onnxruntime(transformer, path: Path, threads: int | None) -> None:
     import numpy as np
     import torch
-    from onnxruntime import InferenceSession, SessionOptions
+    from onnxruntime import InferenceSession
 
-    options = SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     output = getattr(transformer, "module_output_name", "token_embeddings")
 
