@@ -34,7 +34,7 @@ team-packages:
 # run side by side on CI's two cores (each module's tests together, the team stack's on one).
 TEST_WORKERS ?= 3
 test: install team-packages  ## every test, as CI runs them, side by side; prints the 15 slowest
-	$(PY) -m pytest -m "" -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(PY) -m pytest -m "" -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 test-fast: install  ## the edit loop: everything but the slow tier (servers, flows, schedules); a bare `pytest` too
 	$(PY) -m pytest

@@ -34,19 +34,28 @@ SLOW_TIERS = ("flows", "stack", "team")
 TIER_ORDER = ("team", "stack", "flows", "integration", "unit")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
     items.sort(
         key=lambda item: TIER_ORDER.index(folder) if (folder := Path(item.path).parent.name) in TIER_ORDER else 0
     )
     for item in items:
-        folder = Path(item.path).parent.name
-        if folder in SLOW_TIERS:
+        if Path(item.path).parent.name in SLOW_TIERS:
             item.add_marker(pytest.mark.slow)
-        # `make test` runs tests side by side (pytest-xdist, --dist loadgroup): a module's tests
-        # together (its fixtures are built once), and every test of the team stack on one worker,
-        # where the stack is started once.
-        item.add_marker(pytest.mark.xdist_group("team" if folder == "team" else Path(item.path).stem))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs tests side by side (pytest-xdist): a module's tests on one worker (its
+    fixtures are built once), and every test of the team stack on one worker, where the stack is
+    started once. (xdist's own `--dist loadgroup` cannot do it with pytest 9: it renames
+    `item._nodeid`, which pytest 9 no longer reads, so every test goes out alone.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModuleAndTeam(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tests/team" if module.startswith("tests/team/") else module
+
+    return ByModuleAndTeam(config, log)
 
 
 @pytest.fixture(scope="session")
