@@ -211,6 +211,11 @@ class TrainingConfig(_Strict):
     )
     weight_decay: float = Field(0.0, ge=0)
     max_seq_length: int = Field(128, ge=8)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto",
+        description="auto: bf16 where the GPU has it, fp16 with loss scaling on older GPUs, fp32 on CPU. bf16 or "
+        "fp16 on a machine without them is refused before training.",
+    )
     taxonomy_aware_batches: bool = Field(
         True,
         description="For in-batch-negative losses (MNRL, CachedMNRL): no batch holds a document that is a known "

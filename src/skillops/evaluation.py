@@ -273,10 +273,11 @@ def score_sets(model, eval_sets: dict[str, Path], config: EvaluationConfig, prom
     """Per-query scores of one model on several frozen evaluation sets (name -> file), each
     distinct text encoded once across all of them."""
     encode = Encoder(model, prompts, config.batch_size)
-    return {name: _score_loaded(encode, read_eval_set(path), config) for name, path in eval_sets.items()}
+    return {name: score_encoded(encode, read_eval_set(path), config) for name, path in eval_sets.items()}
 
 
-def _score_loaded(encode: Encoder, data: Any, config: EvaluationConfig) -> QueryScores:
+def score_encoded(encode: Encoder, data: Any, config: EvaluationConfig) -> QueryScores:
+    """Per-query scores of a loaded eval set with `encode`'s embeddings (shared with other work)."""
     if config.evaluator == "reranking":
         return QueryScores(
             evaluator=config.evaluator,
@@ -327,7 +328,7 @@ def scorer(eval_set_path: Path, config: EvaluationConfig, prompts: Prompts, with
         def __call__(
             self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1
         ) -> dict[str, float]:
-            scores = _score_loaded(Encoder(model, prompts, config.batch_size), data, config)
+            scores = score_encoded(Encoder(model, prompts, config.batch_size), data, config)
             metrics = scores.aggregate(config.metric_names())
             if with_stderr:
                 metrics[f"{config.primary_metric}_stderr"] = scores.standard_error(config.primary_metric)

@@ -99,14 +99,26 @@ def require_devices(wanted: int, setting: str, each: str) -> None:
         )
 
 
-def mixed_precision() -> dict[str, bool]:
-    """bf16 where the GPU has it, fp16 on older GPUs, full precision on CPU."""
+def mixed_precision(wanted: str = "auto") -> dict[str, bool]:
+    """The trainer's precision for `training.precision`: auto is bf16 where the GPU has it, fp16
+    (the trainer scales the loss) on older GPUs, full precision on CPU. bf16 or fp16 asked for
+    on a machine that cannot do it is refused before any training."""
     import torch
 
-    if not torch.cuda.is_available():
-        return {"bf16": False, "fp16": False}
-    bf16 = torch.cuda.is_bf16_supported()
-    return {"bf16": bf16, "fp16": not bf16}
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    if wanted == "auto":
+        wanted = "fp32" if not cuda else "bf16" if bf16 else "fp16"
+    if wanted == "bf16" and not bf16:
+        where = f"this GPU ({torch.cuda.get_device_name()})" if cuda else "this machine (no GPU)"
+        raise RecipeError(f"training.precision = bf16, but {where} has no bf16: use auto, fp16 or fp32.")
+    if wanted == "fp16" and not cuda:
+        raise RecipeError("training.precision = fp16 needs a GPU (this machine has none): use auto or fp32.")
+    return {"bf16": wanted == "bf16", "fp16": wanted == "fp16"}
+
+
+def precision_name(flags: dict[str, bool]) -> str:
+    return "bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "fp32"
 
 
 def load_tokenizer(name_or_path: str):

@@ -24,6 +24,7 @@ from skillops import (
     checkpoints,
     esco,
     gate,
+    modeling,
     preparation,
     registry,
     score_cache,
@@ -101,6 +102,8 @@ def start(
     recipe as named (`recipe_source`) and the overrides it ran with, and the flow run it belongs
     to when there is one on a shared server (the UI's Source column names it)."""
     versions = {f"version.{lib}": metadata.version(lib) for lib in TRACKED_LIBRARIES}
+    # A precision this machine cannot train in is refused here, before the run or any data.
+    precision = modeling.precision_name(modeling.mixed_precision(recipe.training.precision))
     params = {
         "recipe": recipe.name,
         "base_model": recipe.base_model,
@@ -118,6 +121,7 @@ def start(
         **fingerprints.tags(),
         "skillops.kind": "pipeline",
         "skillops.python": platform.python_version(),
+        "skillops.precision": f"{precision} on {modeling.device()}",
         **versions,
         "skillops.overrides": json.dumps(overrides or {}),
         checkpoints.ATTEMPT_TAG: fingerprints.attempt,

@@ -188,7 +188,7 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
         # (no DDP, all writing the same checkpoints), unless told the device is the CPU.
         use_cpu=device() == "cpu",
         disable_tqdm=not progress.interactive(),
-        **mixed_precision(),
+        **mixed_precision(config.precision),
         **eval_settings,
     )
     trainer = _process_zero_saves(SentenceTransformerTrainer)(

@@ -92,3 +92,14 @@ def test_set_overrides_from_a_shell_keep_their_types():
     assert recipe.training.epochs == 1 and recipe.promotion.significance_level is None
     with pytest.raises(RecipeError, match="FIELD=VALUE"):
         parse_overrides(["training.epochs"])
+
+
+def test_a_precision_this_machine_lacks_is_refused_before_training():
+    """No GPU here: auto trains in fp32; bf16 or fp16 asked for is a clear error naming the setting."""
+    from skillops.errors import RecipeError
+    from skillops.modeling import mixed_precision
+
+    assert mixed_precision("auto") == mixed_precision("fp32") == {"bf16": False, "fp16": False}
+    for wanted in ("bf16", "fp16"):
+        with pytest.raises(RecipeError, match=f"training.precision = {wanted}.*use auto"):
+            mixed_precision(wanted)
