@@ -31,10 +31,11 @@ team-packages:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql nginx >/dev/null; }
 
 # Most of the slow tier waits on servers, schedules and other processes: TEST_WORKERS test processes
-# run side by side on CI's two cores (each module's tests together, the team stack's on one).
+# run side by side on CI's two cores (each module's tests together, the team stack's on one), each
+# training on one thread: more threads than cores made every process spin and wait on the others.
 TEST_WORKERS ?= 3
 test: install team-packages  ## every test, as CI runs them, side by side; prints the 15 slowest
-	$(PY) -m pytest -m "" -n $(TEST_WORKERS) --dist loadscope --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -m "" -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 test-fast: install  ## the edit loop: everything but the slow tier (servers, flows, schedules); a bare `pytest` too
 	$(PY) -m pytest
@@ -53,7 +54,7 @@ ifneq ($(filter http%,$(MLFLOW_TRACKING_URI)),)
 	@echo "Open $(MLFLOW_TRACKING_URI)/#/experiments?workflowType=machine_learning (the tracking server's UI)"
 else
 	@echo "Open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the model-training layout)"
-	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} --host 127.0.0.1 --port 5000
 endif
 
 MODEL ?= esco-occupation-skills

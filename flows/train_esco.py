@@ -12,6 +12,7 @@ is in `orchestration.py`. The tune-trials flow is a trial worker of a train-esco
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -21,9 +22,13 @@ from typing import Any
 
 # A worker runs this file from a clone of the team's repository at the deployed commit: the library
 # it imports (here and in the processes it starts) is that clone's src/, not whichever skillops the
-# worker's environment installed, so the commit a run records is the code that ran.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [sys.path[0], os.environ.get("PYTHONPATH")]))
+# worker's environment installed, so the commit a run records is the code that ran. (Where the
+# installed one is this checkout's own, as in `make train` and the tests, nothing changes.)
+_SRC = Path(__file__).resolve().parents[1] / "src"
+_INSTALLED = importlib.util.find_spec("skillops")
+if _INSTALLED is None or Path(_INSTALLED.origin).resolve().parents[1] != _SRC:
+    sys.path.insert(0, str(_SRC))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SRC), os.environ.get("PYTHONPATH")]))
 
 from skillops import servers  # light: what the clients below read when they are imported
 

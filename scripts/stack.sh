@@ -250,6 +250,9 @@ own_servers() {
     MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=$(secret webhook-encryption-key fernet_key)
     export MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true
     [[ ${WEBHOOK_URL:-} == http://* ]] && export MLFLOW_WEBHOOK_ALLOWED_SCHEMES=https,http
+    # MLflow 3.17 runs server-side jobs (scorers, prompt optimisation) in seven huey consumers by
+    # default: skillops queues none, nginx refuses the jobs routes, and they take memory and cores.
+    export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
     start mlflow-server "$VENV/bin/mlflow" server --app-name basic-auth \
       --backend-store-uri "postgresql://skillops_mlflow@/mlflow?host=$STATE/postgres-socket&port=$PG_PORT" \
       --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_BACKEND_PORT" --workers 1 \

@@ -182,7 +182,8 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, what: str, tim
 def start_mlflow_server(folder: Path, port: int, log: Path) -> subprocess.Popen:
     """`mlflow server` on 127.0.0.1:`port`, its runs in folder/server.db and its artifacts (proxied)
     in folder/served-artifacts, answering before this returns; a second start reuses both."""
-    env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false"}
+    # No server-side jobs: skillops queues none, and their seven consumer processes cost the suite.
+    env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "a") as output:
         server = subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder}/server.db",

@@ -27,15 +27,12 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
 import yaml
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import PythonModel
 
 from skillops.errors import ModelNotFoundError, PromotionError
 from skillops.serving import load as load_variant
-from skillops.serving import requested_variant
 from skillops.tracking import account, client, store_dir, tracking_uri, uses_server
 from skillops.uris import safe_uri
 
@@ -102,9 +99,11 @@ def _logged_model(run_id: str) -> str | None:
 
 
 def log_model(model_dir: Path, run_id: str, variant: str) -> str:
-    """The model as MLflow's pyfunc `EmbeddingModel`: `mlflow models serve` and
+    """The model as MLflow's pyfunc `skillops.serving.EmbeddingModel`: `mlflow models serve` and
     `mlflow.pyfunc.load_model` encode with `variant` (prompts applied), from the model folder."""
     import warnings
+
+    from skillops.serving import EmbeddingModel
 
     with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
         # The signature is given (with the prompt_name parameter): MLflow's hint about inferring one
@@ -227,21 +226,3 @@ def trained_with(name: str, version: str) -> dict[str, Any]:
     params = mlflow_client.get_run(mlflow_client.get_model_version(name, version).run_id).data.params
     found = {key: params.get(f"best.{key}", params.get(f"training.{key}")) for key in TUNED_PARAMS}
     return {key: TUNED_PARAMS[key](value) for key, value in found.items() if value is not None}
-
-
-class EmbeddingModel(PythonModel):
-    """The registered model's pyfunc: texts in, embeddings out, `prompt_name` as a parameter (the
-    model's saved prompts, e.g. "query"), encoded by the variant the gate judged and chose."""
-
-    def load_context(self, context) -> None:
-        variant = requested_variant(context.model_config.get("variant", "fp32"))
-        self.model = load_variant(context.artifacts["model"], variant)
-        logger.info("Serving the %s variant of %s", variant, context.artifacts["model"])
-
-    # A DataFrame: what MLflow hands over for the logged signature (one string column).
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
-        import numpy as np
-
-        texts = model_input.iloc[:, 0].tolist()
-        prompt_name = (params or {}).get("prompt_name")
-        return np.asarray(self.model.encode(texts, prompt_name=prompt_name, show_progress_bar=False), dtype=np.float32)

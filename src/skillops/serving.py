@@ -22,6 +22,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
+
+try:
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # a GPU machine running bench/gpu.py: no MLflow there, and nothing logs a pyfunc
+    PythonModel = object
+
 logger = logging.getLogger(__name__)
 
 Variant = Literal["fp32", "onnx", "int8"]
@@ -181,12 +188,19 @@ def requested_variant(logged: str) -> str:
     return settings().serving_variant or logged
 
 
-def __getattr__(name: str):
-    # Versions logged before the pyfunc moved to skillops.registry pickled it as
-    # skillops.serving.EmbeddingModel; they still load. (Here it would make this module import
-    # MLflow, which the GPU check and a reader's serving do without.)
-    if name == "EmbeddingModel":
-        from skillops.registry import EmbeddingModel
+class EmbeddingModel(PythonModel):
+    """The registered model's pyfunc: texts in, embeddings out, `prompt_name` as a parameter (the
+    model's saved prompts, e.g. "query"), encoded by the variant the gate judged and chose."""
 
-        return EmbeddingModel
-    raise AttributeError(name)
+    def load_context(self, context) -> None:
+        variant = requested_variant(context.model_config.get("variant", "fp32"))
+        self.model = load(context.artifacts["model"], variant)
+        logger.info("Serving the %s variant of %s", variant, context.artifacts["model"])
+
+    # A DataFrame: what MLflow hands over for the logged signature (one string column).
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
+        import numpy as np
+
+        texts = model_input.iloc[:, 0].tolist()
+        prompt_name = (params or {}).get("prompt_name")
+        return np.asarray(self.model.encode(texts, prompt_name=prompt_name, show_progress_bar=False), dtype=np.float32)

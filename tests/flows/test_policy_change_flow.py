@@ -39,8 +39,16 @@ def test_a_model_moves_to_the_whole_vocabulary_by_a_recorded_policy_change(
 
     moved = train_esco(recipe=str(recipe), overrides={**STRONG, "training.seed": 5})
     assert moved["version"] == "3" and moved["reason"].startswith("cosine_map ")
-    report = json.loads((tmp_path / "outputs" / moved["run_id"] / "evaluation.json").read_text("utf-8"))
-    # The champion was scored again, on the new sets, by the new metric, beside the candidate.
-    assert report["champion_scores"].startswith("version 1 re-scored on eval snapshot")
+
+    def report_of(run: dict) -> dict:
+        return json.loads((tmp_path / "outputs" / run["run_id"] / "evaluation.json").read_text("utf-8"))
+
+    # The champion was scored on the new sets (by the refused run, which cached its scores on them),
+    # never judged by its old short-list numbers.
+    report = report_of(moved)
+    snapshot = report["eval_fingerprint"]
+    assert snapshot != report_of(first)["eval_fingerprint"] and snapshot == report_of(refused)["eval_fingerprint"]
+    assert report_of(refused)["champion_scores"].startswith(f"version 1 re-scored on eval snapshot {snapshot}")
+    assert report["champion_scores"].startswith(f"cached scores of version 1 on eval snapshot {snapshot}")
     assert report["decision"]["reference_version"] == "1" and report["decision"]["metric"] == "cosine_map"
     assert {"cosine_map", "cosine_short_list_map"} <= set(report["scores"]["champion (v1)"])

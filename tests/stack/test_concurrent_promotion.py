@@ -18,7 +18,7 @@ import mlflow
 import pytest
 
 from helpers import BIN, REPO, SEED_CHAMPION, served_candidates, start_prefect_server, tiny_recipe_yaml, wait_until
-from skillops import registry
+from skillops import gate
 
 pytestmark = pytest.mark.faults
 
@@ -142,7 +142,7 @@ def test_four_runs_promoting_at_once_across_a_restart_of_the_prefect_server(
     assert champion == max(beat_previous, key=score.get)
 
     # The alias moved only forward, each time to a version that beat the champion it replaced.
-    moves = registry.history(NAME)[1:]  # after the seed's
+    moves = gate.local().history(NAME)[1:]  # after the seed's
     chain = ["1"] + [m["to"] for m in moves]
     assert [m["from"] for m in moves] == chain[:-1] and copy_of[chain[-1]] == champion
     assert all(score[copy_of[m["to"]]] > score[copy_of[m["from"]]] for m in moves)

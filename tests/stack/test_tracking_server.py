@@ -76,7 +76,7 @@ def test_a_run_rides_out_a_restart_of_the_tracking_server_and_names_a_longer_out
     env.pop("SKILLOPS_OPTUNA_STORAGE", None)
     server = start_mlflow_server(tmp_path, port, tmp_path / "mlflow.log")
     client = mlflow.MlflowClient(uri, uri)
-    training = {"max_steps": 300, "checkpoint_every_steps": 20, "learning_rate": 1e-3}
+    training = {"max_steps": 150, "checkpoint_every_steps": 20, "learning_rate": 1e-3}
     recipes = {}
     for name in ("quiet", "restart"):  # the same training, judged against the same champion
         recipes[name] = tiny_recipe_yaml(

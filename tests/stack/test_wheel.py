@@ -55,6 +55,15 @@ def test_a_wheel_validates_the_bundled_sample_outside_the_checkout(tmp_path):
         text=True,
     ).stdout
     assert where.startswith(str(venv)), f"skillops imported from {where}, not from the installed wheel"
+    # Every subpackage ships: a reader's `skillops history` reads the promotion authority's record.
+    subpackages = subprocess.run(
+        [str(python), "-c", "import skillops.gate, skillops.stack.throttle"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert subpackages.returncode == 0, subpackages.stderr[-2000:]
 
     result = subprocess.run(
         [str(venv / "bin" / "skillops"), "validate"], cwd=elsewhere, env=env, capture_output=True, text=True

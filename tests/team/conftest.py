@@ -1,4 +1,5 @@
-"""One team stack for every test of this folder (`teamstack.Team`), started once per pytest run.
+"""One team stack for every test of this folder (`teamstack.Team`), started once per pytest run and
+stopped when its last test ends (the fixtures' scope is this package), not when the whole run does.
 
 Each test works on models of its own name; those that stop a process start it again. After each
 test the fixture checks that the stack is as the test found it: every server and worker alive,
@@ -31,7 +32,7 @@ def _alive(pid_file: Path) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def team(tmp_path_factory, small_esco, tiny_bert):
     transcript: list[str] = []
     # Outside pytest's private tmp folder: PostgreSQL runs as the `postgres` user, who must enter it.
@@ -54,7 +55,7 @@ def team(tmp_path_factory, small_esco, tiny_bert):
     assert stopped
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def served(team) -> str:
     """A served model whose first retrain the authority judged and promoted, shared by the tests
     that only read it or only try to change it; returns its name."""
