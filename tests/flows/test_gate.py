@@ -28,7 +28,7 @@ def _builtin_recipe_on_a_copy(tmp_path: Path, name: str) -> tuple[Path, Path]:
     recipe["training"]["epochs"] = 1
     # Served as fp32: these tests are about the data the gate sees; the served variants have their
     # own (test_served_variant_flow.py), and building them for MiniLM twice a test costs minutes.
-    recipe["serving"] = {"variants": []}
+    recipe["serving"] = {"variants": [], "prefer": "fp32"}
     recipe_file = tmp_path / f"{name}.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe), "utf-8")
     return esco, recipe_file
