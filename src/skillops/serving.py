@@ -147,10 +147,10 @@ def load(model_dir: str | Path, variant: str = "fp32", threads: int | None = Non
 
 def session_options(threads: int | None = None):
     """How a served variant's onnxruntime session uses the machine's cores: one pool of `threads`
-    (default: every core) for the graph's operators, run one after another, and threads that
-    sleep when a run ends. Between runs the tokenizer and the pooling take the same cores, and
-    onnxruntime's default of spinning for more work starved them: at batch 32 on two cores the
-    ONNX variant was slower than PyTorch (bench/serving.py)."""
+    (default: every core) for the graph's operators, run one after another, threads that sleep
+    when a run ends (between runs the tokenizer and the pooling need the same cores), and every
+    graph optimisation. bench/serving.py measures it: on 2 cores int8 still gains little from
+    the second thread at batch 32 (README, "Served fast on CPU")."""
     from onnxruntime import ExecutionMode, GraphOptimizationLevel, SessionOptions
 
     options = SessionOptions()
