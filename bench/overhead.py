@@ -120,7 +120,14 @@ def main() -> None:
     )
     arguments = cli.parse_args()
 
-    overrides = {"search.pruner": arguments.flow_pruner}
+    # Both sides judged as the plain script can: card 000's short list with RerankingEvaluator (the
+    # recipe's headline, the whole vocabulary, has no evaluator of the library's to compare with).
+    overrides = {
+        "search.pruner": arguments.flow_pruner,
+        "evaluation.evaluator": "reranking",
+        "evaluation.primary_metric": "map",
+        "evaluation.short_list_negatives": None,
+    }
     recipe = load_recipe(arguments.recipe).with_overrides(overrides)
     python = sys.executable
     kept = contextlib.nullcontext(arguments.work) if arguments.work else None
