@@ -221,6 +221,7 @@ def _pruning_callback(trial, evaluator, metric: str, run_id: str):
         def __init__(self) -> None:
             self.last_score: float | None = None
             self.last_step = -1
+            self.reported: set[int] = set()
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             scores = {metric_name(k.removeprefix("eval_")): v for k, v in (metrics or {}).items()}
@@ -235,8 +236,13 @@ def _pruning_callback(trial, evaluator, metric: str, run_id: str):
                 step=state.global_step,
             )
             point = max(1, round(state.global_step / args.eval_steps))  # validation point 1, 2, ...
+            if point in self.reported:
+                # Two validations round to one point when a trial runs more steps than planned
+                # (taxonomy-aware batches hold fewer rows): Optuna keeps the first and warns.
+                return
             trial.set_user_attr(f"validation_stderr_{point}", stderr)
             trial.report(self.last_score, point)
+            self.reported.add(point)
             if trial.should_prune():
                 raise optuna.TrialPruned(
                     f"validation {metric} {self.last_score:.4f} (standard error {stderr:.4f}) at step {state.global_step}"

@@ -105,3 +105,22 @@ def test_the_standard_error_of_a_ranking_metric_is_that_of_its_mean_over_queries
     values = [0.2, 0.4, 0.9, 0.5]
     scores = QueryScores(evaluator="reranking", ids=list("abcd"), slices=[""] * 4, per_query={"map": values})
     assert scores.standard_error("map") == pytest.approx(float(np.std(values, ddof=1) / 2))
+
+
+def test_a_validation_point_is_reported_to_optuna_once(mlflow_store, recwarn):
+    """A trial that runs more steps than planned (the taxonomy-aware batches hold fewer rows than
+    the plan assumed) validates twice near its last point: steps 56 and 59 both round to point 4
+    at 14 steps a point. The first is reported, the second only logged, and Optuna does not warn."""
+    from types import SimpleNamespace
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    run_id = tracking.start_run("points", "trial", {})
+    callback = tuning._pruning_callback(trial, evaluator=None, metric="map", run_id=run_id)
+    args = SimpleNamespace(eval_steps=14)
+    for step, score in ((14, 0.2), (28, 0.3), (42, 0.4), (56, 0.5), (59, 0.6)):
+        callback.on_evaluate(args, SimpleNamespace(global_step=step), None, metrics={"eval_map": score})
+    assert study.trials[0].intermediate_values == {1: 0.2, 2: 0.3, 3: 0.4, 4: 0.5}
+    assert not [w for w in recwarn if "already reported" in str(w.message)]
+    logged = tracking.client().get_metric_history(run_id, "validation_map")
+    assert [m.step for m in logged] == [14, 28, 42, 56, 59]
