@@ -63,9 +63,10 @@ SHAPES = {
 UNIMPORTABLE = ("mlflow", "prefect", "optuna")
 
 
-def build(shape: str, folder: Path, tokenizer: str) -> Path:
-    """A randomly initialised model of `shape`, saved with all-MiniLM-L6-v2's tokenizer (the only
-    one here offline: its ids fall inside every shape's vocabulary)."""
+def build(shape: str, folder: Path, tokenizer: str) -> int:
+    """A randomly initialised model of `shape` saved in `folder` with all-MiniLM-L6-v2's tokenizer
+    (the only one here offline: its ids fall inside every shape's vocabulary); returns its number
+    of parameters outside the embeddings (what MFU counts)."""
     import transformers
 
     kind, hidden, layers, heads, feed_forward, vocab = SHAPES[shape]
@@ -76,9 +77,10 @@ def build(shape: str, folder: Path, tokenizer: str) -> Path:
         )
     else:
         config = transformers.BertConfig(vocab_size=vocab, intermediate_size=feed_forward, **size)
-    transformers.AutoModel.from_config(config).save_pretrained(folder)
+    model = transformers.AutoModel.from_config(config)
+    model.save_pretrained(folder)
     transformers.AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
-    return folder
+    return sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
 
 
 class Bench:
@@ -87,13 +89,13 @@ class Bench:
 
         from skillops import preparation
         from skillops.config import load_recipe
+        from skillops.modeling import mixed_precision, precision_name
 
         self.device, self.tiny, self.work, self.out = device, tiny, work, out
         self.cuda = device == "cuda"
         self.gpu = torch.cuda.get_device_name() if self.cuda else f"CPU ({os.cpu_count()} cores)"
-        self.precisions = ["bf16", "fp32"] if self.cuda and torch.cuda.is_bf16_supported() else ["fp32"]
-        if self.cuda and "bf16" not in self.precisions:
-            self.precisions = ["fp16", "fp32"]
+        # What `training.precision: auto` trains in here, then fp32 to compare with (CPU: fp32 alone).
+        self.precisions = list(dict.fromkeys([precision_name(mixed_precision("auto")), "fp32"]))
         self.recipe = load_recipe("esco-occupation-skills")
         card004 = load_recipe("job-skills").training
         self.training = card004.model_copy(
@@ -102,7 +104,9 @@ class Bench:
         self.paths = preparation.write_task(preparation.build_task(self.recipe), work / "task", {})
         self.rows: dict[str, dict] = {}
         # The model part 1, 3 and 4 train and encode: MiniLM, or a tiny BERT with its tokenizer.
-        self.minilm = str(build("tiny-bert", work / "tiny-bert", minilm)) if tiny else minilm
+        if tiny:
+            build("tiny-bert", work / "tiny-bert", minilm)
+        self.minilm = str(work / "tiny-bert") if tiny else minilm
         self.tokenizer = minilm
 
     def eval_set(self, name: str) -> Path:
@@ -216,15 +220,12 @@ class Bench:
         self.write("minilm", row)
 
     def part_xlmr_large(self) -> None:
-        import torch
         from transformers import AutoConfig, AutoTokenizer
 
         shape = "tiny-xlm-roberta" if self.tiny else "xlm-roberta-large"
-        folder = build(shape, self.work / shape, self.tokenizer)
+        folder = self.work / shape
+        non_embedding = build(shape, folder, self.tokenizer)
         config = AutoConfig.from_pretrained(folder)
-        non_embedding = sum(
-            p.numel() for n, p in torch.nn.Module.named_parameters(_module(folder)) if "embeddings" not in n
-        )
         tokens_per_sample = _tokens_per_sample(
             AutoTokenizer.from_pretrained(folder), self.paths.train, self.recipe.training.max_seq_length
         )
@@ -318,12 +319,6 @@ class Bench:
         self.write("export", row)
 
 
-def _module(folder: Path):
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(folder)
-
-
 def _tokens_per_sample(tokenizer, train_path: Path, max_length: int) -> float:
     """Tokens one training row feeds the model: its anchor and its positive, cut at max_length."""
     import pandas as pd
@@ -343,6 +338,10 @@ def _installed_minilm() -> str:
     return resolve_model("sentence-transformers/all-MiniLM-L6-v2")
 
 
+def _figures(values: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+
+
 def print_table(rows: dict[str, dict]) -> None:
     """The figures a reader compares, one line each; the JSON has the rest."""
     lines = []
@@ -352,10 +351,8 @@ def print_table(rows: dict[str, dict]) -> None:
             continue
         for arm, value in row.items():
             if isinstance(value, dict):
-                figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
-                lines.append((f"{part} {arm}", figures))
-        flat = {k: v for k, v in row.items() if not isinstance(v, dict)}
-        lines.append((part, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in flat.items())))
+                lines.append((f"{part} {arm}", _figures(value)))
+        lines.append((part, _figures({k: v for k, v in row.items() if not isinstance(v, dict)})))
     width = max(len(name) for name, _ in lines)
     print("\n".join(f"{name:{width}}  {figures}" for name, figures in lines))
 

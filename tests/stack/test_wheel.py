@@ -46,24 +46,17 @@ def test_a_wheel_validates_the_bundled_sample_outside_the_checkout(tmp_path):
     # No PYTHONPATH: a checkout on it would shadow the installed package.
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env |= {"HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false"}
-    where = subprocess.run(
-        [str(python), "-c", "import skillops; print(skillops.__file__)"],
-        cwd=elsewhere,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert where.startswith(str(venv)), f"skillops imported from {where}, not from the installed wheel"
     # Every subpackage ships: a reader's `skillops history` reads the promotion authority's record.
-    subpackages = subprocess.run(
-        [str(python), "-c", "import skillops.gate, skillops.stack.throttle"],
+    imported = subprocess.run(
+        [str(python), "-c", "import skillops, skillops.gate, skillops.stack.throttle; print(skillops.__file__)"],
         cwd=elsewhere,
         env=env,
         capture_output=True,
         text=True,
     )
-    assert subpackages.returncode == 0, subpackages.stderr[-2000:]
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    where = imported.stdout
+    assert where.startswith(str(venv)), f"skillops imported from {where}, not from the installed wheel"
 
     result = subprocess.run(
         [str(venv / "bin" / "skillops"), "validate"], cwd=elsewhere, env=env, capture_output=True, text=True
