@@ -4,6 +4,7 @@ CSV edits, free ports and waiting for a server. Fixtures that use them are in co
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -221,9 +222,19 @@ def wait_until(condition, what: str, timeout: float = 300, explain=lambda: ""):
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, below the kernel's range for outgoing connections. A port from
+    bind(0) comes from that range, and with tests side by side another process's connection took
+    one before the test's server bound it ("Address already in use"). Room is left above it for
+    the stack's backend ports (MLFLOW_PORT + 10100, scripts/stack.sh)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.Random().sample(range(15000, low - 10100), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the kernel's ephemeral range")
 
 
 class Levels:
