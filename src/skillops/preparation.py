@@ -284,38 +284,79 @@ def source_files(data: DataConfig) -> list[Path]:
     return [path] if path.is_file() else []
 
 
-def mine_negatives(train: pd.DataFrame, recipe: Recipe) -> pd.DataFrame:
-    """Hard negatives for (anchor, positive) rows, with sentence-transformers' own miner and the
-    base model: (anchor, positive, negative_1..n). Rows without enough negatives are dropped."""
+def with_mined_negatives(task: Task, recipe: Recipe) -> Task:
+    """The task with hard negatives in its training rows when the recipe asks for them.
+
+    An ESCO recipe mines among the taxonomy's documents (every skill of the download: what its
+    queries are ranked against); table data among its training documents, as sentence-transformers
+    does by default."""
+    if recipe.data.mine_negatives is None:
+        return task
+    corpus = task.documents["text"].tolist() if recipe.data.format == "esco" else None
+    return Task(mine_negatives(task.train, recipe, corpus), task.eval_sets, task.split, task.documents)
+
+
+def mine_negatives(train: pd.DataFrame, recipe: Recipe, corpus: list[str] | None = None) -> pd.DataFrame:
+    """Hard negatives for (anchor, positive) rows: (anchor, positive, negative_1..n), with
+    sentence-transformers' own miner and the base model. Rows without enough negatives are dropped.
+
+    The miner treats every row of an anchor as one of its positives and never offers any of them
+    as that anchor's negative (an occupation's skills are all its rows). It picks negatives once
+    per anchor; here an anchor's rows share its candidates out, so the 20 rows of an occupation
+    train against up to 20 different skills rather than the same one 20 times."""
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
 
     from skillops.modeling import load_model
 
     mining = recipe.data.mine_negatives
+    rows_per_anchor = int(train.groupby("anchor").size().max())
+    window = (mining.range_max or len(corpus or train)) - mining.range_min
+    candidates_per_anchor = max(mining.num_negatives, min(window, mining.num_negatives * rows_per_anchor))
     mined = mine_hard_negatives(
         Dataset.from_pandas(train[["anchor", "positive"]], preserve_index=False),
         load_model(recipe.base_model, recipe.training.max_seq_length),
         anchor_column_name="anchor",
         positive_column_name="positive",
-        num_negatives=mining.num_negatives,
+        corpus=corpus,
+        num_negatives=candidates_per_anchor,
         range_min=mining.range_min,
         range_max=mining.range_max,
         relative_margin=mining.relative_margin,
         sampling_strategy=mining.sampling_strategy,
         query_prompt=recipe.prompts.query or None,
         corpus_prompt=recipe.prompts.document or None,
-        output_format="n-tuple",
+        output_format="labeled-pair",  # each anchor's positives (1), then its candidates best first (0)
         batch_size=recipe.evaluation.batch_size,
         verbose=False,
     ).to_pandas()
-    if mined.empty:
+    candidates = mined[mined["label"] == 0].groupby("anchor", sort=False)["positive"].apply(list).to_dict()
+    rows = []
+    for anchor, group in train.groupby("anchor", sort=False):
+        pool = candidates.get(anchor, [])
+        if len(pool) < mining.num_negatives:
+            continue
+        for number, positive in enumerate(group["positive"]):
+            first = number * mining.num_negatives
+            picked = [pool[(first + k) % len(pool)] for k in range(mining.num_negatives)]
+            rows.append(
+                {"anchor": anchor, "positive": positive, **{f"negative_{k + 1}": n for k, n in enumerate(picked)}}
+            )
+    if not rows:
         raise DataError(
-            f"Mining found no hard negatives for any of the {len(train)} training pairs; lower "
-            "data.mine_negatives.num_negatives or relative_margin, or raise range_max."
+            f"Mining found no {mining.num_negatives} hard negatives for any of the {len(train)} training pairs; lower "
+            "data.mine_negatives.num_negatives or raise range_max. Where an anchor has many positives (an ESCO "
+            "occupation's skills), set data.mine_negatives.relative_margin: null: the margin is measured from the "
+            "anchor's least similar positive, which leaves almost nothing below it."
         )
-    logger.info("Mined %d negatives each for %d of %d training pairs", mining.num_negatives, len(mined), len(train))
-    return mined
+    logger.info(
+        "Mined %d negatives each for %d of %d training pairs, from up to %d candidates per anchor",
+        mining.num_negatives,
+        len(rows),
+        len(train),
+        candidates_per_anchor,
+    )
+    return pd.DataFrame(rows)
 
 
 def write_task(task: Task, directory: Path, manifest: dict) -> PreparedPaths:

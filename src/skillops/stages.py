@@ -46,7 +46,7 @@ from skillops.paths import outputs_root
 from skillops.preparation import PreparedData
 from skillops.promotion import Decision, ModelPolicy, choose_variant
 from skillops.reports import card_summary, loss_curve_chart, rounds_chart, write_evaluation_report
-from skillops.training import Round, TrainingSpec, check_processes, train_rounds
+from skillops.training import Round, TrainingSpec, check_processes, plan_steps, train_rounds
 from skillops.tuning import TrialWorker
 from skillops.tuning import tune as run_search
 from skillops.tuning_workers import PlaceWorkers
@@ -110,6 +110,11 @@ def start(
         "data.format": recipe.data.format,
         "data.path": recipe.data.path,
         "data.shape": recipe.data.training_shape,
+        **(
+            {f"data.mine_negatives.{k}": v for k, v in recipe.data.mine_negatives.model_dump().items()}
+            if recipe.data.mine_negatives
+            else {"data.mine_negatives": None}
+        ),
         **{f"loss.{k}": v for k, v in recipe.loss.model_dump().items()},
         **{f"prompts.{k}": repr(v) for k, v in recipe.prompts.model_dump().items()},
         **{f"training.{k}": v for k, v in recipe.training.model_dump().items()},
@@ -256,11 +261,7 @@ def prepare_data(run: RunContext) -> PreparedData:
     check what was built: leakage, cut texts, and the suites of the training and eval shapes."""
     recipe = run.recipe
     fingerprint = run.fingerprints.data or f"unversioned hub dataset {recipe.data.path}"
-    task = preparation.build_task(recipe)
-    if recipe.data.mine_negatives is not None:
-        task = preparation.Task(
-            preparation.mine_negatives(task.train, recipe), task.eval_sets, task.split, task.documents
-        )
+    task = preparation.with_mined_negatives(preparation.build_task(recipe), recipe)
     paths = preparation.write_task(task, run.output_dir / "data", {"data_fingerprint": fingerprint})
     with data_docs(run.output_dir / "validation" / "gx-prepared") as docs:
         report = validate_prepared(task, recipe, paths)
@@ -397,15 +398,14 @@ def train(run: RunContext, data: PreparedData, params: dict) -> Path:
             tracking.log_metrics(run.run_id, done.validation, prefix="round_validation_", step=done.number)
             logger.info("Round %d/%d: validation %s %.4f", done.number, config.rounds, metric, done.validation[metric])
 
-    if recipe.loss.in_batch_negatives:  # what the batches' false negatives are, with and without the switch
-        from datasets import Dataset
+    from datasets import Dataset
 
+    dataset = Dataset.from_parquet(str(data.paths.train))
+    plan = plan_steps(dataset, config, recipe.loss)  # what the final training takes, as its log says
+    tracking.log_params(run.run_id, {"batches": plan.sampler, "steps_per_epoch": plan.steps_per_epoch})
+    if recipe.loss.in_batch_negatives:  # what the batches' false negatives are, with and without the switch
         shares = false_negative_shares(
-            Dataset.from_parquet(str(data.paths.train)),
-            config.batch_size,
-            config.processes,
-            config.taxonomy_aware_batches,
-            config.seed,
+            dataset, config.batch_size, config.processes, config.taxonomy_aware_batches, config.seed
         )
         tracking.log_metrics(run.run_id, shares)
     spec = TrainingSpec.for_recipe(

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
@@ -119,6 +119,38 @@ def column_prompts(columns: list[str], prompts: Prompts) -> dict[str, str] | Non
     }
 
 
+class StepPlan(NamedTuple):
+    """Which batches a training takes and how many optimizer steps an epoch of them is."""
+
+    sampler: str  # how the run and its log name it: taxonomy-aware, no-duplicates, length-grouped, random
+    batch_sampler: Any  # what the trainer is given: a BatchSamplers value or a sampler factory
+    steps_per_epoch: int
+
+
+def plan_steps(dataset, config: TrainingConfig, loss: LossConfig) -> StepPlan:
+    """The batch sampler for this loss and settings, and the steps an epoch really takes with it.
+    Taxonomy-aware batches cannot always be filled (a row waits while its anchor's positives are
+    in the batch), so an epoch has more, smaller batches than rows / batch size: counted by
+    running the sampler's first pass, as the trainer sizes its schedule."""
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    # Each process takes one of every `processes` batches; an optimizer step accumulates several.
+    batches_per_step = config.processes * config.gradient_accumulation_steps
+    if loss.in_batch_negatives and config.taxonomy_aware_batches:
+        batches = len(
+            taxonomy_aware_batches(dataset, config.batch_size, False, seed=config.seed, world=config.processes)
+        )
+        return StepPlan("taxonomy-aware", taxonomy_aware_batches, max(1, -(-batches // batches_per_step)))
+    if loss.in_batch_negatives:
+        name, sampler = "no-duplicates", BatchSamplers.NO_DUPLICATES
+    elif config.group_by_length:
+        name, sampler = "length-grouped", length_grouped_batches
+    else:
+        name, sampler = "random", BatchSamplers.BATCH_SAMPLER
+    batches = -(-len(dataset) // config.batch_size)
+    return StepPlan(name, sampler, max(1, -(-batches // batches_per_step)))
+
+
 def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | None = None) -> TrainingResult:
     """Train and save the model under `spec.output_dir/model`.
 
@@ -130,7 +162,6 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
     """
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.base.sampler import BatchSamplers
     from transformers import PrinterCallback
 
     config, loss, output_dir = spec.config, spec.loss, spec.output_dir
@@ -150,16 +181,11 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
     model.model_card_data.widget = [
         {"source_sentence": first[dataset.column_names[0]], "sentences": [first[dataset.column_names[1]]]}
     ]
-    steps_per_epoch = max(1, -(-len(dataset) // (config.batch_size * config.gradient_accumulation_steps)))
-    total_steps = config.max_steps if config.max_steps > 0 else max(1, int(steps_per_epoch * config.epochs))
+    plan = plan_steps(dataset, config, loss)
+    total_steps = config.max_steps if config.max_steps > 0 else max(1, int(plan.steps_per_epoch * config.epochs))
     eval_settings: dict[str, Any] = {"eval_strategy": "no"}
     if evaluator is not None and config.evals_during_training > 0:
         eval_settings = {"eval_strategy": "steps", "eval_steps": max(1, total_steps // config.evals_during_training)}
-    batch_sampler: Any = BatchSamplers.BATCH_SAMPLER
-    if loss.in_batch_negatives:
-        batch_sampler = taxonomy_aware_batches if config.taxonomy_aware_batches else BatchSamplers.NO_DUPLICATES
-    elif config.group_by_length:
-        batch_sampler = length_grouped_batches
 
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
@@ -172,7 +198,7 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
         warmup_steps=config.warmup_ratio,  # transformers 5: a value below 1 is a ratio
         weight_decay=config.weight_decay,
         seed=config.seed,
-        batch_sampler=batch_sampler,
+        batch_sampler=plan.batch_sampler,
         prompts=column_prompts(dataset.column_names, spec.prompts),
         logging_steps=max(1, total_steps // 20),
         # Checkpoints are what a killed run resumes from; steps when asked, else each epoch.
@@ -209,7 +235,15 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
     if not progress.interactive():
         # Without bars the trainer prints every logged loss as a dict; the curve is in MLflow.
         trainer.remove_callback(PrinterCallback)
-    logger.info("Training %s with %s on %d rows for %d steps", spec.base_model, loss.name, len(dataset), total_steps)
+    logger.info(
+        "Training %s with %s on %d rows for %d steps (%s batches, %d steps per epoch)",
+        spec.base_model,
+        loss.name,
+        len(dataset),
+        total_steps,
+        plan.sampler,
+        plan.steps_per_epoch,
+    )
     checkpoint = _last_checkpoint(output_dir / "checkpoints")
     if checkpoint is not None:
         logger.info("Resuming %s from step %s (%s)", spec.label, checkpoint.name.rsplit("-", 1)[1], checkpoint)

@@ -236,9 +236,7 @@ def _pruning_callback(trial, evaluator, metric: str, run_id: str):
                 step=state.global_step,
             )
             point = max(1, round(state.global_step / args.eval_steps))  # validation point 1, 2, ...
-            if point in self.reported:
-                # Two validations round to one point when a trial runs more steps than planned
-                # (taxonomy-aware batches hold fewer rows): Optuna keeps the first and warns.
+            if point in self.reported:  # Optuna keeps a point's first value and warns at a second
                 return
             trial.set_user_attr(f"validation_stderr_{point}", stderr)
             trial.report(self.last_score, point)

@@ -58,3 +58,58 @@ def test_the_run_logs_the_share_with_and_without_the_sampler(bundled_pairs):
     off = false_negative_shares(bundled_pairs, 32, 1, taxonomy_aware=False, seed=42)
     assert on["false_in_batch_negatives_share"] == 0
     assert on["false_in_batch_negatives_share_no_duplicates"] == off["false_in_batch_negatives_share"] > 0.02
+
+
+def test_mined_esco_negatives_are_never_a_skill_of_the_occupation():
+    """Mined from the whole vocabulary with the base model: no negative is any skill the ESCO
+    relations link to the row's occupation (the miner excludes every row of an anchor, not only the
+    row's own positive), and an occupation's rows share its candidates out instead of repeating one."""
+    from skillops import esco
+    from skillops.config import MiningConfig
+
+    recipe = load_recipe("esco-occupation-skills")
+    mining = MiningConfig(num_negatives=2, range_min=0, range_max=30, relative_margin=None)
+    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"mine_negatives": mining})})
+    task = preparation.build_task(recipe)
+    mined = preparation.with_mined_negatives(task, recipe).train
+
+    anchors, skills, vocabulary, _ = esco.occupation_skills(esco.load_esco(recipe.data.location), recipe.data)
+    skills_of = {anchors[uri]: set(labels) for uri, labels in skills.items()}
+    negatives = mined[["negative_1", "negative_2"]]
+    assert len(mined) == len(task.train)  # no margin: every pair has its negatives
+    for row, pair in zip(negatives.itertuples(index=False), mined.itertuples(index=False), strict=True):
+        assert not set(row) & skills_of[pair.anchor], pair.anchor
+        assert len(set(row)) == 2
+    assert set(negatives.stack()) <= set(vocabulary)
+    assert set(negatives.stack()) - set(task.train["positive"])  # from the taxonomy, not only training skills
+    for _, rows in mined.groupby("anchor"):  # 30 candidates, 2 a row: up to 15 rows without a repeat
+        assert rows["negative_1"].head(15).nunique() == min(15, len(rows))
+
+
+def test_the_planned_steps_are_the_steps_the_trainer_takes(tiny_bert, tmp_path):
+    """Six anchors of four positives each: a batch of 8 holds at most one row of each anchor, so
+    an epoch is more batches than 24 rows / 8; the log and the eval points count what the trainer takes."""
+    from skillops.config import LossConfig, Prompts, TrainingConfig
+    from skillops.training import TrainingSpec, plan_steps, train_model
+
+    pairs = pd.DataFrame(
+        {
+            "anchor": [f"occupation {a}" for a in range(6) for _ in range(4)],
+            "positive": [f"skill {a}-{s}" for a in range(6) for s in range(4)],
+        }
+    )
+    pairs.to_parquet(tmp_path / "train.parquet")
+    config = TrainingConfig(batch_size=8, epochs=1, max_seq_length=16)
+    plan = plan_steps(Dataset.from_pandas(pairs), config, LossConfig(name="mnrl"))
+    assert plan.sampler == "taxonomy-aware" and plan.steps_per_epoch >= 4 > -(-24 // 8)
+    result = train_model(
+        TrainingSpec(
+            base_model=str(tiny_bert),
+            train_path=tmp_path / "train.parquet",
+            config=config,
+            loss=LossConfig(name="mnrl"),
+            prompts=Prompts(),
+            output_dir=tmp_path / "out",
+        )
+    )
+    assert result.steps == plan.steps_per_epoch
