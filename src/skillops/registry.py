@@ -21,19 +21,29 @@ import contextlib
 import fcntl
 import logging
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
-import yaml
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
 from skillops.errors import ModelNotFoundError, PromotionError
+from skillops.mlflow_model import model_folder, served_variant
+from skillops.servers import wait_seconds
 from skillops.serving import load as load_variant
-from skillops.tracking import account, client, store_dir, tracking_uri, uses_server
+from skillops.tracking import (
+    account,
+    answer_lost,
+    client,
+    sent_once,
+    store_dir,
+    tracking_uri,
+    uses_server,
+)
 from skillops.uris import safe_uri
 
 logger = logging.getLogger(__name__)
@@ -60,21 +70,41 @@ def register(
 
     Safe to run again for the same run (a retry after a lost answer): a candidate this run already
     registered is returned as it is, and a model it already logged is registered without logging
-    it a second time."""
-    mlflow_client = client()
-    registered = _candidate_of_run(name, run_id)
-    if registered is not None:
-        logger.info("Run %s already registered candidate version %s of %s", run_id, registered, name)
-        return registered
-    model_uri = _logged_model(run_id) or log_model(Path(model_dir), run_id, variant)
+    it a second time. The create request itself is sent once (`tracking.sent_once`): MLflow's
+    client re-sends any request whose answer did not come, so a version the server made before the
+    answer was lost would be made twice. Here a lost answer is followed by a look-up instead, for
+    up to SKILLOPS_SERVER_WAIT_SECONDS."""
+    model_uri = None
     all_tags = {
         **{key: str(value) for key, value in tags.items()},
         "skillops.registered_by": account(),
         "skillops.served_variant": variant,
     }
-    version = str(mlflow.register_model(model_uri, candidates(name), tags=all_tags).version)
+    deadline = time.monotonic() + wait_seconds()
+    while True:
+        registered = _candidate_of_run(name, run_id)
+        if registered is not None:
+            logger.info("Run %s registered candidate version %s of %s", run_id, registered, name)
+            return registered
+        model_uri = model_uri or _logged_model(run_id) or log_model(Path(model_dir), run_id, variant)
+        try:
+            with sent_once():
+                # await_registration_for=0: a store makes a version READY at once; waiting would
+                # poll it with requests that are not retried here.
+                made = mlflow.register_model(model_uri, candidates(name), tags=all_tags, await_registration_for=0)
+            break
+        except MlflowException as error:
+            if not answer_lost(error) or time.monotonic() > deadline:
+                raise
+            logger.warning(
+                "Registering run %s's candidate got no answer (%s); looking up whether the server made it",
+                run_id,
+                str(error).splitlines()[0][:200],
+            )
+            time.sleep(2)
+    version = str(made.version)
     if description:
-        mlflow_client.update_model_version(candidates(name), version, description=description)
+        client().update_model_version(candidates(name), version, description=description)
     return version
 
 
@@ -99,23 +129,20 @@ def _logged_model(run_id: str) -> str | None:
 
 
 def log_model(model_dir: Path, run_id: str, variant: str) -> str:
-    """The model as MLflow's pyfunc `skillops.serving.EmbeddingModel`: `mlflow models serve` and
-    `mlflow.pyfunc.load_model` encode with `variant` (prompts applied), from the model folder."""
-    import warnings
+    """The model folder logged to `run_id` under two flavors (`skillops.mlflow_model`):
+    sentence-transformers' (fp32, for `mlflow.sentence_transformers.load_model`) and a pyfunc
+    that `mlflow models serve` and `mlflow.pyfunc.load_model` encode with `variant`."""
+    from skillops import mlflow_model
 
-    from skillops.serving import EmbeddingModel
-
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        # The signature is given (with the prompt_name parameter): MLflow's hint about inferring one
-        # from an input example concerns models without it.
-        warnings.filterwarnings("ignore", message=".*An input example was not provided")
-        info = mlflow.pyfunc.log_model(
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.models.Model.log(
+            artifact_path=None,  # deprecated in MLflow 3 for `name`, yet still a required argument
             name="model",
-            python_model=EmbeddingModel(),
-            artifacts={"model": str(model_dir)},
-            model_config={"variant": variant},
-            pip_requirements=SERVING_REQUIREMENTS,
+            flavor=mlflow_model,
+            model_dir=Path(model_dir),
+            variant=variant,
             signature=serving_signature(),
+            pip_requirements=SERVING_REQUIREMENTS,
         )
     return info.model_uri
 
@@ -172,11 +199,7 @@ def load(uri: str, as_served: bool = False):
                 "Run `skillops models` to list the versions and aliases there, or set MLFLOW_TRACKING_URI to the "
                 "store that holds it."
             ) from None
-        described = yaml.safe_load((local / "MLmodel").read_text("utf-8"))
-        if "sentence_transformers" in described["flavors"]:  # logged by skillops before the pyfunc
-            return mlflow.sentence_transformers.load_model(str(local))
-        variant = described["flavors"]["python_function"].get("config", {}).get("variant", "fp32")
-        return load_variant(local / "artifacts" / "model", variant if as_served else "fp32")
+        return load_variant(model_folder(local), served_variant(local) if as_served else "fp32")
 
 
 def require_shared_lock(held: str | None) -> None:

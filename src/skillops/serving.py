@@ -150,7 +150,7 @@ def session_options(threads: int | None = None):
     (default: every core) for the graph's operators, run one after another, threads that sleep
     when a run ends (between runs the tokenizer and the pooling need the same cores), and every
     graph optimisation. bench/serving.py measures it: on 2 cores int8 still gains little from
-    the second thread at batch 32 (README, "Served fast on CPU")."""
+    the second thread at batch 32 (docs/serving.md)."""
     from onnxruntime import ExecutionMode, GraphOptimizationLevel, SessionOptions
 
     options = SessionOptions()
@@ -188,19 +188,24 @@ def requested_variant(logged: str) -> str:
     return settings().serving_variant or logged
 
 
+def encode_request(model, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
+    """A serving request's texts (the one string column of the logged signature) as float32
+    embeddings, with the prompt it names (`params.prompt_name`, e.g. "query")."""
+    import numpy as np
+
+    texts = model_input.iloc[:, 0].tolist()
+    prompt_name = (params or {}).get("prompt_name")
+    return np.asarray(model.encode(texts, prompt_name=prompt_name, show_progress_bar=False), dtype=np.float32)
+
+
 class EmbeddingModel(PythonModel):
-    """The registered model's pyfunc: texts in, embeddings out, `prompt_name` as a parameter (the
-    model's saved prompts, e.g. "query"), encoded by the variant the gate judged and chose."""
+    """The pyfunc of versions registered before `skillops.mlflow_model`'s layout (a pickle of this
+    class under artifacts/model): kept so that they still serve."""
 
     def load_context(self, context) -> None:
         variant = requested_variant(context.model_config.get("variant", "fp32"))
         self.model = load(context.artifacts["model"], variant)
         logger.info("Serving the %s variant of %s", variant, context.artifacts["model"])
 
-    # A DataFrame: what MLflow hands over for the logged signature (one string column).
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
-        import numpy as np
-
-        texts = model_input.iloc[:, 0].tolist()
-        prompt_name = (params or {}).get("prompt_name")
-        return np.asarray(self.model.encode(texts, prompt_name=prompt_name, show_progress_bar=False), dtype=np.float32)
+        return encode_request(self.model, model_input, params)

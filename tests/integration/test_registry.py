@@ -6,6 +6,8 @@ the model's own policy, stale runs."""
 import json
 import re
 
+import mlflow
+import mlflow.sentence_transformers
 import numpy as np
 import pytest
 
@@ -68,7 +70,13 @@ def test_promotions_rollback_round_trip_and_history(tiny_bert, mlflow_store, cap
         in tracking.client().get_model_version(NAME, "1").tags["skillops.rollback"]
     )
     loaded = registry.load(f"models:/{NAME}@champion")
-    assert np.allclose(loaded.encode(["data analyst"]), load_model(str(tiny_bert)).encode(["data analyst"]), atol=1e-6)
+    expected = load_model(str(tiny_bert)).encode(["data analyst"])
+    assert np.allclose(loaded.encode(["data analyst"]), expected, atol=1e-6)
+    # ... and as MLflow users load a sentence-transformers model, beside the pyfunc that serves it.
+    plain = mlflow.sentence_transformers.load_model(f"models:/{NAME}@champion")
+    assert np.allclose(plain.encode(["data analyst"]), expected, atol=1e-6)
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    assert np.allclose(served.predict(["data analyst"]), expected, atol=1e-6)
     with pytest.raises(RollbackError, match="first champion"):
         authority.rollback(NAME, "again")
     assert registry.champion_version(NAME) == "1"

@@ -25,6 +25,7 @@ from skillops.errors import RecipeError
 from skillops.evaluation import QueryScores, VariantCheck, score_sets
 from skillops.gate.authority import GOLDEN
 from skillops.gate.holdings import Holdings
+from skillops.mlflow_model import model_folder
 from skillops.modeling import load_model, resolve_model
 from skillops.promotion import ModelPolicy, choose_variant
 
@@ -198,8 +199,9 @@ def download(uri: str, workdir: Path) -> Path:
 
         partial = Path(tempfile.mkdtemp(dir=workdir, prefix=".model-"))
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial / "download")))
-        serving.check_model_files(local / "artifacts" / "model")
-        (local / "artifacts" / "model").rename(partial / "model")
+        folder = model_folder(local)
+        serving.check_model_files(folder)
+        folder.rename(partial / "model")
         shutil.rmtree(partial / "download")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
