@@ -32,19 +32,9 @@ if _INSTALLED is None or Path(_INSTALLED.origin).resolve().parents[1] != _SRC:
 
 from skillops import servers  # light: what the clients below read when they are imported
 
-# skillops' own log lines (stage progress, warnings) go to the flow run's log next to Prefect's;
-# Prefect reads this when it sets up logging, so it is set before Prefect is imported. Outside a
-# flow run (a trial worker's process, the CLI) the same lines stay local, without Prefect warning
-# about each one that it cannot send.
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "skillops")
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-# Without PREFECT_API_URL the run starts Prefect's temporary server, which on a fresh HOME first
-# creates its database: 20 s (Prefect's default wait) was not enough on a busy machine.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-# Heartbeats every 30 s (the stack's automation crashes a run silent for four of them), and
-# clients that wait out a restart of the servers (SKILLOPS_SERVER_WAIT_SECONDS).
-os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
-os.environ.update({**servers.client_settings(), **os.environ})
+# Prefect reads its settings when it is imported: skillops' defaults for them (logging, the
+# temporary server's wait, heartbeats, no analytics) and the clients' retries, where not set.
+os.environ.update({**servers.flow_defaults(), **os.environ})
 
 from prefect import flow
 from prefect import task as prefect_task

@@ -17,6 +17,8 @@ from skillops.settings import settings
 from skillops.uris import safe_uri
 
 WAIT_SETTING = "SKILLOPS_SERVER_WAIT_SECONDS"  # named in messages (skillops.settings reads it)
+# MLflow's client setting: how often it re-sends a request that got no answer (read at each request).
+MLFLOW_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 
 
 def wait_seconds() -> float:
@@ -36,9 +38,31 @@ def client_settings() -> dict[str, str]:
     ... s between tries (urllib3's backoff with factor 2), Prefect 2, 4, 8, ... s."""
     wait = wait_seconds()
     return {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(doubling_retries(wait, first=4.0) + 1),
+        MLFLOW_RETRIES: str(doubling_retries(wait, first=4.0) + 1),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
         "PREFECT_CLIENT_MAX_RETRIES": str(doubling_retries(wait, first=2.0)),
+    }
+
+
+def flow_defaults() -> dict[str, str]:
+    """What the train-esco flow sets, unless the environment does, before it imports Prefect."""
+    return {
+        # skillops' own log lines (stage progress, warnings) go to the flow run's log next to
+        # Prefect's. Outside a flow run (a trial worker's process, the CLI) the same lines stay
+        # local, without Prefect warning about each one that it cannot send.
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "skillops",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+        # Without PREFECT_API_URL the run starts Prefect's temporary server, which on a fresh HOME
+        # first creates its database: 20 s (Prefect's default wait) was not enough on a busy machine.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        # Heartbeats every 30 s: the stack's automation crashes a run silent for four of them.
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+        # Nothing is sent anywhere unless asked: the temporary server Prefect starts for a run
+        # would otherwise report usage, as MLflow and Great Expectations would.
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+        "GX_ANALYTICS_ENABLED": "false",
+        **client_settings(),
     }
 
 

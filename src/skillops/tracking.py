@@ -7,6 +7,7 @@ MLflow's active run is thread-local, so runs are passed around by id and written
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
@@ -16,7 +17,7 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +179,30 @@ def start_run(
     run = mlflow_client.create_run(experiment_id(experiment), tags=all_tags)
     log_params(run.info.run_id, params)
     return run.info.run_id
+
+
+@contextlib.contextmanager
+def sent_once() -> Iterator[None]:
+    """MLflow requests made in this block are sent once, without the client's retries. Its
+    retries re-send POSTs too, which duplicates whatever the server made before an answer was
+    lost; a caller that creates something looks up what the server did before it tries again.
+    (MLflow reads the setting at each request; the block is for the one thread that registers.)"""
+    saved = os.environ.get(servers.MLFLOW_RETRIES)
+    os.environ[servers.MLFLOW_RETRIES] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(servers.MLFLOW_RETRIES, None)
+        else:
+            os.environ[servers.MLFLOW_RETRIES] = saved
+
+
+def answer_lost(error: Exception) -> bool:
+    """Whether a request failed for want of an answer (connection dropped, reset or timed out),
+    so the server may or may not have done what it asked."""
+    text = str(error)
+    return any(sign in text for sign in ("Max retries exceeded", "Connection aborted", "Read timed out"))
 
 
 def log_params(run_id: str, params: dict[str, Any]) -> None:

@@ -1,13 +1,17 @@
 """Against a real `mlflow server` with artifact proxying: runs keep their artifacts where the
 server says, and a run rides out the server killed mid-training and started again seconds later,
 with the decision an undisturbed run makes; a longer outage stops it with a message that names
-the server and the setting, and running it again continues, registering the candidate once."""
+the server and the setting, and running it again continues, registering the candidate once; a
+registration whose answer is lost on the way makes one version, not two."""
 
+import http.client
+import http.server
 import json
 import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import mlflow
@@ -149,3 +153,62 @@ def test_a_run_rides_out_a_restart_of_the_tracking_server_and_names_a_longer_out
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+class _LoseOneAnswer(http.server.BaseHTTPRequestHandler):
+    """Forwards every request to the tracking server; the first `model-versions/create` reaches
+    the server and is done there, but its answer never comes back (the connection is closed)."""
+
+    upstream: str = ""
+    dropped: list[str] = []
+
+    def _forward(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        connection = http.client.HTTPConnection(self.upstream, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        connection.request(self.command, self.path, body=body, headers=headers)
+        answer = connection.getresponse()
+        payload = answer.read()
+        if self.path.endswith("/model-versions/create") and not self.dropped:
+            self.dropped.append(self.path)
+            self.close_connection = True
+            return
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+    def log_message(self, *args):  # quiet: the test reads the registry, not the proxy's log
+        pass
+
+
+def test_a_registration_whose_answer_is_lost_makes_one_version(tmp_path, monkeypatch, tiny_bert):
+    """MLflow's client re-sends a POST whose answer did not come: the server made the version the
+    first time, and a re-sent create would make a second one. skillops sends the create once and
+    looks the run's candidate up instead: one version, the one the server made."""
+    from skillops import registry
+
+    port = free_port()
+    server = start_mlflow_server(tmp_path, port, tmp_path / "server.log")
+    handler = type("Handler", (_LoseOneAnswer,), {"upstream": f"127.0.0.1:{port}", "dropped": []})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{proxy.server_port}")
+        monkeypatch.setenv("SKILLOPS_SERVER_WAIT_SECONDS", "20")
+        run_id = tracking.start_run("lost-answer", "register", {})
+        version = registry.register(tiny_bert, run_id, "lost-answer", {"skillops.run_id": run_id})
+        assert handler.dropped == ["/api/2.0/mlflow/model-versions/create"]  # the fault happened
+        direct = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+        versions = direct.search_model_versions("name = 'lost-answer-candidates'")
+        assert [(v.version, v.run_id) for v in versions] == [(version, run_id)]
+    finally:
+        proxy.shutdown()
+        server.terminate()
+        server.wait(timeout=30)
+        mlflow.set_tracking_uri(None)
