@@ -1,5 +1,5 @@
 """The library's layering, read from its own imports: no module imports Prefect (flows/ is
-Prefect's side), no two modules import each other in a circle, and `skillops --help` needs neither
+Prefect's side), no two modules (subpackages included) import each other in a circle, and `skillops --help` needs neither
 torch nor pandas (test_cli.py). Run alone to see the import graph checked:
 
     .venv/bin/python -m pytest tests/unit/test_layout.py -q
@@ -22,21 +22,38 @@ def _runtime_nodes(tree: ast.AST):
         yield from _runtime_nodes(node)
 
 
+def _module_name(path: Path) -> str:
+    """A file's module under skillops, dotted: `config`, `gate.authority`; a package is its `__init__`."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _resolve(module: str, name: str | None = None) -> str | None:
+    """The skillops module an import means: `from skillops.gate import authority` is the module
+    gate.authority, `from skillops.gate import Authority` the package gate; None outside skillops."""
+    if module != "skillops" and not module.startswith("skillops."):
+        return None
+    base = module.removeprefix("skillops").removeprefix(".")
+    if name and (candidate := f"{base}.{name}".lstrip(".")) in MODULES:
+        return candidate
+    return base if base in MODULES else None
+
+
 def _imports() -> dict[str, set[str]]:
-    """skillops module -> the skillops modules it imports when it runs (at any depth of its code)."""
+    """skillops module -> the skillops modules it imports when it runs (at any depth of its code),
+    in every subpackage."""
     graph = {}
-    for path in sorted(PACKAGE.glob("*.py")):
-        module = path.stem
+    for module, path in MODULES.items():
         found = set()
         for node in _runtime_nodes(ast.parse(path.read_text("utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                if node.module == "skillops":
-                    found |= {alias.name for alias in node.names}
-                elif node.module.startswith("skillops."):
-                    found.add(node.module.split(".")[1])
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {_resolve(node.module, alias.name) for alias in node.names}
             elif isinstance(node, ast.Import):
-                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("skillops.")}
-        graph[module] = {name for name in found if (PACKAGE / f"{name}.py").is_file()} - {module}
+                found |= {_resolve(alias.name) for alias in node.names}
+        graph[module] = found - {None, module, ""}
     return graph
 
 
@@ -68,3 +85,11 @@ def test_no_two_modules_import_each_other_in_a_circle():
     for module in graph:
         visit(module, [module])
     assert not circles, circles[:5]
+
+
+def test_the_walk_reaches_every_subpackage():
+    """The circle check reads modules in subpackages too, and sees their imports: a walk of the
+    top level only would check the gate's modules not at all."""
+    graph = _imports()
+    assert {"gate.authority", "gate.judging", "gate.service", "stack.throttle"} <= set(graph)
+    assert {"registry", "gate.authority"} <= graph["gate.judging"]
