@@ -53,7 +53,7 @@ from orchestration import (
     this_flow_run,
 )
 from skillops import stages
-from skillops.config import Recipe, load_recipe, parse_overrides
+from skillops.config import Recipe, TunedParams, load_recipe, parse_overrides
 from skillops.context import Fingerprints, RunContext
 from skillops.errors import SkillopsError
 from skillops.evaluation import Scores
@@ -115,12 +115,12 @@ def prepare_data(run: RunContext) -> PreparedData:
 
 
 @task(name="tune", task_run_name="tune {run.recipe.name}")
-def tune(run: RunContext, data: PreparedData) -> dict[str, Any]:
+def tune(run: RunContext, data: PreparedData) -> TunedParams | None:
     return stages.tune(run, data, place_workers=PoolTrialWorkers)
 
 
 @task(name="train", task_run_name="train {run.recipe.name}")
-def train(run: RunContext, data: PreparedData, params: dict[str, Any]) -> Path:
+def train(run: RunContext, data: PreparedData, params: TunedParams | None) -> Path:
     return stages.train(run, data, params)
 
 

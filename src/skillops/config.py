@@ -191,6 +191,23 @@ class Prompts(_Strict):
         return bool(self.query or self.document)
 
 
+class TunedParams(_Strict):
+    """What the hyperparameter search chooses for a training: produced by `SearchConfig.suggest`,
+    applied by `TrainingConfig.tuned`, recorded on the run as `best.<name>`."""
+
+    learning_rate: float = Field(gt=0, lt=1)
+    batch_size: int = Field(ge=2)
+    warmup_ratio: float = Field(ge=0, lt=1)
+
+    def within(self, search: SearchConfig) -> bool:
+        """Whether the search could have suggested these parameters itself."""
+        return (
+            search.learning_rate[0] <= self.learning_rate <= search.learning_rate[1]
+            and self.batch_size in search.batch_sizes
+            and search.warmup_ratio[0] <= self.warmup_ratio <= search.warmup_ratio[1]
+        )
+
+
 class TrainingConfig(_Strict):
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(32, ge=2, description="In-batch negatives need at least 2.")
@@ -245,6 +262,10 @@ class TrainingConfig(_Strict):
         "previous round's model, and is scored on the validation split (card 000: 9 rounds).",
     )
 
+    def tuned(self, params: TunedParams | None) -> TrainingConfig:
+        """These settings with the search's choices in place (as they are when the search is off)."""
+        return self if params is None else self.model_copy(update=params.model_dump())
+
 
 class SearchConfig(_Strict):
     n_trials: int = Field(3, ge=0, description="0 skips tuning and trains with `training` as is.")
@@ -275,6 +296,15 @@ class SearchConfig(_Strict):
         description="Optuna storage URL of the study (sqlite:///..., postgresql://user@host/db); default: "
         "SKILLOPS_OPTUNA_STORAGE, else a sqlite file in the run's attempt folder.",
     )
+
+    def suggest(self, trial) -> TunedParams:
+        """One trial's parameters from an Optuna trial. A seeded sampler draws in the order of
+        these calls: the same seed with another order gives other values."""
+        return TunedParams(
+            learning_rate=trial.suggest_float("learning_rate", *self.learning_rate, log=True),
+            batch_size=trial.suggest_categorical("batch_size", self.batch_sizes),
+            warmup_ratio=trial.suggest_float("warmup_ratio", *self.warmup_ratio),
+        )
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> SearchConfig:

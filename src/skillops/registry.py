@@ -31,6 +31,7 @@ import numpy as np
 from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
+from skillops.config import TunedParams
 from skillops.errors import ModelNotFoundError, PromotionError
 from skillops.mlflow_model import model_folder, served_variant
 from skillops.servers import wait_seconds
@@ -239,13 +240,10 @@ def served_copy(name: str, candidate: str) -> str:
     return str(copy.version)
 
 
-TUNED_PARAMS = {"learning_rate": float, "batch_size": int, "warmup_ratio": float}
-
-
-def trained_with(name: str, version: str) -> dict[str, Any]:
+def trained_with(name: str, version: str) -> TunedParams | None:
     """The tuned parameters version `version` was trained with: its run's search result
-    (`best.*`), else the recipe's (`training.*`); those its run does not record are left out."""
+    (`best.*`), else the recipe's (`training.*`); None when its run records neither."""
     mlflow_client = client()
     params = mlflow_client.get_run(mlflow_client.get_model_version(name, version).run_id).data.params
-    found = {key: params.get(f"best.{key}", params.get(f"training.{key}")) for key in TUNED_PARAMS}
-    return {key: TUNED_PARAMS[key](value) for key, value in found.items() if value is not None}
+    found = {key: params.get(f"best.{key}", params.get(f"training.{key}")) for key in TunedParams.model_fields}
+    return None if None in found.values() else TunedParams(**found)

@@ -36,7 +36,7 @@ from skillops import (
 )
 from skillops import index_churn as churn_of
 from skillops.batches import false_negative_shares
-from skillops.config import Recipe, load_recipe
+from skillops.config import Recipe, TunedParams, load_recipe
 from skillops.context import Fingerprints, FlowRun, RunContext
 from skillops.context import fingerprint as fingerprint  # a stage of its own: the flow calls stages.fingerprint
 from skillops.errors import RecipeError
@@ -321,8 +321,8 @@ def starting_model(run: RunContext) -> tuple[str, str | None]:
     return str(fetched), registry.model_uri(recipe.registered_model_name, version)
 
 
-def tune(run: RunContext, data: PreparedData, place_workers: PlaceWorkers | None = None) -> dict:
-    """The best trial's parameters. The study is the attempt's: a run that crashed during tuning
+def tune(run: RunContext, data: PreparedData, place_workers: PlaceWorkers | None = None) -> TunedParams | None:
+    """The best trial's parameters (None when the search is off). The study is the attempt's: a run that crashed during tuning
     continues it (finished trials kept), one that crashed after tuning reuses its result.
     `place_workers` starts trial workers in the orchestrator's pool (`search.workers: pool`)."""
     check_processes(run.recipe.training)  # the final training's processes, before any trial trains
@@ -332,7 +332,7 @@ def tune(run: RunContext, data: PreparedData, place_workers: PlaceWorkers | None
         tracking.set_tags(run.run_id, {"skillops.restored_from": f"run {restored} (the attempt's files in the store)"})
     saved = run.attempt_dir / "best_params.json"
     if saved.is_file():
-        best = json.loads(saved.read_text("utf-8"))
+        best = TunedParams.model_validate_json(saved.read_text("utf-8"))
         tracking.set_tags(
             run.run_id, {"skillops.tuning": f"reused from the interrupted attempt {run.fingerprints.attempt}"}
         )
@@ -354,20 +354,22 @@ def tune(run: RunContext, data: PreparedData, place_workers: PlaceWorkers | None
             first_trial=_champion_params(run.recipe),
             start_workers=tuning_workers.starter(run.recipe.search, place_workers),
         )
+        if best is None:  # the search is off: the recipe's settings as they are
+            return None
         saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(best), "utf-8")
+        saved.write_text(best.model_dump_json(), "utf-8")
         tracking.log_artifact(run.run_id, saved, checkpoints.ARTIFACT_PATH)  # a restart elsewhere reuses it
-    tracking.log_params(run.run_id, {f"best.{k}": v for k, v in best.items()})
+    tracking.log_params(run.run_id, {f"best.{k}": v for k, v in best.model_dump().items()})
     return best
 
 
-def _champion_params(recipe: Recipe) -> dict | None:
+def _champion_params(recipe: Recipe) -> TunedParams | None:
     """What the current champion was trained with: the search tries it first."""
     champion = registry.champion_version(recipe.registered_model_name)
     return registry.trained_with(recipe.registered_model_name, champion) if champion else None
 
 
-def train(run: RunContext, data: PreparedData, params: dict) -> Path:
+def train(run: RunContext, data: PreparedData, params: TunedParams | None) -> Path:
     """Final training with the best parameters; returns the saved model folder.
 
     Checkpoints live in the attempt's folder: a run killed mid-training and started again resumes
@@ -376,7 +378,7 @@ def train(run: RunContext, data: PreparedData, params: dict) -> Path:
     run shows the curve over rounds (model card 000).
     """
     recipe = run.recipe
-    config = recipe.training.model_copy(update=params)
+    config = recipe.training.tuned(params)
     validation_set = data.paths.eval_set("validation")
     metric = recipe.evaluation.primary_metric
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
@@ -27,12 +26,12 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel
 
 from skillops import servers
-from skillops.config import Recipe, SearchConfig
+from skillops.config import Recipe, SearchConfig, TunedParams
 from skillops.errors import RecipeError, TrainingError
 from skillops.evaluation import scorer
 from skillops.preparation import PreparedPaths
@@ -79,18 +78,6 @@ def _finished_states():
 def finished_trials(study) -> list:
     """The study's trials that count towards n_trials: complete or pruned, whoever ran them."""
     return study.get_trials(deepcopy=False, states=_finished_states())
-
-
-def _in_space(params: dict[str, Any], search: SearchConfig) -> bool:
-    """Whether the search could have suggested these parameters itself."""
-    low, high = search.learning_rate
-    warmup_low, warmup_high = search.warmup_ratio
-    return (
-        set(params) == {"learning_rate", "batch_size", "warmup_ratio"}
-        and low <= params["learning_rate"] <= high
-        and params["batch_size"] in search.batch_sizes
-        and warmup_low <= params["warmup_ratio"] <= warmup_high
-    )
 
 
 def storage_url(search: SearchConfig, attempt_dir: Path | None) -> str | None:
@@ -294,26 +281,17 @@ class TrialWorker(BaseModel):
         evaluator = scorer(data.eval_set("validation"), recipe.evaluation, recipe.prompts, with_stderr=True)
 
         def objective(trial: optuna.Trial) -> float:
-            params = {
-                "learning_rate": trial.suggest_float("learning_rate", *search.learning_rate, log=True),
-                "batch_size": trial.suggest_categorical("batch_size", search.batch_sizes),
-                "warmup_ratio": trial.suggest_float("warmup_ratio", *search.warmup_ratio),
-            }
+            params = search.suggest(trial)
             # One process per trial: the pruner reads its validation scores in this process (trials
             # run side by side with search.parallel instead).
-            config = recipe.training.model_copy(
-                update={
-                    **params,
-                    "epochs": search.epochs,
-                    "evals_during_training": search.evals_per_trial,
-                    "processes": 1,
-                }
+            config = recipe.training.tuned(params).model_copy(
+                update={"epochs": search.epochs, "evals_during_training": search.evals_per_trial, "processes": 1}
             )
             worker = self.name or f"{socket.gethostname()} pid {os.getpid()}"
             run_id = start_run(
                 self.experiment,
                 f"trial-{trial.number}",
-                {**params, "epochs": search.epochs},
+                {**params.model_dump(), "epochs": search.epochs},
                 tags={"skillops.tuning_worker": worker},
                 parent_run_id=self.parent_run_id,
             )
@@ -405,15 +383,15 @@ StartWorkers = Callable[[TrialWorker], Workers]
 
 
 def tune(
-    worker: TrialWorker, first_trial: dict[str, Any] | None = None, start_workers: StartWorkers | None = None
-) -> dict[str, Any]:
+    worker: TrialWorker, first_trial: TunedParams | None = None, start_workers: StartWorkers | None = None
+) -> TunedParams | None:
     """Run the search until the worker's study has `search.n_trials` finished (complete or
-    pruned) trials; returns the best trial's parameters ({} when the search is switched off).
+    pruned) trials; returns the best trial's parameters (None when the search is switched off).
     `first_trial`: parameters a new study tries first (the champion's: the search then starts
     from what won last time). `start_workers` starts the other `search.parallel - 1` workers."""
     recipe, search, parent_run_id = worker.recipe, worker.recipe.search, worker.parent_run_id
     if search.n_trials == 0:
-        return {}
+        return None
     import torch
     from optuna.trial import TrialState
 
@@ -428,9 +406,9 @@ def tune(
         },
     )
     if first_trial and not study.get_trials(deepcopy=False):
-        if _in_space(first_trial, search):
-            study.enqueue_trial(first_trial)
-            set_tags(parent_run_id, {"skillops.first_trial": json.dumps(first_trial)})
+        if first_trial.within(search):
+            study.enqueue_trial(first_trial.model_dump())
+            set_tags(parent_run_id, {"skillops.first_trial": first_trial.model_dump_json()})
         else:
             logger.info("The champion's parameters %s are outside the search space: not tried first", first_trial)
     if earlier:
@@ -458,7 +436,7 @@ def tune(
     set_tags(parent_run_id, {"skillops.tuning_best": _best_against_noise(completed, recipe.evaluation.primary_metric)})
     for chart in optuna_charts(study, worker.output_dir):
         log_artifact(parent_run_id, chart, "tuning")
-    return dict(study.best_params)
+    return TunedParams(**study.best_params)
 
 
 def _best_against_noise(completed: list, metric: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 from helpers import Levels
 from skillops import gate, registry, score_cache, tracking
 from skillops.cli import main as cli
-from skillops.config import PromotionPolicy
+from skillops.config import PromotionPolicy, TunedParams
 from skillops.errors import PolicyError, RollbackError
 from skillops.gate.record import MOVE_TAG_PREFIX, POLICY_TAG
 from skillops.modeling import load_model
@@ -287,4 +287,4 @@ def test_a_version_says_what_it_was_trained_with(tiny_bert, mlflow_store):
     candidate = registry.register(tiny_bert, run_id, NAME, {})
     tracking.end_run(run_id)
     served = registry.served_copy(NAME, candidate)
-    assert registry.trained_with(NAME, served) == {"learning_rate": 3e-5, "batch_size": 16, "warmup_ratio": 0.0}
+    assert registry.trained_with(NAME, served) == TunedParams(learning_rate=3e-5, batch_size=16, warmup_ratio=0.0)

@@ -11,14 +11,14 @@ import pytest
 
 from helpers import tiny_recipe_yaml
 from skillops import preparation, tracking, tuning
-from skillops.config import load_recipe
+from skillops.config import TunedParams, load_recipe
 from skillops.errors import RecipeError
 
 
 def test_a_new_study_tries_the_champions_parameters_first(small_esco, tiny_bert, mlflow_store, tmp_path):
     recipe = load_recipe(str(tiny_recipe_yaml(tmp_path / "recipe.yaml", small_esco, tiny_bert, search={"n_trials": 1})))
     paths = preparation.write_task(preparation.build_task(recipe), tmp_path / "data", {})
-    champion = {"learning_rate": 3.3e-5, "batch_size": 8, "warmup_ratio": 0.05}
+    champion = TunedParams(learning_rate=3.3e-5, batch_size=8, warmup_ratio=0.05)
     run_id = tracking.start_run(recipe.name, "search", {})
     best = tuning.tune(
         tuning.TrialWorker(
@@ -33,9 +33,9 @@ def test_a_new_study_tries_the_champions_parameters_first(small_esco, tiny_bert,
         first_trial=champion,
     )
     assert best == champion
-    assert json.loads(tracking.client().get_run(run_id).data.tags["skillops.first_trial"]) == champion
+    assert json.loads(tracking.client().get_run(run_id).data.tags["skillops.first_trial"]) == champion.model_dump()
     # Outside the search space (batch size 64 is not among its sizes), it is not tried.
-    outside = {**champion, "batch_size": 64}
+    outside = champion.model_copy(update={"batch_size": 64})
     best = tuning.tune(
         tuning.TrialWorker(
             recipe=recipe,
@@ -48,7 +48,7 @@ def test_a_new_study_tries_the_champions_parameters_first(small_esco, tiny_bert,
         ),
         first_trial=outside,
     )
-    assert best["batch_size"] == 8
+    assert best.batch_size == 8
 
 
 def test_an_unreachable_storage_is_named_before_any_trial(small_esco, tiny_bert, mlflow_store, tmp_path, monkeypatch):
