@@ -131,6 +131,72 @@ def add(stack_dir: Path, name: str, role: str) -> Path:
     return _write_account(stack_dir, stack, name, role, password)
 
 
+# Accounts whose password lives in the stack's own secrets and its servers' settings: changed by
+# restarting the stack with new secrets, not by these commands.
+STACK_ACCOUNTS = ("admin", GATE_ACCOUNT)
+
+
+def _role_of(admin, stack_dir: Path, name: str) -> str:
+    if name in STACK_ACCOUNTS or not (stack_dir / "accounts" / name / "credentials").is_file():
+        from skillops.errors import RecipeError
+
+        raise RecipeError(
+            f"{name!r} is not an account `skillops users add` made on this stack (see `skillops users list`)"
+            + (
+                ": the admin's and the promotion authority's passwords are the stack's secrets."
+                if name in STACK_ACCOUNTS
+                else "."
+            )
+        )
+    roles = [r.name.removeprefix("skillops-") for r in admin.list_user_roles(name)]
+    return next(role for role in ROLES if role in roles)
+
+
+def rotate(stack_dir: Path, name: str) -> Path:
+    """A new password for `name`: the tracking server refuses the old one from the next request on
+    (it drops the account from its password cache when the password changes). Rewrites the
+    account's folder, which goes to its machine again; returns it."""
+    stack = _stack(stack_dir)
+    admin = _admin(stack)
+    role = _role_of(admin, stack_dir, name)
+    password = secrets.token_urlsafe(24)
+    admin.update_user_password(name, password)
+    return _write_account(stack_dir, stack, name, role, password)
+
+
+def remove(stack_dir: Path, name: str) -> list[str]:
+    """Delete the account: the tracking server refuses it from the next request on; the runs,
+    versions and records it made keep its name. Prefect has one shared credential, so when the
+    account held it the credential is replaced for the remaining holders: returns their names
+    (their folders are rewritten; the Prefect server takes the new one when the stack restarts)."""
+    import shutil
+
+    stack = _stack(stack_dir)
+    admin = _admin(stack)
+    role = _role_of(admin, stack_dir, name)
+    admin.delete_user(name)
+    shutil.rmtree(stack_dir / "accounts" / name)
+    if role not in PREFECT_ROLES:
+        return []
+    _private(stack_dir / "secrets" / "prefect-auth", secrets.token_hex(24))
+    holders = []
+    for folder in sorted((stack_dir / "accounts").glob("*/credentials")):
+        holder = folder.parent.name
+        held_role = "admin" if holder == "admin" else _role_of(admin, stack_dir, holder)
+        if held_role in PREFECT_ROLES:
+            password = _credential(folder, "MLFLOW_TRACKING_PASSWORD")
+            _write_account(stack_dir, stack, holder, held_role, password)
+            holders.append(holder)
+    return holders
+
+
+def _credential(credentials: Path, key: str) -> str:
+    for line in credentials.read_text("utf-8").splitlines():
+        if line.startswith(f"{key}="):
+            return line.split("=", 1)[1].strip("'")
+    raise KeyError(f"{credentials} has no {key}")
+
+
 def _private(path: Path, text: str) -> None:
     path.touch(mode=0o600)
     path.chmod(0o600)

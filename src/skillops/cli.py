@@ -241,6 +241,23 @@ def cmd_users(args) -> int:
         folder = accounts.add(stack_dir, args.name, args.role)
         print(f"Account {args.name} ({args.role}): its folder is {folder} (credentials mode 600).")
         print(f"Copy it to that machine, then: source {folder.name}/env")
+    elif args.action in ("rotate", "remove"):
+        if not args.name:
+            print(f"skillops users {args.action}: give the account's NAME.", file=sys.stderr)
+            return 2
+        if args.action == "rotate":
+            folder = accounts.rotate(stack_dir, args.name)
+            print(f"Account {args.name}: new password, the old one is refused from now on. Its folder {folder}")
+            print("was rewritten: copy it to that machine again.")
+            return 0
+        holders = accounts.remove(stack_dir, args.name)
+        print(f"Account {args.name} removed: refused from now on; its runs and records keep its name.")
+        if holders:
+            print(
+                f"It held Prefect's shared credential, which is replaced for {', '.join(holders)}: their folders "
+                "were rewritten (copy each to its machine again), and the Prefect server takes the new credential "
+                "when the stack restarts (make stack-down && make stack-up TEAM=1 on this machine)."
+            )
     else:
         for name, roles in accounts.users(stack_dir):
             print(f"{name:24} {', '.join(roles) or '-'}")
@@ -356,11 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
         "users",
         help="Accounts of the team stack's tracking server (on the server machine, as its admin).",
         description="Accounts of the team stack's tracking server: `setup` the roles, `add` an account "
-        "(its password is generated into a mode-600 file of its folder), `list` them. Run on the server "
-        "machine with the admin's credentials (source .stack/env).",
+        "(its password is generated into a mode-600 file of its folder), `list` them, `rotate` one's "
+        "password, `remove` one (a leaver). Run on the server machine with the admin's credentials "
+        "(source .stack/env).",
     )
-    users.add_argument("action", choices=["setup", "add", "list"])
-    users.add_argument("name", nargs="?", help="the account to add, e.g. alice or worker-gpu1")
+    users.add_argument("action", choices=["setup", "add", "list", "rotate", "remove"])
+    users.add_argument("name", nargs="?", help="the account to add, rotate or remove, e.g. alice or worker-gpu1")
     users.add_argument("--role", choices=["reader", "maintainer", "pipeline"], help="what the account may do")
     users.add_argument("--stack-dir", default=".stack", help="the team stack's state folder (default .stack)")
     users.set_defaults(handler=cmd_users)
