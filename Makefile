@@ -10,7 +10,7 @@ export MLFLOW_ENABLE_TELEMETRY ?= false
 # here: another project's Prefect, migrating ~/.prefect/prefect.db, cannot break it.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: install team-packages lint format train test test-fast ui serve stack-up stack-down clean
+.PHONY: install team-packages lint format docs docs-build train test test-fast ui serve stack-up stack-down clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,6 +44,14 @@ LINTED := src flows tests bench scripts expectations
 lint: install  ## ruff: the rules and the format in pyproject.toml; CI runs this before the tests
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
+
+# Material for MkDocs prints a notice about MkDocs 2 on every build; the site builds the same without it.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+docs: install  ## the documentation site (docs/) on http://127.0.0.1:8000, rebuilt as pages change
+	$(DOCS_ENV) $(VENV)/bin/mkdocs serve -a 127.0.0.1:8000
+
+docs-build: install  ## the site into site/, strict: a broken link or a page missing from the navigation fails; CI runs it
+	$(DOCS_ENV) $(VENV)/bin/mkdocs build --strict
 
 format: install  ## apply the format and the safe lint fixes
 	$(VENV)/bin/ruff format $(LINTED)

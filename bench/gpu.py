@@ -1,6 +1,6 @@
 """skillops' own training, scoring and export on a GPU, in one command of a few minutes.
 
-    python bench/gpu.py                       # on a GPU machine (see "GPU check" in the README)
+    python bench/gpu.py                       # on a GPU machine (see docs/gpu-check.md)
     python bench/gpu.py --device cpu --tiny   # the same parts on CPU with tiny models (the fast tier)
 
 Runs skillops' trainer (`skillops.training.train_model`: its taxonomy-aware batches, losses and

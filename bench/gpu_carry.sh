@@ -4,7 +4,7 @@
 # device tool carries it, 64 MiB at most): pydantic and datasets at this checkout's pins, built for
 # that machine's Python, and all-MiniLM-L6-v2 saved with fp16 weights (45 MB: the package's fp32
 # weights alone are over the limit; both precisions of the check start from these same weights).
-# Then, on the GPU machine (the README's "GPU check"):
+# Then, on the GPU machine (docs/gpu-check.md):
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 #   python3 bench/gpu.py --minilm .whl/all-MiniLM-L6-v2
 set -euo pipefail

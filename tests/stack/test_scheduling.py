@@ -23,7 +23,7 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture
 def stack(tmp_path):
-    """`scripts/stack.sh up`, as the README says, on free ports and with every file under tmp_path."""
+    """`scripts/stack.sh up`, as docs/scheduling.md says, on free ports and with every file under tmp_path."""
     env = {
         **os.environ,
         "VENV": str(BIN.parent),
