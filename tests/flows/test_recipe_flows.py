@@ -59,6 +59,9 @@ def test_builtin_recipe_runs_end_to_end(recipe_name, tiny_models, small_esco, ml
     assert run.status == "FINISHED"
     assert run["params.loss.name"] == recipe.loss.name
     assert run["params.data.shape"] == recipe.data.training_shape
+    # The batches it took and the steps an epoch of them is, as the trainer counted them.
+    assert run["params.batches"] == ("taxonomy-aware" if recipe.loss.in_batch_negatives else "length-grouped")
+    assert int(run["params.steps_per_epoch"]) >= 1
     primary = recipe.evaluation.primary_metric
     for model in ("base", "test"):
         assert set(recipe.evaluation.metric_names()) <= {
@@ -71,8 +74,9 @@ def test_builtin_recipe_runs_end_to_end(recipe_name, tiny_models, small_esco, ml
     assert versions[0].tags["skillops.decision"] in {"promoted", "not promoted"}
 
     prepared = pd.read_parquet(mlflow_store.parent / "outputs" / result["run_id"] / "data" / "train.parquet")
-    if recipe.data.mine_negatives:  # card 001: pairs in, (anchor, positive, 3 negatives) out
-        assert [c for c in prepared.columns if c.startswith("negative_")] == ["negative_1", "negative_2", "negative_3"]
+    if recipe.data.mine_negatives:  # cards 000 and 001: pairs in, (anchor, positive, negatives) out
+        mined = [f"negative_{k + 1}" for k in range(recipe.data.mine_negatives.num_negatives)]
+        assert [c for c in prepared.columns if c.startswith("negative_")] == mined
     if recipe.training.rounds > 1:
         history = mlflow.MlflowClient().get_metric_history(result["run_id"], f"round_validation_{primary}")
         assert [m.step for m in history] == [1, 2]
