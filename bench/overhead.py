@@ -7,7 +7,8 @@ registration, gate) and then bench/plain_st_optuna.py on the flow's own prepared
 with the same search space, n_trials, trial epochs, evaluations per trial, TPE seed, pruner
 (Optuna's median unless --flow-pruner says otherwise) and final epochs, one after the other, each
 in a fresh process. Prints flow/plain ratios of the wall time, tuning, training and evaluation,
-and both test MAPs; writes bench/results/overhead.json. Run it on an otherwise idle machine: the load is recorded.
+and both sides' MAP over the whole vocabulary on the test and golden sets; writes
+bench/results/overhead.json. Run it on an otherwise idle machine: the load is recorded.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ for task_run in task_runs:
     stage = task_run.name.split()[0]
     seconds[stage] = seconds.get(stage, 0.0) + task_run.total_run_time.total_seconds()
 metrics = tracking.client().get_run(result["run_id"]).data.metrics
-print(json.dumps({"run_id": result["run_id"], "seconds": seconds, "base_map": metrics["base_map"],
-                  "test_map": metrics["test_map"], "promoted": result["promoted"]}))
+golden = sys.argv[4]
+print(json.dumps({"run_id": result["run_id"], "seconds": seconds, "base_map": metrics["base_cosine_map"],
+                  "test_map": metrics["test_cosine_map"], "base_golden_map": metrics[f"base_golden_{golden}_cosine_map"],
+                  "golden_map": metrics[f"test_golden_{golden}_cosine_map"], "promoted": result["promoted"]}))
 """
 
 
@@ -82,12 +85,21 @@ def _timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> tup
 
 def plain_settings(recipe, data: Path) -> dict:
     from skillops.modeling import resolve_model
+    from skillops.preparation import golden_part
 
-    if recipe.loss.name != "mnrl" or recipe.evaluation.evaluator != "reranking":
-        sys.exit("The plain script trains MNRL and scores with the RerankingEvaluator: give a recipe that does.")
+    if (
+        recipe.loss.name != "mnrl"
+        or recipe.evaluation.evaluator != "information_retrieval"
+        or not recipe.evaluation.golden
+    ):
+        sys.exit(
+            "The plain script trains MNRL and ranks the whole vocabulary with the InformationRetrievalEvaluator, "
+            "on the test set and a golden set: give a recipe that does."
+        )
     search, training = recipe.search, recipe.training
     return {
         "data": str(data),
+        "golden": golden_part(recipe.evaluation.golden[0].name),
         "model": resolve_model(recipe.base_model),
         "max_seq_length": training.max_seq_length,
         "n_trials": search.n_trials,
@@ -120,15 +132,11 @@ def main() -> None:
     )
     arguments = cli.parse_args()
 
-    # Both sides judged as the plain script can: card 000's short list with RerankingEvaluator (the
-    # recipe's headline, the whole vocabulary, has no evaluator of the library's to compare with).
-    overrides = {
-        "search.pruner": arguments.flow_pruner,
-        "evaluation.evaluator": "reranking",
-        "evaluation.primary_metric": "map",
-        "evaluation.short_list_negatives": None,
-    }
+    # Both sides judged on the whole vocabulary: the flow by its own scorer, the plain script by
+    # the library's InformationRetrievalEvaluator (MAP at k = every document), on the same files.
+    overrides = {"search.pruner": arguments.flow_pruner}
     recipe = load_recipe(arguments.recipe).with_overrides(overrides)
+    golden = recipe.evaluation.golden[0].name
     python = sys.executable
     kept = contextlib.nullcontext(arguments.work) if arguments.work else None
     with kept or tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
@@ -141,7 +149,7 @@ def main() -> None:
         }
         print(f"flow: train-esco {arguments.recipe} (logs in {work})", flush=True)
         flow_wall, flow = _timed(
-            [python, "-c", FLOW, str(REPO / "flows"), arguments.recipe, json.dumps(overrides)],
+            [python, "-c", FLOW, str(REPO / "flows"), arguments.recipe, json.dumps(overrides), golden],
             REPO,
             env,
             work / "flow.log",
@@ -178,8 +186,9 @@ def main() -> None:
     for name, task in stages.items():
         flow_s, plain_s = flow["seconds"].get(task, 0.0), plain["seconds"][name]
         print(f"{name + ' s':12}{flow_s:10.1f}{plain_s:10.1f}{ratios[name + '_ratio']:12.2f}")
-    print(f"{'base MAP':12}{flow['base_map']:10.4f}{plain['base_map']:10.4f}")
-    print(f"{'test MAP':12}{flow['test_map']:10.4f}{plain['test_map']:10.4f}")
+    for label, key in (("base MAP", "base_map"), ("test MAP", "test_map"), ("golden base", "base_golden_map")):
+        print(f"{label:12}{flow[key]:10.4f}{plain[key]:10.4f}")
+    print(f"{'golden MAP':12}{flow['golden_map']:10.4f}{plain['golden_map']:10.4f}  (whole vocabulary)")
     print(f"pruner: flow {arguments.flow_pruner}, plain {PLAIN_PRUNER}")
     print(f"trials, flow:  {flow['trials']}\ntrials, plain: {plain['trials']}")
     print(f"Written to {arguments.out}")

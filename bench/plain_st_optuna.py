@@ -1,12 +1,15 @@
 """The baseline of bench/overhead.py: what a user could write instead of skillops, in plain
 sentence-transformers + Optuna. The trainer's own `hyperparameter_search` (TPE with a seed, the
 median pruner at the validation steps), a final training with the best trial's parameters, and
-sentence-transformers' RerankingEvaluator on the test set. No MLflow, no checks, no registry.
+sentence-transformers' InformationRetrievalEvaluator on the test and golden sets: each query
+ranks the whole vocabulary (MAP at k = the corpus size, the full ranking's MAP). No MLflow, no
+checks, no registry.
 
     python bench/plain_st_optuna.py settings.json     # prints one JSON line of times and scores
 
-settings.json names the prepared data folder (train.parquet, validation.json, test.json: the
-flow's own split files) and the search and training settings; bench/overhead.py writes it.
+settings.json names the prepared data folder (train.parquet, validation.json, test.json and the
+golden set's file: the flow's own frozen sets) and the search and training settings;
+bench/overhead.py writes it.
 """
 
 from __future__ import annotations
@@ -20,14 +23,29 @@ import optuna
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.sampler import BatchSamplers
-from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
 settings = json.loads(Path(sys.argv[1]).read_text())
 data = Path(settings["data"])
 train = Dataset.from_parquet(str(data / "train.parquet"))
-validation = RerankingEvaluator(json.loads((data / "validation.json").read_text()), at_k=100, name="validation")
-test = RerankingEvaluator(json.loads((data / "test.json").read_text()), at_k=100, name="test")
+
+
+def whole_vocabulary(part: str) -> tuple[InformationRetrievalEvaluator, str]:
+    """The library's evaluator on one of the flow's frozen sets, and the name of its MAP over the
+    full ranking (MAP at k = every document)."""
+    frozen = json.loads((data / f"{part}.json").read_text())
+    k = len(frozen["corpus"])
+    evaluator = InformationRetrievalEvaluator(
+        frozen["queries"], frozen["corpus"], frozen["relevant_docs"], map_at_k=[k], name=part,
+        accuracy_at_k=[1], precision_recall_at_k=[1], mrr_at_k=[10], ndcg_at_k=[10], show_progress_bar=False,
+    )  # fmt: skip
+    return evaluator, f"{part}_cosine_map@{k}"
+
+
+validation, validation_map = whole_vocabulary("validation")
+test, test_map_name = whole_vocabulary("test")
+golden, golden_map_name = whole_vocabulary(settings["golden"])
 seconds = {}
 
 
@@ -65,7 +83,8 @@ def arguments(output: str, epochs: float, **more) -> SentenceTransformerTraining
 
 
 started = time.perf_counter()
-base_map = test(model_init())["test_map"]
+base = model_init()
+base_map, base_golden_map = test(base)[test_map_name], golden(base)[golden_map_name]
 seconds["evaluation"] = time.perf_counter() - started
 
 started = time.perf_counter()
@@ -80,7 +99,7 @@ searcher = SentenceTransformerTrainer(
 )
 best = searcher.hyperparameter_search(
     hp_space=hp_space,
-    compute_objective=lambda metrics: metrics["eval_validation_map"],
+    compute_objective=lambda metrics: metrics[f"eval_{validation_map}"],
     n_trials=settings["n_trials"],
     direction="maximize",
     backend="optuna",
@@ -108,6 +127,17 @@ model.save("plain-model")  # as the flow does: a model is trained to be kept
 seconds["training"] = time.perf_counter() - started
 
 started = time.perf_counter()
-test_map = test(model)["test_map"]
+test_map, golden_map = test(model)[test_map_name], golden(model)[golden_map_name]
 seconds["evaluation"] += time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "base_map": base_map, "test_map": test_map, "best": best.hyperparameters}))
+print(
+    json.dumps(
+        {
+            "seconds": seconds,
+            "base_map": base_map,
+            "test_map": test_map,
+            "base_golden_map": base_golden_map,
+            "golden_map": golden_map,
+            "best": best.hyperparameters,
+        }
+    )
+)
