@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -182,7 +183,8 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
         {"source_sentence": first[dataset.column_names[0]], "sentences": [first[dataset.column_names[1]]]}
     ]
     plan = plan_steps(dataset, config, loss)
-    total_steps = config.max_steps if config.max_steps > 0 else max(1, int(plan.steps_per_epoch * config.epochs))
+    # As the trainer counts them: a part of an epoch rounds up to a whole step.
+    total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(plan.steps_per_epoch * config.epochs))
     eval_settings: dict[str, Any] = {"eval_strategy": "no"}
     if evaluator is not None and config.evals_during_training > 0:
         eval_settings = {"eval_strategy": "steps", "eval_steps": max(1, total_steps // config.evals_during_training)}

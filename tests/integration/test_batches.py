@@ -3,6 +3,9 @@ NO_DUPLICATES batches hold skills of the very occupation they are negatives of; 
 sampler's hold none, in one process's batches and across two processes' (a step's whole batch),
 with mined negatives too, and every row still trains once an epoch."""
 
+import logging
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -86,9 +89,11 @@ def test_mined_esco_negatives_are_never_a_skill_of_the_occupation():
         assert rows["negative_1"].head(15).nunique() == min(15, len(rows))
 
 
-def test_the_planned_steps_are_the_steps_the_trainer_takes(tiny_bert, tmp_path):
+@pytest.mark.parametrize("epochs", [1.0, 0.6])
+def test_the_planned_steps_are_the_steps_the_trainer_takes(tiny_bert, tmp_path, caplog, epochs):
     """Six anchors of four positives each: a batch of 8 holds at most one row of each anchor, so
-    an epoch is more batches than 24 rows / 8; the log and the eval points count what the trainer takes."""
+    an epoch is more batches than 24 rows / 8; the log and the eval points count what the trainer
+    takes, a part of an epoch rounded up as the trainer rounds it."""
     from skillops.config import LossConfig, Prompts, TrainingConfig
     from skillops.training import TrainingSpec, plan_steps, train_model
 
@@ -99,17 +104,21 @@ def test_the_planned_steps_are_the_steps_the_trainer_takes(tiny_bert, tmp_path):
         }
     )
     pairs.to_parquet(tmp_path / "train.parquet")
-    config = TrainingConfig(batch_size=8, epochs=1, max_seq_length=16)
+    config = TrainingConfig(batch_size=8, epochs=epochs, max_seq_length=16)
     plan = plan_steps(Dataset.from_pandas(pairs), config, LossConfig(name="mnrl"))
     assert plan.sampler == "taxonomy-aware" and plan.steps_per_epoch >= 4 > -(-24 // 8)
-    result = train_model(
-        TrainingSpec(
-            base_model=str(tiny_bert),
-            train_path=tmp_path / "train.parquet",
-            config=config,
-            loss=LossConfig(name="mnrl"),
-            prompts=Prompts(),
-            output_dir=tmp_path / "out",
+    with caplog.at_level(logging.INFO, logger="skillops.training"):
+        result = train_model(
+            TrainingSpec(
+                base_model=str(tiny_bert),
+                train_path=tmp_path / "train.parquet",
+                config=config,
+                loss=LossConfig(name="mnrl"),
+                prompts=Prompts(),
+                output_dir=tmp_path / "out",
+            )
         )
+    assert result.steps == math.ceil(plan.steps_per_epoch * epochs)
+    assert f"on 24 rows for {result.steps} steps (taxonomy-aware batches, {plan.steps_per_epoch} steps per epoch)" in (
+        caplog.text
     )
-    assert result.steps == plan.steps_per_epoch
