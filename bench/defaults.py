@@ -86,15 +86,15 @@ def prepare(recipe, tmp: Path) -> dict:
     }
 
 
-def mean_batch(train_path: Path, config) -> int:
+def mean_batch(train_path: Path, recipe) -> int:
     """Rows per batch the taxonomy-aware sampler averages over an epoch at the recipe's batch size."""
     from datasets import Dataset
 
-    from skillops.batches import taxonomy_aware_batches
+    from skillops.training import plan_steps
 
     dataset = Dataset.from_parquet(str(train_path))
-    batches = len(taxonomy_aware_batches(dataset, config.batch_size, False, seed=config.seed, world=1))
-    return round(len(dataset) / batches)
+    config = recipe.training.model_copy(update={"taxonomy_aware_batches": True, "processes": 1})
+    return round(len(dataset) / plan_steps(dataset, config, recipe.loss).steps_per_epoch)
 
 
 def arm_config(recipe, aware: bool, batch_size: int, seed: int, max_steps: int):
@@ -239,7 +239,7 @@ def main(recipe_name: str, seeds: list[int], budget: float) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-defaults-") as tmp:
         tmp = Path(tmp)
         prepared = prepare(recipe, tmp)
-        mean_sizes = {mined: mean_batch(prepared[mined].train, recipe.training) for mined in (False, True)}
+        mean_sizes = {mined: mean_batch(prepared[mined].train, recipe) for mined in (False, True)}
         arms = [
             (name.replace("bN", f"b{mean_sizes[mined]}"), aware, mined, size or mean_sizes[mined])
             for name, aware, mined, size in ARMS

@@ -24,7 +24,7 @@ from pathlib import Path
 from skillops import tracking
 from skillops.settings import settings
 from skillops.training import CHECKPOINT_COMPLETE as COMPLETE
-from skillops.training import STAGED
+from skillops.training import STAGED, staged_folders
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +51,8 @@ class Mirror:
         # Training is over (finished or failed): what it saved last matters more than waiting.
         self._stop.set()
         self._thread.join(timeout=60)
-        for staged in self._staged_folders():
+        for staged in staged_folders(self.attempt_dir / "train"):
             shutil.rmtree(staged, ignore_errors=True)
-
-    def _staged_folders(self) -> list[Path]:
-        """Where the trainer stages checkpoints: train/staged, or train/round-N/staged with several
-        rounds. Looked up by name, not by walking train/ (a recursive walk lists folders the trainer
-        is renaming or deleting at that moment, and fails on them)."""
-        train = self.attempt_dir / "train"
-        return [folder for folder in [train / STAGED, *train.glob(f"round-*/{STAGED}")] if folder.is_dir()]
 
     def keep(self, path: Path) -> None:
         """Upload a file or folder of the attempt now (a finished round, the tuning result); the
@@ -89,7 +82,11 @@ class Mirror:
         trainer gave it (train/.../checkpoints/checkpoint-N); staged copies it supersedes are
         dropped unsent. The staged folders are the mirror's own: the trainer never deletes them."""
         newest: dict[Path, Path] = {}
-        for staged in (checkpoint for folder in self._staged_folders() for checkpoint in folder.glob("checkpoint-*")):
+        for staged in (
+            checkpoint
+            for folder in staged_folders(self.attempt_dir / "train")
+            for checkpoint in folder.glob("checkpoint-*")
+        ):
             if staged.name.rsplit("-", 1)[1].isdigit() and (staged / COMPLETE).is_file():  # not one being staged
                 current = newest.get(staged.parent)
                 step = int(staged.name.rsplit("-", 1)[1])

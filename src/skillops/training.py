@@ -35,6 +35,17 @@ CHECKPOINT_COMPLETE = "skillops-complete.json"  # in a checkpoint the trainer fi
 STAGED = "staged"
 
 
+def round_dir(train_dir: Path, number: int, rounds: int) -> Path:
+    """Where round `number` of `rounds` trains: the training folder itself when there is one."""
+    return train_dir / f"round-{number}" if rounds > 1 else train_dir
+
+
+def staged_folders(train_dir: Path) -> list[Path]:
+    """The staged/ folders of a training folder's rounds that exist now, found by name: a walk of
+    the folder would list checkpoints the trainer is renaming or deleting, and fail on them."""
+    return [folder for folder in [train_dir / STAGED, *train_dir.glob(f"round-*/{STAGED}")] if folder.is_dir()]
+
+
 class TrainingSpec(BaseModel):
     """One training, whole: what it starts from, what it trains on and how, and where it writes.
     Passed as one object, to a trial, a round or the processes of a multi-process training (as JSON)."""
@@ -369,7 +380,7 @@ def train_rounds(
         this_round = spec.model_copy(
             update={
                 "base_model": model,
-                "output_dir": spec.output_dir / (f"round-{number}" if count > 1 else ""),
+                "output_dir": round_dir(spec.output_dir, number, count),
                 "label": f"{spec.label}, round {number} of {count}" if count > 1 else spec.label,
             }
         )
