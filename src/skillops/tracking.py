@@ -17,9 +17,10 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -205,12 +206,43 @@ def answer_lost(error: Exception) -> bool:
     return any(sign in text for sign in ("Max retries exceeded", "Connection aborted", "Read timed out"))
 
 
+T = TypeVar("T")
+
+
+def answer_broke_off(error: Exception) -> bool:
+    """Whether the server's answer started and stopped before its end (the server was killed while
+    answering). urllib3's retries, which ride out a server that does not answer, end once the
+    answer has begun: the body is read after them."""
+    return any(sign in str(error) for sign in ("Connection broken", "IncompleteRead"))
+
+
+def resent_if_broken(write: Callable[[], T]) -> T:
+    """`write`, sent again when its answer broke off, for up to `servers.wait_seconds()`. Only for
+    writes that leave the same state when the server received them twice: MLflow keeps one row
+    per metric, value, step and timestamp, accepts a param logged again with its value, and a tag
+    set or an artifact uploaded twice is the same tag or file."""
+    deadline = time.monotonic() + servers.wait_seconds()
+    while True:
+        try:
+            return write()
+        except Exception as error:
+            if not answer_broke_off(error) or time.monotonic() > deadline:
+                raise
+            logger.warning("The MLflow tracking server's answer broke off (%s); sending it again", error)
+            time.sleep(2)
+
+
+def _log_batch(run_id: str, **entries: list) -> None:
+    resent_if_broken(lambda: client().log_batch(run_id, **entries))
+
+
 def log_params(run_id: str, params: dict[str, Any]) -> None:
-    client().log_batch(run_id, params=[mlflow.entities.Param(key, str(value)) for key, value in params.items()])
+    _log_batch(run_id, params=[mlflow.entities.Param(key, str(value)) for key, value in params.items()])
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:
-    client().log_batch(
+    # Timestamp 0: a batch sent again is the same rows, which MLflow keeps once.
+    _log_batch(
         run_id,
         metrics=[
             mlflow.entities.Metric(metric_name(prefix + key), float(value), 0, step) for key, value in metrics.items()
@@ -235,7 +267,7 @@ def log_loss_history(run_id: str, log_history: Path, step_offset: int = 0) -> No
                 metrics.append(
                     mlflow.entities.Metric(metric_name("validation_" + key.removeprefix("eval_")), value, 0, step)
                 )
-    client().log_batch(run_id, metrics=metrics)
+    _log_batch(run_id, metrics=metrics)
 
 
 def log_datasets(run_id: str, datasets: list[tuple[str, str, pd.DataFrame, str, str | None]]) -> None:
@@ -266,17 +298,15 @@ def get_params(run_id: str) -> dict[str, str]:
 
 
 def set_tags(run_id: str, tags: dict[str, Any]) -> None:
-    mlflow_client = client()
-    for key, value in tags.items():
-        mlflow_client.set_tag(run_id, key, str(value))
+    _log_batch(run_id, tags=[mlflow.entities.RunTag(key, str(value)) for key, value in tags.items()])
 
 
 def log_artifact(run_id: str, path: Path, folder: str | None = None) -> None:
-    client().log_artifact(run_id, str(path), folder)
+    resent_if_broken(lambda: client().log_artifact(run_id, str(path), folder))
 
 
 def log_artifacts(run_id: str, directory: Path, folder: str) -> None:
-    client().log_artifacts(run_id, str(directory), folder)
+    resent_if_broken(lambda: client().log_artifacts(run_id, str(directory), folder))
 
 
 def download_artifacts(run_id: str, path: str, destination: Path) -> Path:
@@ -386,8 +416,7 @@ def fail_stale_runs(
 
 def end_run(run_id: str, failure: str | None = None) -> None:
     """Close a run explicitly: MLflow would otherwise leave a crashed run FINISHED or RUNNING."""
-    mlflow_client = client()
     if failure:
-        mlflow_client.set_tag(run_id, "skillops.failure", failure[:5000])
-    status = RunStatus.FAILED if failure else RunStatus.FINISHED
-    mlflow_client.set_terminated(run_id, RunStatus.to_string(status))
+        set_tags(run_id, {"skillops.failure": failure[:5000]})
+    status = RunStatus.to_string(RunStatus.FAILED if failure else RunStatus.FINISHED)
+    resent_if_broken(lambda: client().set_terminated(run_id, status))

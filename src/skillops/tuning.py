@@ -120,8 +120,19 @@ def open_storage(url: str):
 
 
 # Storage calls whose commit may have landed although its answer was lost: tried again only when
-# the database refused before doing anything (a new trial twice would be a trial nobody runs).
-_ONCE_ONLY = {"create_new_trial"}
+# the database refused before doing anything (a new trial twice would be a trial nobody runs; a
+# parameter set twice is refused by the database).
+_ONCE_ONLY = {"create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param"}
+# The private calls that Optuna's cache in front of the storage makes (optuna 5.0
+# `_CachedStorage`): `Study.optimize` fails stale trials through `_get_stale_trial_ids` before
+# each trial, which must wait for the database as the public calls do.
+_CALLED_BY_THE_CACHE = {
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_trials",
+    "_get_stale_trial_ids",
+}
 
 
 @functools.cache
@@ -153,8 +164,13 @@ def _patient_storage():
     methods = {
         name: patient(getattr(RDBStorage, name))
         for name, value in vars(RDBStorage).items()
-        if callable(value) and not name.startswith("_") and name not in ("upgrade", "remove_session")
+        if callable(value)
+        and (name in _CALLED_BY_THE_CACHE or not name.startswith("_"))
+        and name not in ("upgrade", "remove_session")
     }
+    missing = _CALLED_BY_THE_CACHE - set(methods)
+    if missing:  # a later Optuna renamed them: its cache would call them without waiting
+        raise RuntimeError(f"optuna's RDBStorage has no {sorted(missing)}: update skillops.tuning._CALLED_BY_THE_CACHE")
     return type("PatientRDBStorage", (RDBStorage,), {"__module__": __name__, **methods})
 
 

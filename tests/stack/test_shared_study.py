@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -132,3 +133,33 @@ def test_two_workers_share_a_study_across_a_database_restart_and_a_killed_worker
     spans = [(r.info.start_time, r.info.end_time or float("inf")) for r in runs]
     assert len(runs) >= 7 and any(a < d and c < b for i, (a, b) in enumerate(spans) for c, d in spans[i + 1 :])
     assert "The Optuna database does not answer" in log.read_text()  # it was away, and waited for
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_every_storage_call_a_trial_makes_waits_for_a_restarted_database(postgres, monkeypatch):
+    """What `Study.optimize` calls before and around each trial, through Optuna's cache in front of
+    the storage (private calls among them: the stale-trials check), waits for PostgreSQL started
+    again rather than ending the worker."""
+    from skillops import tuning
+
+    monkeypatch.setenv("PGPASSFILE", str(postgres.pgpass))
+    monkeypatch.setenv("SKILLOPS_SERVER_WAIT_SECONDS", str(WAIT_SECONDS))
+    study = optuna.create_study(study_name="patient", storage=tuning.open_storage(postgres.url))
+    study.enqueue_trial({"x": 1.0})
+    calls = {
+        "stale trials": lambda: optuna.storages.fail_stale_trials(study),
+        "new trial": lambda: study.ask({"x": optuna.distributions.FloatDistribution(0, 2)}),
+        "trials": lambda: study.get_trials(),
+    }
+    for call in calls.values():
+        postgres.down()
+        restart = threading.Timer(4, postgres.up)
+        restart.start()
+        try:
+            call()  # the stale-trials check raised "the database system is shutting down" before
+        finally:
+            restart.join()
+    # One trial, the queued one, taken by `ask` once: nothing made twice, nothing lost.
+    trials = study.get_trials()
+    assert [(t.number, t.params, t.state) for t in trials] == [(0, {"x": 1.0}, optuna.trial.TrialState.RUNNING)]

@@ -2,7 +2,8 @@
 server says, and a run rides out the server killed mid-training and started again seconds later,
 with the decision an undisturbed run makes; a longer outage stops it with a message that names
 the server and the setting, and running it again continues, registering the candidate once; a
-registration whose answer is lost on the way makes one version, not two."""
+registration whose answer is lost on the way makes one version, not two; metrics whose answer
+breaks off are sent again and kept once."""
 
 import http.client
 import http.server
@@ -155,12 +156,16 @@ def test_a_run_rides_out_a_restart_of_the_tracking_server_and_names_a_longer_out
         server.wait(timeout=30)
 
 
-class _LoseOneAnswer(http.server.BaseHTTPRequestHandler):
-    """Forwards every request to the tracking server; the first `model-versions/create` reaches
-    the server and is done there, but its answer never comes back (the connection is closed)."""
+class _FaultyProxy(http.server.BaseHTTPRequestHandler):
+    """Forwards every request to the tracking server; the first request to `faulty` reaches the
+    server and is done there, but its answer is lost (`how = "lost"`: the connection closes
+    before any of it) or breaks off (`"broken"`: the status and the start of the body, then the
+    connection closes, as when the server is killed while answering)."""
 
     upstream: str = ""
-    dropped: list[str] = []
+    faulty: str = ""
+    how: str = "lost"
+    faults: list[str] = []
 
     def _forward(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -169,46 +174,75 @@ class _LoseOneAnswer(http.server.BaseHTTPRequestHandler):
         connection.request(self.command, self.path, body=body, headers=headers)
         answer = connection.getresponse()
         payload = answer.read()
-        if self.path.endswith("/model-versions/create") and not self.dropped:
-            self.dropped.append(self.path)
+        fault = self.path.endswith(self.faulty) and not self.faults
+        if fault:
+            self.faults.append(self.path)
             self.close_connection = True
-            return
+            if self.how == "lost":
+                return
         self.send_response(answer.status)
         for key, value in answer.getheaders():
             if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(key, value)
+        if fault:  # a chunk that promises more bytes than come
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(f"{len(payload) + 2:x}\r\n".encode() + payload)
+            return
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
-    def log_message(self, *args):  # quiet: the test reads the registry, not the proxy's log
+    def log_message(self, *args):  # quiet: the test reads the store, not the proxy's log
         pass
 
 
-def test_a_registration_whose_answer_is_lost_makes_one_version(tmp_path, monkeypatch, tiny_bert):
-    """MLflow's client re-sends a POST whose answer did not come: the server made the version the
-    first time, and a re-sent create would make a second one. skillops sends the create once and
-    looks the run's candidate up instead: one version, the one the server made."""
-    from skillops import registry
-
+@pytest.fixture
+def faulty_proxy(tmp_path, monkeypatch):
+    """A real `mlflow server` behind a `_FaultyProxy` that the test configures; the tracking URI
+    is the proxy's. Yields (handler class, the server's own URL)."""
     port = free_port()
     server = start_mlflow_server(tmp_path, port, tmp_path / "server.log")
-    handler = type("Handler", (_LoseOneAnswer,), {"upstream": f"127.0.0.1:{port}", "dropped": []})
+    handler = type("Handler", (_FaultyProxy,), {"upstream": f"127.0.0.1:{port}", "faults": []})
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{proxy.server_port}")
+    monkeypatch.setenv("SKILLOPS_SERVER_WAIT_SECONDS", "20")
     try:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{proxy.server_port}")
-        monkeypatch.setenv("SKILLOPS_SERVER_WAIT_SECONDS", "20")
-        run_id = tracking.start_run("lost-answer", "register", {})
-        version = registry.register(tiny_bert, run_id, "lost-answer", {"skillops.run_id": run_id})
-        assert handler.dropped == ["/api/2.0/mlflow/model-versions/create"]  # the fault happened
-        direct = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
-        versions = direct.search_model_versions("name = 'lost-answer-candidates'")
-        assert [(v.version, v.run_id) for v in versions] == [(version, run_id)]
+        yield handler, f"http://127.0.0.1:{port}"
     finally:
         proxy.shutdown()
         server.terminate()
         server.wait(timeout=30)
         mlflow.set_tracking_uri(None)
+
+
+def test_a_registration_whose_answer_is_lost_makes_one_version(faulty_proxy, tiny_bert):
+    """MLflow's client re-sends a POST whose answer did not come: the server made the version the
+    first time, and a re-sent create would make a second one. skillops sends the create once and
+    looks the run's candidate up instead: one version, the one the server made."""
+    from skillops import registry
+
+    handler, direct_url = faulty_proxy
+    handler.faulty, handler.how = "/model-versions/create", "lost"
+    run_id = tracking.start_run("lost-answer", "register", {})
+    version = registry.register(tiny_bert, run_id, "lost-answer", {"skillops.run_id": run_id})
+    assert handler.faults == ["/api/2.0/mlflow/model-versions/create"]  # the fault happened
+    versions = mlflow.MlflowClient(direct_url).search_model_versions("name = 'lost-answer-candidates'")
+    assert [(v.version, v.run_id) for v in versions] == [(version, run_id)]
+
+
+def test_metrics_whose_answer_breaks_off_are_sent_again_and_kept_once(faulty_proxy):
+    """The server killed while answering a log-batch: urllib3's retries are over once the answer
+    began, and MLflow's client raised "Connection broken: IncompleteRead", which ended the run.
+    skillops sends the batch again; the server keeps each metric once."""
+    handler, direct_url = faulty_proxy
+    handler.faulty, handler.how = "/runs/log-batch", "broken"
+    run_id = tracking.start_run("broken-answer", "evaluate", {})
+    tracking.log_metrics(run_id, {"map@10": 0.5, "ndcg@10": 0.25}, prefix="test_")
+    assert handler.faults == ["/api/2.0/mlflow/runs/log-batch"]  # the fault happened
+    direct = mlflow.MlflowClient(direct_url)
+    assert direct.get_run(run_id).data.metrics == {"test_map_at_10": 0.5, "test_ndcg_at_10": 0.25}
+    assert len(direct.get_metric_history(run_id, "test_map_at_10")) == 1
