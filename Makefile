@@ -10,7 +10,7 @@ export MLFLOW_ENABLE_TELEMETRY ?= false
 # here: another project's Prefect, migrating ~/.prefect/prefect.db, cannot break it.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: install team-packages lint format docs docs-build train test test-fast ui serve stack-up stack-down clean
+.PHONY: install team-packages lint format docs docs-build train test test-fast ui serve stack-up stack-down stack-backup stack-restore stack-renew-cert clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -77,6 +77,15 @@ stack-up: install $(if $(TEAM),team-packages)  ## Prefect server + worker + depl
 
 stack-down:  ## stop what stack-up started
 	VENV=$(VENV) scripts/stack.sh down
+
+stack-backup:  ## TO=folder: a running team stack's databases, artifacts and (apart, mode 600) secrets
+	VENV=$(VENV) scripts/stack.sh backup "$(or $(TO),$(error give TO=a new folder for the backup))"
+
+stack-renew-cert:  ## a new server certificate from the team stack's CA, taken at once (clients keep theirs)
+	VENV=$(VENV) TEAM=1 $(if $(HOST),HOST=$(HOST)) scripts/stack.sh renew-cert
+
+stack-restore: install team-packages  ## FROM=backup HOST=address: a backup as a new team stack (STACK_DIR), started
+	VENV=$(VENV) TEAM=1 $(if $(HOST),HOST=$(HOST)) scripts/stack.sh restore "$(or $(FROM),$(error give FROM=the backup folder))"
 
 clean:  ## forget every run, model version and output (keeps the venv)
 	rm -rf mlruns/mlflow.db mlruns/artifacts mlruns/score-cache mlruns/base-scores mlruns/locks outputs

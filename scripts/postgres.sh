@@ -3,6 +3,8 @@
 #
 #   scripts/postgres.sh up DIR PORT [DATABASE...]   start it (idempotent); each database has a role of its own
 #   scripts/postgres.sh down DIR                   stop it
+#   scripts/postgres.sh snapshot DIR PORT >FILE     every database at one instant, as a tar, while it runs
+#   scripts/postgres.sh unpack DIR <FILE            a snapshot as DIR's data folder (the next `up` starts it)
 #
 # Each DATABASE is owned by the role skillops_<DATABASE> (one per service: prefect, mlflow,
 # mlflow_auth, optuna), which may connect to it alone, with scram-sha-256. Its password is made on
@@ -41,6 +43,7 @@ write_hba() {  # data folder, databases...
   {
     echo "# Written by scripts/postgres.sh on every up: each database, its own role, nothing else."
     echo "local all postgres trust"  # the socket sits in a folder only postgres may enter
+    echo "local replication postgres trust"  # `snapshot`, through the same socket
     for database in "$@"; do
       if [[ -n ${PG_TLS_DIR:-} ]]; then
         echo "local $database skillops_$database scram-sha-256"
@@ -125,8 +128,46 @@ down() {
   as_postgres "$(pg_bin)/pg_ctl" -D "$data" -m fast -w stop >/dev/null && echo "postgresql stopped"
 }
 
+# A snapshot is pg_basebackup's copy of the whole cluster with the WAL it needs: every database
+# as it was at one instant, which is what a power cut would leave and what the stack already
+# recovers from (a champion's alias in MLflow and the authority's record of the move, in two
+# databases, are never half a backup apart). Physical, so it restores on the same PostgreSQL major
+# version. The server's TLS key is left out: it is a secret, kept with the others.
+snapshot() {
+  local state=$1 port=$2
+  [[ -f $state/postgres/postmaster.pid ]] || { echo "PostgreSQL of $state is not running" >&2; exit 1; }
+  if ! grep -q "^local replication postgres trust" "$state/postgres/pg_hba.conf"; then  # a stack up before backups
+    echo "local replication postgres trust" >>"$state/postgres/pg_hba.conf"
+    as_postgres "$(pg_bin)/pg_ctl" -D "$state/postgres" reload >/dev/null
+  fi
+  local copy
+  copy=$(mktemp -d)
+  chmod 711 "$copy"
+  [[ $EUID -eq 0 ]] && chown postgres: "$copy"
+  as_postgres "$(pg_bin)/pg_basebackup" -h "$state/postgres-socket" -p "$port" -U postgres -D "$copy/data" \
+    -X fetch --checkpoint=fast --no-password >&2
+  rm -f "$copy/data/server.key" "$copy/data/server.crt"
+  tar -C "$copy/data" -cf - .
+  rm -rf "$copy"
+}
+
+unpack() {
+  local data=$1/postgres
+  if [[ -f $data/PG_VERSION ]]; then
+    echo "$data already holds a PostgreSQL cluster: restore into a new state folder (STACK_DIR)" >&2
+    exit 1
+  fi
+  mkdir -p "$data"
+  tar -C "$data" -xf -
+  [[ $EUID -eq 0 ]] && chown -R postgres: "$data"
+  chmod 700 "$data"
+  echo "postgresql data unpacked into $data (version $(cat "$data/PG_VERSION"))"
+}
+
 case "${1:-}" in
+  snapshot) [[ $# -eq 3 ]] || { echo "usage: $0 snapshot DIR PORT >FILE"; exit 2; }; snapshot "$(cd "$2" && pwd)" "$3" ;;
+  unpack) [[ $# -eq 2 ]] || { echo "usage: $0 unpack DIR <FILE"; exit 2; }; unpack "$(cd "$2" && pwd)" ;;
   up) [[ $# -ge 3 ]] || { echo "usage: $0 up DIR PORT [DATABASE...]"; exit 2; }; up "$(cd "$2" && pwd)" "${@:3}" ;;
   down) [[ $# -eq 2 ]] || { echo "usage: $0 down DIR"; exit 2; }; down "$(cd "$2" && pwd)" ;;
-  *) echo "usage: $0 up DIR PORT [DATABASE...] | down DIR"; exit 2 ;;
+  *) echo "usage: $0 up DIR PORT [DATABASE...] | down DIR | snapshot DIR PORT | unpack DIR"; exit 2 ;;
 esac

@@ -4,6 +4,9 @@
 #   scripts/stack.sh up      start everything (idempotent), print the addresses
 #   scripts/stack.sh down    stop everything this script started
 #   scripts/stack.sh status  what is running
+#   scripts/stack.sh backup DEST       a team stack's backup, while it runs (scripts/backup.sh)
+#   scripts/stack.sh restore BACKUP    a backup as this state folder (a new one), then `up`
+#   scripts/stack.sh renew-cert        a new server certificate from the stack's CA, taken at once
 #
 # One machine (the default): on 127.0.0.1, a Prefect server, a process worker on the `skillops`
 # pool (one flow run at a time: one training per GPU), the deployments of prefect.yaml, and the
@@ -161,7 +164,8 @@ http {
     # administration) is answered 404 here.
     location = / { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
     location /static-files/ { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
-    location = /health { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
+    # Health checks answer or fail within 2 s, also while a server waits on a stalled database.
+    location = /health { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; proxy_connect_timeout 2s; proxy_read_timeout 2s; }
     location = /version { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
     location = /get-artifact { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
     location = /model-versions/get-artifact { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
@@ -173,11 +177,13 @@ http {
     location ~ ^/(api|ajax-api)/3\.0/mlflow/users/current/permissions\$ { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
     # The promotion authority, and GraphQL (the UI's run pages) through its check that a request only reads.
     location /gate/ { proxy_pass http://127.0.0.1:$GATE_BACKEND_PORT; }
+    location = /gate/health { proxy_pass http://127.0.0.1:$GATE_BACKEND_PORT; proxy_connect_timeout 2s; proxy_read_timeout 2s; }
     location = /graphql { proxy_pass http://127.0.0.1:$GATE_BACKEND_PORT; }
     location / { return 404; }
   }
   server {
     listen $HOST:$PREFECT_PORT ssl;
+    location = /api/health { proxy_pass http://127.0.0.1:$PREFECT_BACKEND_PORT; proxy_connect_timeout 2s; proxy_read_timeout 2s; }
     location / {
       proxy_pass http://127.0.0.1:$PREFECT_BACKEND_PORT;
       proxy_http_version 1.1;  # Prefect's events and logs go over websockets
@@ -213,7 +219,7 @@ own_servers() {
   scripts/tls.sh "$STATE/tls" "${names[@]}"
   export MLFLOW_TRACKING_SERVER_CERT_PATH=$STATE/tls/ca.crt PREFECT_API_SSL_CERT_FILE=$STATE/tls/ca.crt
   PG_HOST=$HOST PG_NETWORK=${NETWORK:-$HOST/32} PG_REMOTE=optuna PG_TLS_DIR=$STATE/tls \
-    scripts/postgres.sh up "$STATE" "$PG_PORT" prefect mlflow mlflow_auth optuna gate
+    scripts/postgres.sh up "$STATE" "$PG_PORT" prefect mlflow mlflow_auth optuna gate  # scripts/backup.sh takes them all
   local admin_password prefect_auth
   admin_password=$(secret mlflow-admin)
   prefect_auth=skillops:$(secret prefect-auth)
@@ -259,6 +265,8 @@ own_servers() {
       --allowed-hosts "$allowed" --cors-allowed-origins "$PUBLIC_MLFLOW"
   )
   nginx_conf
+  # A running nginx reads its configuration and certificate again (a renewed one), without a gap.
+  running nginx && nginx -c "$STATE/nginx/nginx.conf" -p "$STATE/nginx" -s reload
   start nginx nginx -c "$STATE/nginx/nginx.conf" -p "$STATE/nginx" -g "daemon off;"
   wait_for "$PUBLIC_PREFECT/api/health" prefect-server
   wait_for "$PUBLIC_MLFLOW/health" mlflow-server
@@ -270,7 +278,7 @@ EOF
   # The roles, the stack owner's account (admin), the promotion authority's account and this
   # machine's worker account.
   MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$admin_password \
-    "$VENV/bin/skillops" users setup --stack-dir "$STATE" >/dev/null
+    "$VENV/bin/skillops" users setup --stack-dir "$STATE" | sed "/^Roles /d"  # says if folders were rewritten
   (
     # The authority's account and database password reach it through its environment and PGPASSFILE.
     export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_BACKEND_PORT MLFLOW_TRACKING_USERNAME=skillops-gate
@@ -398,5 +406,14 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: [TEAM=1] [HOST=address] $0 up|down|status"; exit 2 ;;
+  renew-cert)
+    [[ -n $TEAM && -f $STATE/tls/ca.key ]] || { echo "renew-cert is for a team stack whose CA this machine made: TEAM=1" >&2; exit 2; }
+    rm -f "$STATE/tls/server.crt" "$STATE/tls/server.names"  # scripts/tls.sh makes a new one in `up`
+    up ;;
+  backup) scripts/backup.sh save "$STATE" "${2:?usage: $0 backup DEST}" ;;
+  restore)
+    [[ -n $TEAM ]] || { echo "restore is for a team stack: TEAM=1, with this machine's HOST" >&2; exit 2; }
+    scripts/backup.sh restore "${2:?usage: TEAM=1 HOST=address $0 restore BACKUP}" "$STATE"
+    up ;;
+  *) echo "usage: [TEAM=1] [HOST=address] $0 up|down|status|backup DEST|restore BACKUP|renew-cert"; exit 2 ;;
 esac

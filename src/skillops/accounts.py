@@ -76,9 +76,11 @@ def _stack(stack_dir: Path) -> dict:
     return json.loads(found.read_text("utf-8"))
 
 
-def setup(stack_dir: Path) -> None:
+def setup(stack_dir: Path) -> list[str]:
     """The roles, each with its grants (idempotent), the admin's own account folder, and the
-    promotion authority's account (its password only in the server machine's secrets)."""
+    promotion authority's account (its password only in the server machine's secrets). Account
+    folders that name another address (a stack restored on another machine) or hold another CA (a
+    rotated one) are rewritten for this stack: returns their names."""
     stack = _stack(stack_dir)
     admin = _admin(stack)
     existing = {role.name: role for role in admin.list_roles(WORKSPACE)}
@@ -101,6 +103,16 @@ def setup(stack_dir: Path) -> None:
     if gate_role.name not in {role.name for role in admin.list_user_roles(GATE_ACCOUNT)}:
         admin.assign_role(GATE_ACCOUNT, gate_role.id)
     _write_account(stack_dir, stack, "admin", "admin", os.environ["MLFLOW_TRACKING_PASSWORD"])
+    moved = []
+    ca = (stack_dir / "tls" / "ca.crt").read_text("utf-8")
+    for credentials in sorted((stack_dir / "accounts").glob("*/credentials")):
+        name, folder = credentials.parent.name, credentials.parent
+        address = f"export MLFLOW_TRACKING_URI={stack['mlflow_tracking_uri']}\n"
+        if address not in (folder / "env").read_text("utf-8") or (folder / "ca.crt").read_text("utf-8") != ca:
+            password = _credential(credentials, "MLFLOW_TRACKING_PASSWORD")
+            _write_account(stack_dir, stack, name, _role_of(admin, stack_dir, name), password)
+            moved.append(name)
+    return moved
 
 
 def _grant(admin, role: str, resource_type: str, resource: str, permission: str) -> None:

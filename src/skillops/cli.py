@@ -230,10 +230,15 @@ def cmd_users(args) -> int:
 
     stack_dir = Path(args.stack_dir).resolve()
     if args.action == "setup":
-        accounts.setup(stack_dir)
+        moved = accounts.setup(stack_dir)
         print(
             f"Roles {', '.join(accounts.ROLES)} are on the tracking server; the admin's folder is {stack_dir / 'accounts' / 'admin'}."
         )
+        if moved:
+            print(
+                f"The stack's address or CA changed: the folders of {', '.join(moved)} were rewritten for it (same "
+                f"passwords); copy each to its machine again ({stack_dir / 'accounts'}/NAME)."
+            )
     elif args.action == "add":
         if not args.name or not args.role:
             print("skillops users add: give a NAME and --role (reader, maintainer or pipeline).", file=sys.stderr)
