@@ -41,7 +41,12 @@ save() {
   chmod 700 "$dest" "$dest/secrets"
   local port
   port=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["pg_port"])' "$state/stack.json")
-  scripts/postgres.sh snapshot "$state" "$port" 2>"$dest/snapshot.log" | gzip -1 >"$dest/databases.tar.gz"
+  if ! scripts/postgres.sh snapshot "$state" "$port" 2>"$dest/snapshot.log" | gzip -1 >"$dest/databases.tar.gz"; then
+    echo "the databases' snapshot failed:" >&2
+    cat "$dest/snapshot.log" >&2
+    exit 1
+  fi
+  rm "$dest/snapshot.log"
   local databases_done
   databases_done=$(seconds_since "$began")
   # Files written while tar reads them (a checkpoint being mirrored) are taken as they are: the
