@@ -63,3 +63,8 @@ def data_error(file: object, rule: str, fix: str, column: str | None = None, det
     """The same shape as a failed suite rule: `<file>: column '<c>': rule '<rule>' failed (...). Fix: ...`"""
     where = f"{file}: column {column!r}" if column else f"{file}"
     return DataError(f"{where}: rule '{rule}' failed{f' ({detail})' if detail else ''}. Fix: {fix}.")
+
+
+class StillRunningError(SkillopsError):
+    """A retry of a flow run whose earlier attempt still runs (a stalled server marked it CRASHED):
+    the retry stops before training, so the model is never trained twice at once."""

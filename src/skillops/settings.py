@@ -83,6 +83,13 @@ class Settings(BaseSettings):
         description="A tuning trial's heartbeat in the Optuna storage: a trial silent for longer than its grace "
         "period (the server wait plus two heartbeats, at least 30 s) was killed, and is run again.",
     )
+    run_alive_seconds: int = Field(
+        20,
+        ge=1,
+        description="A pipeline run tags itself alive (skillops.alive_at) this often; one heard from within three "
+        "periods is alive, whatever a stalled Prefect server made of its flow run, and a retry of its flow run "
+        "stops before training. Keep three periods within the heartbeat automation's window.",
+    )
     promotion_wait_seconds: int = Field(
         1800,
         ge=1,

@@ -147,6 +147,7 @@ def start(
         run_id=tracking.start_run(recipe.name, recipe.name, params, tags),
         recipe_source=recipe_source,
     )
+    tracking.keep_alive(run.run_id)  # a retry of this flow run can tell it from a dead one
     recipe_file = run.output_dir / "recipe.json"
     recipe_file.parent.mkdir(parents=True, exist_ok=True)
     recipe_file.write_text(recipe.model_dump_json(indent=1), "utf-8")

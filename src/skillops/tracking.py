@@ -17,6 +17,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from skillops import servers
+from skillops.errors import StillRunningError
 from skillops.settings import settings
 from skillops.uris import safe_uri
 
@@ -391,15 +393,35 @@ def fail_stale_runs(
     found = mlflow_client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    host = socket.gethostname()
+    host, now = socket.gethostname(), time.time()
     reasons: dict[str, str] = {}
     asked: dict[str, str] = {}  # flow run id -> MLflow run id
     for run in mlflow_client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         tags, run_id = run.data.tags, run.info.run_id
+        silent = _silent_for(tags, now)
+        alive = silent is not None and silent < alive_window() and not _ended_here(tags, host)
         if current_flow_run and tags.get(FLOW_RUN_TAG) == current_flow_run:
+            if silent is not None and not alive and not _ended_here(tags, host):
+                logger.info(
+                    "Waiting up to %.0f s for the earlier attempt (MLflow run %s) to say it is alive",
+                    alive_window(),
+                    run_id,
+                )
+                alive = _heard_again(run_id, tags[ALIVE_TAG])
+            if alive:
+                raise StillRunningError(
+                    f"Prefect flow run {current_flow_run} was retried while its earlier attempt still runs: MLflow run "
+                    f"{run_id} on {tags.get('skillops.host')} (pid {tags.get('skillops.pid')}) still says it is alive. "
+                    "A stalled server marked it crashed; its worker did not die. This attempt "
+                    f"stops before training so that the model is not trained twice; the earlier one's results will be "
+                    f"in that MLflow run. If its machine is really gone, retry: an attempt silent for "
+                    f"{alive_window():.0f} s (its {ALIVE_TAG} tag) is taken for dead."
+                )
             reasons[run_id] = (
                 f"an earlier attempt of Prefect flow run {current_flow_run}, which crashed and was retried"
             )
+        elif alive:
+            continue  # heard from just now: alive, whatever its flow run's state says
         elif flow_run_states and prefect_api and tags.get(PREFECT_API_TAG) == prefect_api and FLOW_RUN_TAG in tags:
             asked[tags[FLOW_RUN_TAG]] = run_id
         elif tags.get("skillops.host") == host and tags.get("skillops.pid", "").isdigit():
@@ -412,6 +434,67 @@ def fail_stale_runs(
     for run_id, reason in reasons.items():
         end_run(run_id, failure=f"{reason}; marked FAILED by the next start, on {host}")
     return list(reasons)
+
+
+# A pipeline run says it is alive every `run_alive_seconds` (the tag holds its machine's clock), and
+# one heard from within three of them is alive wherever it runs, whatever its Prefect flow run's
+# state says: a stalled server counts the heartbeats it could not take as missed, and the automation
+# then marks a live run CRASHED. Three periods (60 s) stay within the automation's shortest window
+# (two 30 s heartbeats), so a run it crashed for silence is silent for longer than that.
+ALIVE_TAG = "skillops.alive_at"
+
+
+def alive_window() -> float:
+    return 3 * settings().run_alive_seconds
+
+
+def keep_alive(run_id: str) -> threading.Thread:
+    """Tag the run alive now, then every `run_alive_seconds` while it is RUNNING, from a daemon
+    thread that ends with the process: a killed run falls silent."""
+    set_tags(run_id, {ALIVE_TAG: f"{time.time():.0f}"})
+    period = settings().run_alive_seconds
+
+    def beat() -> None:
+        while True:
+            time.sleep(period)
+            try:
+                if client().get_run(run_id).info.status != RunStatus.to_string(RunStatus.RUNNING):
+                    return
+                set_tags(run_id, {ALIVE_TAG: f"{time.time():.0f}"})
+            except Exception as error:  # the tracking server is away: the next beat tries again
+                logger.debug("Run %s could not say it is alive: %s", run_id, error)
+
+    thread = threading.Thread(target=beat, name=f"skillops-alive-{run_id}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _heard_again(run_id: str, last: str) -> bool:
+    """Whether a silent run says it is alive within `alive_window()`. Its servers may have been
+    stalled (the database under MLflow too): a live run beats again within a period of their
+    return, a dead one never does."""
+    deadline = time.monotonic() + alive_window()
+    while time.monotonic() < deadline:
+        time.sleep(min(5, settings().run_alive_seconds))
+        if client().get_run(run_id).data.tags.get(ALIVE_TAG, last) != last:
+            return True
+    return False
+
+
+def _silent_for(tags: dict[str, str], now: float) -> float | None:
+    """Seconds since the run last said it was alive; None for a run that never did."""
+    beat = tags.get(ALIVE_TAG, "")
+    return now - float(beat) if beat.isdigit() else None
+
+
+def _ended_here(tags: dict[str, str], host: str) -> bool:
+    """The run's process was on this machine and is gone (or is this process: a retry in it)."""
+    pid = tags.get("skillops.pid", "")
+    return (
+        tags.get("skillops.host") == host
+        and pid.isdigit()
+        and (int(pid) == os.getpid() or not _process_alive(int(pid)))
+    )
 
 
 def end_run(run_id: str, failure: str | None = None) -> None:
