@@ -10,7 +10,7 @@ export MLFLOW_ENABLE_TELEMETRY ?= false
 # here: another project's Prefect, migrating ~/.prefect/prefect.db, cannot break it.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: install team-packages lint format docs docs-build train test test-fast ui serve stack-up stack-down stack-backup stack-restore stack-renew-cert clean
+.PHONY: install team-packages lint format docs docs-build train test test-fast ui serve stack-up stack-down stack-backup stack-restore stack-renew-cert stack-upgrade clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -83,6 +83,9 @@ stack-backup:  ## TO=folder: a running team stack's databases, artifacts and (ap
 
 stack-renew-cert:  ## a new server certificate from the team stack's CA, taken at once (clients keep theirs)
 	VENV=$(VENV) TEAM=1 $(if $(HOST),HOST=$(HOST)) scripts/stack.sh renew-cert
+
+stack-upgrade: install team-packages  ## after git pull: back up the running team stack, migrate its databases, restart it
+	VENV=$(VENV) TEAM=1 $(if $(HOST),HOST=$(HOST)) scripts/stack.sh upgrade
 
 stack-restore: install team-packages  ## FROM=backup HOST=address: a backup as a new team stack (STACK_DIR), started
 	VENV=$(VENV) TEAM=1 $(if $(HOST),HOST=$(HOST)) scripts/stack.sh restore "$(or $(FROM),$(error give FROM=the backup folder))"

@@ -7,6 +7,7 @@
 #   scripts/stack.sh backup DEST       a team stack's backup, while it runs (scripts/backup.sh)
 #   scripts/stack.sh restore BACKUP    a backup as this state folder (a new one), then `up`
 #   scripts/stack.sh renew-cert        a new server certificate from the stack's CA, taken at once
+#   scripts/stack.sh upgrade           back up, migrate every database to this checkout's pins, restart
 #
 # One machine (the default): on 127.0.0.1, a Prefect server, a process worker on the `skillops`
 # pool (one flow run at a time: one training per GPU), the deployments of prefect.yaml, and the
@@ -201,7 +202,7 @@ mlflow_auth_ini() {
 [mlflow]
 # Unknown users, and known users on what no role grants them, get nothing.
 default_permission = NO_PERMISSIONS
-database_uri = postgresql://skillops_mlflow_auth@/mlflow_auth?host=$STATE/postgres-socket&port=$PG_PORT
+database_uri = $(db_url postgresql mlflow_auth)
 admin_username = admin
 # MLflow's basic auth, plus a limit on wrong passwords per client address.
 authorization_function = skillops.stack.throttle:authenticate
@@ -212,21 +213,30 @@ auth_cache_ttl_seconds = 300
 EOF
 }
 
+db_url() {  # scheme database: a server's own database through the socket folder, password in STATE/pgpass
+  echo "$1://skillops_$2@/$2?host=$STATE/postgres-socket&port=$PG_PORT"
+}
+
+own_postgres() {
+  PG_HOST=$HOST PG_NETWORK=${NETWORK:-$HOST/32} PG_REMOTE=optuna PG_TLS_DIR=$STATE/tls \
+    scripts/postgres.sh up "$STATE" "$PG_PORT" prefect mlflow mlflow_auth optuna gate  # scripts/backup.sh takes them all
+}
+
 own_servers() {
   local names=("$HOST")
   IFS=, read -ra extra <<<"${HOST_NAMES:-}"
   names+=("${extra[@]}")
   scripts/tls.sh "$STATE/tls" "${names[@]}"
   export MLFLOW_TRACKING_SERVER_CERT_PATH=$STATE/tls/ca.crt PREFECT_API_SSL_CERT_FILE=$STATE/tls/ca.crt
-  PG_HOST=$HOST PG_NETWORK=${NETWORK:-$HOST/32} PG_REMOTE=optuna PG_TLS_DIR=$STATE/tls \
-    scripts/postgres.sh up "$STATE" "$PG_PORT" prefect mlflow mlflow_auth optuna gate  # scripts/backup.sh takes them all
+  own_postgres
   local admin_password prefect_auth
   admin_password=$(secret mlflow-admin)
   prefect_auth=skillops:$(secret prefect-auth)
   # Exported for each server alone (a subshell): its own settings, read from the environment.
   (
     export PGPASSFILE=$STATE/pgpass
-    export PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://skillops_prefect@/prefect?host=$STATE/postgres-socket&port=$PG_PORT"
+    PREFECT_SERVER_DATABASE_CONNECTION_URL=$(db_url postgresql+asyncpg prefect)
+    export PREFECT_SERVER_DATABASE_CONNECTION_URL
     export PREFECT_SERVER_API_AUTH_STRING=$prefect_auth
     export PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true
     export PREFECT_SERVER_CORS_ALLOWED_ORIGINS=$PUBLIC_PREFECT
@@ -260,7 +270,7 @@ own_servers() {
     # default: skillops queues none, nginx refuses the jobs routes, and they take memory and cores.
     export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
     start mlflow-server "$VENV/bin/mlflow" server --app-name basic-auth \
-      --backend-store-uri "postgresql://skillops_mlflow@/mlflow?host=$STATE/postgres-socket&port=$PG_PORT" \
+      --backend-store-uri "$(db_url postgresql mlflow)" \
       --artifacts-destination "file://$STATE/artifacts" --host 127.0.0.1 --port "$MLFLOW_BACKEND_PORT" --workers 1 \
       --allowed-hosts "$allowed" --cors-allowed-origins "$PUBLIC_MLFLOW"
   )
@@ -284,7 +294,8 @@ EOF
     export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_BACKEND_PORT MLFLOW_TRACKING_USERNAME=skillops-gate
     MLFLOW_TRACKING_PASSWORD=$(cat "$STATE/secrets/gate-account")
     export MLFLOW_TRACKING_PASSWORD PGPASSFILE=$STATE/pgpass
-    export SKILLOPS_GATE_DATABASE="postgresql+psycopg://skillops_gate@/gate?host=$STATE/postgres-socket&port=$PG_PORT"
+    SKILLOPS_GATE_DATABASE=$(db_url postgresql+psycopg gate)
+    export SKILLOPS_GATE_DATABASE
     export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false  # its log: one line a decision, not bars
     unset MLFLOW_TRACKING_SERVER_CERT_PATH SKILLOPS_GATE_URL
     start gate "$VENV/bin/python" -m skillops.gate.service --port "$GATE_BACKEND_PORT" --workdir "$STATE/gate"
@@ -304,6 +315,38 @@ EOF
   # shellcheck source=/dev/null
   source "$STATE/accounts/$worker_account/env"  # this machine's worker runs as that account
   STACK_CA=$STATE/tls/ca.crt
+}
+
+# --- upgrade -----------------------------------------------------------------------------------
+
+# After `git pull && make install` on the server machine: a backup of the running stack first, then
+# every database migrated to this checkout's pins, each step named, then the stack started again.
+upgrade() {
+  [[ -n $TEAM && -n $OWN_PREFECT && -n $OWN_MLFLOW ]] || { echo "upgrade runs on a team stack's server machine: TEAM=1" >&2; exit 2; }
+  running mlflow-server || { echo "The stack is not running: start it (make stack-up TEAM=1) so that upgrade can back it up first." >&2; exit 2; }
+  local backup
+  backup=${BACKUP_DIR:-$STATE/backups}/before-upgrade-$(date -u +%Y%m%dT%H%M%SZ)
+  scripts/backup.sh save "$STATE" "$backup"
+  down
+  own_postgres
+  migrate() {  # what, command...
+    local what=$1; shift
+    if ! PGPASSFILE=$STATE/pgpass "$@" >"$STATE/upgrade-$what.log" 2>&1; then
+      tail -20 "$STATE/upgrade-$what.log" >&2
+      echo "The $what migration failed (log: $STATE/upgrade-$what.log); the stack is stopped, nothing was started." >&2
+      echo "The stack as it was before is backed up in $backup: reinstall the skillops it ran (its manifest.json names the commit; git checkout it, make install) and restore it into a new folder: STACK_DIR=<new folder> make stack-restore FROM=$backup HOST=$HOST" >&2
+      scripts/postgres.sh down "$STATE" >/dev/null
+      exit 1
+    fi
+    echo "$what: migrated ($(tail -1 "$STATE/upgrade-$what.log"))"
+  }
+  migrate mlflow-tracking "$VENV/bin/mlflow" db upgrade "$(db_url postgresql mlflow)"
+  migrate mlflow-accounts "$VENV/bin/python" -m mlflow.server.auth db upgrade --url "$(db_url postgresql mlflow_auth)"
+  migrate prefect env PREFECT_SERVER_DATABASE_CONNECTION_URL="$(db_url postgresql+asyncpg prefect)" PREFECT_HOME="$STATE/prefect-server" \
+    "$VENV/bin/prefect" --no-prompt server database upgrade --yes
+  migrate optuna "$VENV/bin/python" -c 'import sys; from skillops.tuning import upgrade_storage; print(upgrade_storage(sys.argv[1]))' \
+    "$(db_url postgresql+psycopg optuna)"
+  up
 }
 
 # --- up / down / status ------------------------------------------------------------------------
@@ -406,6 +449,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
+  upgrade) upgrade ;;
   renew-cert)
     [[ -n $TEAM && -f $STATE/tls/ca.key ]] || { echo "renew-cert is for a team stack whose CA this machine made: TEAM=1" >&2; exit 2; }
     rm -f "$STATE/tls/server.crt" "$STATE/tls/server.names"  # scripts/tls.sh makes a new one in `up`
@@ -415,5 +459,5 @@ case "${1:-}" in
     [[ -n $TEAM ]] || { echo "restore is for a team stack: TEAM=1, with this machine's HOST" >&2; exit 2; }
     scripts/backup.sh restore "${2:?usage: TEAM=1 HOST=address $0 restore BACKUP}" "$STATE"
     up ;;
-  *) echo "usage: [TEAM=1] [HOST=address] $0 up|down|status|backup DEST|restore BACKUP|renew-cert"; exit 2 ;;
+  *) echo "usage: [TEAM=1] [HOST=address] $0 up|down|status|backup DEST|restore BACKUP|renew-cert|upgrade"; exit 2 ;;
 esac

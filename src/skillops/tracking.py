@@ -450,17 +450,20 @@ def alive_window() -> float:
 
 def keep_alive(run_id: str) -> threading.Thread:
     """Tag the run alive now, then every `run_alive_seconds` while it is RUNNING, from a daemon
-    thread that ends with the process: a killed run falls silent."""
+    thread that ends with the process (a killed run falls silent) or with the run. The thread
+    keeps the store of its start: it never reads the environment again, nor sets MLflow's global
+    tracking URI under the main thread."""
     set_tags(run_id, {ALIVE_TAG: f"{time.time():.0f}"})
-    period = settings().run_alive_seconds
+    period, store = settings().run_alive_seconds, MlflowClient(tracking_uri=tracking_uri())
 
     def beat() -> None:
         while True:
             time.sleep(period)
             try:
-                if client().get_run(run_id).info.status != RunStatus.to_string(RunStatus.RUNNING):
+                if store.get_run(run_id).info.status != RunStatus.to_string(RunStatus.RUNNING):
                     return
-                set_tags(run_id, {ALIVE_TAG: f"{time.time():.0f}"})
+                alive = [mlflow.entities.RunTag(ALIVE_TAG, f"{time.time():.0f}")]
+                resent_if_broken(lambda tags=alive: store.log_batch(run_id, tags=tags))
             except Exception as error:  # the tracking server is away: the next beat tries again
                 logger.debug("Run %s could not say it is alive: %s", run_id, error)
 

@@ -119,6 +119,24 @@ def open_storage(url: str):
         ) from error
 
 
+def upgrade_storage(url: str) -> str:
+    """Migrate the Optuna storage at `url` to this Optuna's schema (an upgrade of the team stack).
+    A database that never held a study has no schema yet, which Optuna's own `optuna storage
+    upgrade` fails on; the first study creates it at this version. Returns what was done."""
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        if not sqlalchemy.inspect(engine).has_table("version_info"):
+            return "no study yet, nothing to migrate"
+    finally:
+        engine.dispose()
+    storage = RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
+    storage.upgrade()
+    return f"at schema {storage.get_current_version()}"
+
+
 # Storage calls whose commit may have landed although its answer was lost: tried again only when
 # the database refused before doing anything (a new trial twice would be a trial nobody runs; a
 # parameter set twice is refused by the database).
