@@ -57,6 +57,9 @@ logger = logging.getLogger(__name__)
 # The heartbeat is SKILLOPS_TRIAL_HEARTBEAT_SECONDS (10 s; tests wait less).
 MIN_GRACE_SECONDS = 30
 MAX_RETRIES = 2
+# Opening a new storage while another process creates it trips on its tables at most once per
+# creation step (tables, version row, alembic stamp); one more try covers a slow second opener.
+FIRST_OPEN_TRIES = 4
 
 
 @contextlib.contextmanager
@@ -101,15 +104,21 @@ def open_storage(url: str):
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _heartbeats_are_experimental():
-            return _patient_storage()(
-                url,
-                # A connection that died with a restart of the server is found and replaced before use.
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-                heartbeat_interval=settings().trial_heartbeat_seconds,
-                grace_period=grace_seconds(),
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-            )
+        for attempt in range(1, FIRST_OPEN_TRIES + 1):
+            try:
+                with _heartbeats_are_experimental():
+                    return _patient_storage()(
+                        url,
+                        # A connection that died with a restart of the server is found and replaced before use.
+                        engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                        heartbeat_interval=settings().trial_heartbeat_seconds,
+                        grace_period=grace_seconds(),
+                        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+                    )
+            except Exception as error:
+                if attempt == FIRST_OPEN_TRIES or not _collided_with_another_first_open(error):
+                    raise
+                time.sleep(0.2 * attempt)
     except Exception as error:  # whatever the database driver raises: bad URL, refused, no such database
         raise RecipeError(
             f"search.storage: cannot open the Optuna storage {safe_uri(url)} ({type(error).__name__}: "
@@ -117,6 +126,17 @@ def open_storage(url: str):
             "(sqlite:///path/optuna.db, postgresql://user@host/db with the password in PGPASSFILE), or leave "
             "search.storage and SKILLOPS_OPTUNA_STORAGE unset for a file in the run's attempt folder."
         ) from error
+
+
+def _collided_with_another_first_open(error: Exception) -> bool:
+    """Optuna builds a new storage by check-then-create (tables, version row, alembic stamp), so
+    two processes opening it at once (a pool's workers, a run and a watcher) trip on what the other
+    has just made. Opened again, the storage is there and is used as it is."""
+    import sqlalchemy.exc
+
+    return isinstance(error, sqlalchemy.exc.IntegrityError) or (
+        isinstance(error, sqlalchemy.exc.DatabaseError) and "already exists" in str(error)
+    )
 
 
 def upgrade_storage(url: str) -> str:

@@ -4,6 +4,7 @@ checked before any trial, the noise-aware pruner and the standard error it weigh
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import optuna
@@ -56,6 +57,35 @@ def test_an_unreachable_storage_is_named_before_any_trial(small_esco, tiny_bert,
     recipe = recipe.with_overrides({"search.storage": "postgresql://nobody@127.0.0.1:9/optuna"})
     with pytest.raises(RecipeError, match=r"search.storage: cannot open the Optuna storage postgresql://nobody@"):
         tuning.open_storage(tuning.storage_url(recipe.search, tmp_path))
+
+
+def _open_together(url: str, openers: int) -> list[Exception]:
+    """`openers` threads open the storage at `url` and create or load one study, all at once."""
+    together = threading.Barrier(openers)
+    failures: list[Exception] = []
+
+    def open_it():
+        together.wait()
+        try:
+            optuna.create_study(study_name="shared", storage=tuning.open_storage(url), load_if_exists=True)
+        except Exception as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=open_it) for _ in range(openers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failures
+
+
+def test_openers_of_a_new_storage_at_once_all_get_it(tmp_path):
+    """A pool's workers open a new study's storage together; Optuna creates it check-then-create,
+    so before the retry most of them failed on a table or version row another had just made."""
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / str(round_) / 'optuna.db'}"
+        assert _open_together(url, openers=6) == []
+        assert optuna.get_all_study_names(url) == ["shared"]
 
 
 def test_a_password_in_the_storage_url_is_refused(small_esco, tiny_bert, tmp_path):
