@@ -28,6 +28,7 @@ SECRET_FOLDERS=(secrets tls accounts)  # what stack-secrets.tar holds, relative 
 
 seconds_since() { awk -v began="$1" -v now="$(date +%s.%N)" 'BEGIN { printf "%.1f", now - began }'; }
 size() { du -sh "$1" | cut -f1; }
+json_field() { "$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 
 save() {
   local state=$1 dest=$2 began
@@ -40,7 +41,7 @@ save() {
   mkdir -p "$dest/secrets"
   chmod 700 "$dest" "$dest/secrets"
   local port
-  port=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["pg_port"])' "$state/stack.json")
+  port=$(json_field "$state/stack.json" pg_port)
   if ! scripts/postgres.sh snapshot "$state" "$port" 2>"$dest/snapshot.log" | gzip -1 >"$dest/databases.tar.gz"; then
     echo "the databases' snapshot failed:" >&2
     cat "$dest/snapshot.log" >&2
@@ -87,8 +88,8 @@ restore() {
     [[ -f $file ]] || { echo "$file is missing: BACKUP must be a folder that \`make stack-backup\` wrote (SECRETS=path where its secrets are kept apart)" >&2; exit 2; }
   done
   local made installed
-  made=$("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["postgresql"])' "$backup/manifest.json")
-  installed=$(basename "$(dirname "$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)")")
+  made=$(json_field "$backup/manifest.json" postgresql)
+  installed=$(scripts/postgres.sh major)
   if [[ $made != "$installed" ]]; then
     echo "The backup's databases are PostgreSQL $made's; this machine has PostgreSQL $installed. Restore on a machine with PostgreSQL $made (a snapshot is not portable across major versions)." >&2
     exit 2
@@ -101,7 +102,7 @@ restore() {
   tar -C "$state" -xf "$secrets"
   gzip -dc "$backup/databases.tar.gz" | scripts/postgres.sh unpack "$state"
   tar -C "$state" -xf "$backup/files.tar"
-  echo "restored $backup (made $("$VENV/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["made"])' "$backup/manifest.json")) into $state"
+  echo "restored $backup (made $(json_field "$backup/manifest.json" made)) into $state"
 }
 
 case "${1:-}" in

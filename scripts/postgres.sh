@@ -5,6 +5,7 @@
 #   scripts/postgres.sh down DIR                   stop it
 #   scripts/postgres.sh snapshot DIR PORT >FILE     every database at one instant, as a tar, while it runs
 #   scripts/postgres.sh unpack DIR <FILE            a snapshot as DIR's data folder (the next `up` starts it)
+#   scripts/postgres.sh major                      the major version installed here (a snapshot's must match)
 #
 # Each DATABASE is owned by the role skillops_<DATABASE> (one per service: prefect, mlflow,
 # mlflow_auth, optuna), which may connect to it alone, with scram-sha-256. Its password is made on
@@ -166,8 +167,9 @@ unpack() {
 
 case "${1:-}" in
   snapshot) [[ $# -eq 3 ]] || { echo "usage: $0 snapshot DIR PORT >FILE"; exit 2; }; snapshot "$(cd "$2" && pwd)" "$3" ;;
+  major) basename "$(dirname "$(pg_bin)")" ;;
   unpack) [[ $# -eq 2 ]] || { echo "usage: $0 unpack DIR <FILE"; exit 2; }; unpack "$(cd "$2" && pwd)" ;;
   up) [[ $# -ge 3 ]] || { echo "usage: $0 up DIR PORT [DATABASE...]"; exit 2; }; up "$(cd "$2" && pwd)" "${@:3}" ;;
   down) [[ $# -eq 2 ]] || { echo "usage: $0 down DIR"; exit 2; }; down "$(cd "$2" && pwd)" ;;
-  *) echo "usage: $0 up DIR PORT [DATABASE...] | down DIR | snapshot DIR PORT | unpack DIR"; exit 2 ;;
+  *) echo "usage: $0 up DIR PORT [DATABASE...] | down DIR | snapshot DIR PORT | unpack DIR | major"; exit 2 ;;
 esac

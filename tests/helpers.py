@@ -310,3 +310,11 @@ def served_candidates(client, name: str) -> dict[str, int]:
         str(v.version): int(v.tags["skillops.candidate_version"])
         for v in client.search_model_versions(f"name = '{name}'")
     }
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of process `pid` (from /proc), None once it has ended."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

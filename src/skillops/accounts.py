@@ -109,8 +109,7 @@ def setup(stack_dir: Path) -> list[str]:
         name, folder = credentials.parent.name, credentials.parent
         address = f"export MLFLOW_TRACKING_URI={stack['mlflow_tracking_uri']}\n"
         if address not in (folder / "env").read_text("utf-8") or (folder / "ca.crt").read_text("utf-8") != ca:
-            password = _credential(credentials, "MLFLOW_TRACKING_PASSWORD")
-            _write_account(stack_dir, stack, name, _role_of(admin, stack_dir, name), password)
+            _rewrite_account(stack_dir, stack, name, _held_role(admin, stack_dir, name))
             moved.append(name)
     return moved
 
@@ -192,14 +191,25 @@ def remove(stack_dir: Path, name: str) -> list[str]:
         return []
     _private(stack_dir / "secrets" / "prefect-auth", secrets.token_hex(24))
     holders = []
-    for folder in sorted((stack_dir / "accounts").glob("*/credentials")):
-        holder = folder.parent.name
-        held_role = "admin" if holder == "admin" else _role_of(admin, stack_dir, holder)
+    for credentials in sorted((stack_dir / "accounts").glob("*/credentials")):
+        holder = credentials.parent.name
+        held_role = _held_role(admin, stack_dir, holder)
         if held_role in PREFECT_ROLES:
-            password = _credential(folder, "MLFLOW_TRACKING_PASSWORD")
-            _write_account(stack_dir, stack, holder, held_role, password)
+            _rewrite_account(stack_dir, stack, holder, held_role)
             holders.append(holder)
     return holders
+
+
+def _held_role(admin, stack_dir: Path, name: str) -> str:
+    """The role of an account that has a folder on this stack, the admin's own included."""
+    return "admin" if name == "admin" else _role_of(admin, stack_dir, name)
+
+
+def _rewrite_account(stack_dir: Path, stack: dict, name: str, role: str) -> None:
+    """Write the account's folder again for this stack (address, CA, Prefect credential), keeping
+    its password."""
+    password = _credential(stack_dir / "accounts" / name / "credentials", "MLFLOW_TRACKING_PASSWORD")
+    _write_account(stack_dir, stack, name, role, password)
 
 
 def _credential(credentials: Path, key: str) -> str:
