@@ -10,6 +10,7 @@ provide lives here, so the library never imports Prefect.
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from skillops.config import Recipe
 from skillops.context import FlowRun
 from skillops.errors import RecipeError
 from skillops.settings import settings
+from skillops.stack import silence
 from skillops.tuning_workers import StudyTicket
 from skillops.uris import safe_uri
 
@@ -41,6 +43,8 @@ TRIALS_DEPLOYMENT = "tune-trials/pool"
 # Prefect server of up to a minute (no heartbeat arrives meanwhile) does not crash the runs it
 # interrupted.
 HEARTBEAT_AUTOMATION = "skillops: crash flow runs whose worker stopped"
+# The Prefect block that holds the judge's address and token (a team stack's, skillops.stack.silence).
+SILENCE_WEBHOOK = "skillops-silent-flow-run-judge"
 
 
 def shared_prefect_api() -> str | None:
@@ -195,26 +199,48 @@ def _heartbeat_seconds() -> int | None:
     return get_current_settings().flows.heartbeat_frequency
 
 
-def watch_heartbeats() -> str:
-    """The dead-worker automation on this Prefect server, made unless it is there; its window is
-    SKILLOPS_MISSED_HEARTBEATS of this machine's heartbeat period. Returns what it did."""
+def watch_heartbeats(judge: tuple[str, Path] | None = None) -> str:
+    """The dead-worker automation on this Prefect server, made unless it is there as asked; its
+    window is SKILLOPS_MISSED_HEARTBEATS of this machine's heartbeat period. With `judge` (the URL
+    of the stack's silent-flow-run judge and the file of its token, `skillops.stack.silence`), the
+    automation asks the judge, which marks a run CRASHED only when Prefect holds none of its
+    heartbeats from the window; without one (a stack of one machine) it marks the run itself."""
     from prefect.automations import Automation
+    from prefect.blocks.webhook import Webhook
     from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.actions import CallWebhook, ChangeFlowRunState
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
-    try:
-        found = Automation.read(name=HEARTBEAT_AUTOMATION)
-        return f"{HEARTBEAT_AUTOMATION!r} is there (window {found.trigger.within})"
-    except ValueError:
-        pass  # not made yet
     seconds = _heartbeat_seconds()
     if not seconds:
         raise RecipeError(
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY is off: flow runs send no heartbeats to watch; set it (30 or more)."
         )
     window = timedelta(seconds=seconds * settings().missed_heartbeats)
+    if judge:
+        url, token_file = judge
+        webhook = Webhook(url=url, headers={"Authorization": f"Bearer {token_file.read_text('utf-8').strip()}"})
+        action = CallWebhook(
+            block_document_id=webhook.save(SILENCE_WEBHOOK, overwrite=True),
+            payload=json.dumps(
+                {
+                    "resource": "{{ event.resource.id }}",
+                    "window_seconds": window.total_seconds(),
+                    "heartbeat_seconds": seconds,
+                }
+            ),
+        )
+    else:
+        action = ChangeFlowRunState(state=StateType.CRASHED, message=silence.crash_message(window))
+    try:
+        found = Automation.read(name=HEARTBEAT_AUTOMATION)
+        # A machine that joins the stack takes the automation as its server machine made it.
+        if judge is None or (found.actions == [action] and found.trigger.within == window):
+            return f"{HEARTBEAT_AUTOMATION!r} is there (window {found.trigger.within})"
+        found.delete()  # made before the stack had a judge, or for another judge or window: made anew
+    except ValueError:
+        pass  # not made yet
     Automation(
         name=HEARTBEAT_AUTOMATION,
         description=f"Flow runs send a heartbeat every {seconds} s; one silent for {window} lost its worker.",
@@ -233,16 +259,9 @@ def watch_heartbeats() -> str:
             threshold=1,
             within=window,
         ),
-        actions=[
-            ChangeFlowRunState(
-                state=StateType.CRASHED,
-                message=f"No heartbeat for {window}: the flow run's worker or machine stopped. "
-                "`prefect flow-run retry <id>` runs it again on any worker of the pool; it resumes from its last "
-                "checkpoint.",
-            )
-        ],
+        actions=[action],
     ).create()
-    return f"made {HEARTBEAT_AUTOMATION!r} (window {window})"
+    return f"made {HEARTBEAT_AUTOMATION!r} (window {window}" + (", judged by the stack's service)" if judge else ")")
 
 
 def require_heartbeat_watch() -> None:
@@ -275,6 +294,7 @@ def require_heartbeat_watch() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["watch-heartbeats"]:
-        sys.exit("usage: python flows/orchestration.py watch-heartbeats")
-    print(watch_heartbeats())
+    arguments = sys.argv[1:]
+    if arguments[:1] != ["watch-heartbeats"] or len(arguments) not in (1, 4) or arguments[1:2] not in ([], ["--judge"]):
+        sys.exit("usage: python flows/orchestration.py watch-heartbeats [--judge URL TOKEN_FILE]")
+    print(watch_heartbeats((arguments[2], Path(arguments[3])) if len(arguments) == 4 else None))

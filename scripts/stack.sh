@@ -178,6 +178,7 @@ http {
     location ~ ^/(api|ajax-api)/3\.0/mlflow/users/current/permissions\$ { proxy_pass http://127.0.0.1:$MLFLOW_BACKEND_PORT; }
     # The promotion authority, and GraphQL (the UI's run pages) through its check that a request only reads.
     location /gate/ { proxy_pass http://127.0.0.1:$GATE_BACKEND_PORT; }
+    location = /gate/silence { return 404; }  # Prefect's automation calls it on this machine
     location = /gate/health { proxy_pass http://127.0.0.1:$GATE_BACKEND_PORT; proxy_connect_timeout 2s; proxy_read_timeout 2s; }
     location = /graphql { proxy_pass http://127.0.0.1:$GATE_BACKEND_PORT; }
     location / { return 404; }
@@ -298,7 +299,9 @@ EOF
     export SKILLOPS_GATE_DATABASE
     export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false  # its log: one line a decision, not bars
     unset MLFLOW_TRACKING_SERVER_CERT_PATH SKILLOPS_GATE_URL
-    start gate "$VENV/bin/python" -m skillops.gate.service --port "$GATE_BACKEND_PORT" --workdir "$STATE/gate"
+    secret silence-webhook >/dev/null  # Prefect's heartbeat automation calls the service with it
+    start gate "$VENV/bin/python" -m skillops.gate.service --port "$GATE_BACKEND_PORT" --workdir "$STATE/gate" \
+      --prefect-api "http://127.0.0.1:$PREFECT_BACKEND_PORT/api" --secrets "$STATE/secrets"
   )
   wait_for "$PUBLIC_MLFLOW/gate/health" gate
   if [[ -n ${WEBHOOK_URL:-} ]]; then
@@ -390,7 +393,13 @@ up() {
     worker=("$VENV/bin/prefect" worker start --pool skillops)
   fi
   "$VENV/bin/prefect" --no-prompt deploy --all --prefect-file "$prefect_file" >"$STATE/deploy.log" 2>&1 || { cat "$STATE/deploy.log"; exit 1; }
-  "$VENV/bin/python" flows/orchestration.py watch-heartbeats
+  local judge=()
+  # On a stack of its own, the promotion authority's service judges a silent flow run before it is
+  # marked CRASHED (skillops.stack.silence): a stalled database delays heartbeats, it loses none.
+  if [[ -n $TEAM && -n $OWN_PREFECT ]]; then
+    judge=(--judge "http://127.0.0.1:$GATE_BACKEND_PORT/gate/silence" "$STATE/secrets/silence-webhook")
+  fi
+  "$VENV/bin/python" flows/orchestration.py watch-heartbeats "${judge[@]}"
   start worker "${worker[@]}"
   if [[ $MLFLOW_TRACKING_URI != http* ]]; then
     start mlflow-ui "$VENV/bin/mlflow" ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port "$MLFLOW_PORT"

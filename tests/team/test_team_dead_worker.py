@@ -9,21 +9,16 @@ import os
 import re
 import shutil
 import signal
-from pathlib import Path
 
 import pytest
 
-from helpers import BIN, wait_until
+from helpers import BIN, parent_pid, wait_until
 
 pytestmark = pytest.mark.faults  # a worker and its training are killed
 
 # Checkpoints every 10 steps (the tiny model trains about 20 a second here); long enough that the
 # kill lands mid-training.
 LONG = {"training.max_steps": 800, "training.checkpoint_every_steps": 10, "training.learning_rate": 1e-3}
-
-
-def _parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def test_a_dead_machines_run_is_crashed_by_its_silence_and_resumes_on_another(team):
@@ -51,7 +46,9 @@ def test_a_dead_machines_run_is_crashed_by_its_silence_and_resumes_on_another(te
         "a": (team.servers, team.stack),
         "b": (team.b.root / "stack", {**team.accounts["worker-b"], **team.b_stack}),
     }
-    dead = next(m for m, (state, _) in machines.items() if int((state / "worker.pid").read_text()) == _parent(flow_pid))
+    dead = next(
+        m for m, (state, _) in machines.items() if int((state / "worker.pid").read_text()) == parent_pid(flow_pid)
+    )
     alive = "b" if dead == "a" else "a"
     state, env = machines[dead]
     for group in {os.getpgid(int((state / "worker.pid").read_text())), os.getpgid(flow_pid)}:
@@ -60,6 +57,8 @@ def test_a_dead_machines_run_is_crashed_by_its_silence_and_resumes_on_another(te
         shutil.move(state / "outputs", team.tmp / f"{dead}-outputs-gone")  # nothing of its disk is read again
     crashed = team.wait_for(long_run, "CRASHED", "the heartbeat automation to mark the run CRASHED", 240)
     assert "No heartbeat for" in crashed["state"]["message"]
+    # Marked by the stack's judge, which found none of its heartbeats from the window.
+    assert f"flow run {long_run} is silent for" in (team.servers / "gate.log").read_text()
 
     team.b.run(BIN / "prefect", "flow-run", "retry", long_run, env=maintainer)
     team.wait_for(long_run, "COMPLETED", f"the retried run on machine {alive.upper()}")

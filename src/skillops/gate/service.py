@@ -15,6 +15,7 @@ counts towards the same limit on guesses (`stack.throttle`). Then:
 | POST /gate/models/{name}/judge | pipeline | judge a candidate; promote it if it passes |
 | POST /gate/models/{name}/rollback | maintainer | move the champion back (to a version that was champion) |
 | POST /gate/models/{name}/policy | maintainer | change fields of the policy, or take a recipe's |
+| POST /gate/silence | Prefect's heartbeat automation (a token; from this machine only) | judge a silent flow run (`skillops.stack.silence`) |
 
 The service acts with its own account (MLFLOW_TRACKING_USERNAME / _PASSWORD in its environment,
 from the stack's secrets; a workspace admin of the tracking server, which it reaches on
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from skillops.errors import AccessError, PolicyError, SkillopsError
+from skillops.stack import silence as silence_judge
 
 logger = logging.getLogger("skillops.gate.service")
 
@@ -294,7 +296,7 @@ def graphql_queries(body: dict[str, Any]) -> bool:
     return bool(operations) and all(op.operation == OperationType.QUERY for op in operations)
 
 
-def create_app(gate: Gate):
+def create_app(gate: Gate, silence: SilenceWebhook | None = None):
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -332,6 +334,17 @@ def create_app(gate: Gate):
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def silent_flow_run(request: Request) -> Response:
+        if silence is None or not silence.admits(request.headers.get("Authorization", "")):
+            return JSONResponse({"error": "AccessError", "message": "not the stack's Prefect server"}, 401)
+        try:
+            fields = silence_judge.request_fields(await request.body())
+        except (ValueError, KeyError, TypeError) as error:
+            return JSONResponse({"error": "ValueError", "message": f"not a silent flow run's webhook: {error}"}, 422)
+        # The judge waits a heartbeat period; Prefect's webhook call does not.
+        threading.Thread(target=silence.judge, args=fields, name="skillops-silence", daemon=True).start()
+        return JSONResponse({"status": "judging"}, 202)
 
     async def graphql(request: Request) -> Response:
         import httpx
@@ -386,8 +399,32 @@ def create_app(gate: Gate):
             methods=["POST"],
         ),
         Route("/graphql", graphql, methods=["POST"]),
+        # Called by the Prefect server's heartbeat automation on this machine; nginx answers 404 to
+        # other machines.
+        Route("/gate/silence", silent_flow_run, methods=["POST"]),
     ]
     return Starlette(routes=routes)
+
+
+@dataclass(frozen=True)
+class SilenceWebhook:
+    """The heartbeat automation's webhook: admitted by the token in the stack's secrets, then
+    `skillops.stack.silence.judge` on the Prefect server behind it."""
+
+    prefect: silence_judge.PrefectApi
+    token_file: Path
+
+    def admits(self, authorization: str) -> bool:
+        import hmac
+
+        token = self.token_file.read_text("utf-8").strip()
+        return bool(token) and hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+
+    def judge(self, resource: str, window_seconds: float, heartbeat_seconds: float) -> None:
+        try:
+            logger.info("%s", silence_judge.judge(self.prefect, resource, window_seconds, heartbeat_seconds))
+        except Exception:
+            logger.exception("Could not judge the silent flow run %s; it is left as it is", resource)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -400,6 +437,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workdir", required=True, help="where it downloads models and keeps its frozen sets' files")
+    parser.add_argument(
+        "--prefect-api", help="the Prefect server's API on this machine, for the silent flow runs' judge"
+    )
+    parser.add_argument("--secrets", help="the stack's secrets folder (prefect-auth, silence-webhook)")
     arguments = parser.parse_args(argv)
     current = settings()
     if not current.gate_database:
@@ -412,7 +453,13 @@ def main(argv: list[str] | None = None) -> None:
     from skillops.gate.judging import EXPERIMENT
 
     tracking.experiment_id(EXPERIMENT)  # its own, made before any other account could take the name
-    uvicorn.run(create_app(gate), host=arguments.host, port=arguments.port, log_level="warning")
+    silence = None
+    if arguments.prefect_api and arguments.secrets:
+        secrets = Path(arguments.secrets)
+        silence = SilenceWebhook(
+            silence_judge.PrefectApi(arguments.prefect_api, secrets / "prefect-auth"), secrets / "silence-webhook"
+        )
+    uvicorn.run(create_app(gate, silence), host=arguments.host, port=arguments.port, log_level="warning")
 
 
 if __name__ == "__main__":
