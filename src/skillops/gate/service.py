@@ -457,7 +457,8 @@ def main(argv: list[str] | None = None) -> None:
     if arguments.prefect_api and arguments.secrets:
         secrets = Path(arguments.secrets)
         silence = SilenceWebhook(
-            silence_judge.PrefectApi(arguments.prefect_api, secrets / "prefect-auth"), secrets / "silence-webhook"
+            silence_judge.PrefectApi.reading(arguments.prefect_api, secrets / "prefect-auth"),
+            secrets / "silence-webhook",
         )
     uvicorn.run(create_app(gate, silence), host=arguments.host, port=arguments.port, log_level="warning")
 

@@ -9,8 +9,9 @@ to the promotion authority's service, on the server machine): it waits one heart
 Prefect to store what it has received, and marks the run CRASHED only when no heartbeat from the
 last window is there.
 
-Plain HTTP to Prefect's REST API on 127.0.0.1, with the stack's Prefect credential read from its
-file at each call (`skillops users remove` may have replaced it).
+Plain HTTP to Prefect's REST API on 127.0.0.1, with the stack's Prefect credential as the service
+read it at its start: the Prefect server started with the same one, and both take a replaced one
+(`skillops users remove`) when the stack restarts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import base64
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -45,11 +46,14 @@ class PrefectApi:
     """Prefect's REST API as the stack's own servers reach it (http://127.0.0.1:<port>/api)."""
 
     url: str
-    auth_file: Path
+    auth: str = field(repr=False)  # the secret part of PREFECT_SERVER_API_AUTH_STRING
+
+    @classmethod
+    def reading(cls, url: str, auth_file: Path) -> PrefectApi:
+        return cls(url, auth_file.read_text("utf-8").strip())
 
     def _headers(self) -> dict[str, str]:
-        auth = f"skillops:{self.auth_file.read_text('utf-8').strip()}"
-        return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+        return {"Authorization": "Basic " + base64.b64encode(f"skillops:{self.auth}".encode()).decode()}
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
         import requests
