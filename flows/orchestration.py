@@ -5,7 +5,8 @@ automation that notices dead workers.
 `train_esco.py` orders the stages and calls `skillops.stages`; what only Prefect can answer or
 provide lives here, so the library never imports Prefect.
 
-    python flows/orchestration.py watch-heartbeats   # the dead-worker automation (make stack-up runs it)
+    python flows/orchestration.py watch-heartbeats [--judge URL TOKEN_FILE]
+        # the dead-worker automation (make stack-up runs it; on a team stack, with its judge)
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ TRIALS_DEPLOYMENT = "tune-trials/pool"
 # deployment sends heartbeat events (PREFECT_FLOWS_HEARTBEAT_FREQUENCY), and an automation marks one
 # CRASHED once they stop: after SKILLOPS_MISSED_HEARTBEATS (4) of them, so that a restart of the
 # Prefect server of up to a minute (no heartbeat arrives meanwhile) does not crash the runs it
-# interrupted.
+# interrupted. On a team stack it asks the stack's judge first (skillops.stack.silence).
 HEARTBEAT_AUTOMATION = "skillops: crash flow runs whose worker stopped"
 # The Prefect block that holds the judge's address and token (a team stack's, skillops.stack.silence).
 SILENCE_WEBHOOK = "skillops-silent-flow-run-judge"

@@ -421,6 +421,7 @@ class SilenceWebhook:
         return bool(token) and hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
 
     def judge(self, resource: str, window_seconds: float, heartbeat_seconds: float) -> None:
+        logger.info("Prefect found %s silent for %.0f s: judging it", resource, window_seconds)
         try:
             logger.info("%s", silence_judge.judge(self.prefect, resource, window_seconds, heartbeat_seconds))
         except Exception:
