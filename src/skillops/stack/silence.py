@@ -52,18 +52,20 @@ class PrefectApi:
     def reading(cls, url: str, auth_file: Path) -> PrefectApi:
         return cls(url, auth_file.read_text("utf-8").strip())
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": "Basic " + base64.b64encode(f"skillops:{self.auth}".encode()).decode()}
-
-    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+    def session(self):
+        """A requests session for one judgment: the credential, and the CSRF token that the stack's
+        Prefect server asks every write for, fetched once."""
         import requests
 
-        headers = self._headers()
-        if method != "GET":  # the stack's Prefect server asks every write for a CSRF token
-            token = requests.get(f"{self.url}/csrf-token?client=skillops-silence", headers=headers, timeout=10)
-            token.raise_for_status()
-            headers |= {"Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": "skillops-silence"}
-        answer = requests.request(method, self.url + path, json=body, headers=headers, timeout=30)
+        session = requests.Session()
+        session.headers["Authorization"] = "Basic " + base64.b64encode(f"skillops:{self.auth}".encode()).decode()
+        token = session.get(f"{self.url}/csrf-token?client=skillops-silence", timeout=10)
+        token.raise_for_status()
+        session.headers.update({"Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": "skillops-silence"})
+        return session
+
+    def call(self, session, method: str, path: str, body: dict | None = None) -> dict:
+        answer = session.request(method, self.url + path, json=body, timeout=30)
         answer.raise_for_status()
         return answer.json() if answer.content else {}
 
@@ -72,8 +74,9 @@ def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat()
 
 
-def _heard_since(api: PrefectApi, flow_run_id: str, since: float) -> bool:
+def _heard_since(api: PrefectApi, session, flow_run_id: str, since: float) -> bool:
     found = api.call(
+        session,
         "POST",
         "/events/filter",
         {
@@ -95,25 +98,24 @@ def judge(api: PrefectApi, resource: str, window_seconds: float, heartbeat_secon
     if not resource.startswith(FLOW_RUN_RESOURCE):
         raise ValueError(f"not a flow run: {resource!r}")
     flow_run_id = resource.removeprefix(FLOW_RUN_RESOURCE)
-    asked = time.time()
+    asked, window = time.time(), timedelta(seconds=window_seconds)
     deadline = time.monotonic() + heartbeat_seconds + STORED_WITHIN_SECONDS
-    while True:
-        if _heard_since(api, flow_run_id, asked - window_seconds):
-            return (
-                f"flow run {flow_run_id} is alive: Prefect holds a heartbeat of it from the last {window_seconds:.0f} s"
-            )
-        if time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    state = api.call("GET", f"/flow_runs/{flow_run_id}")["state"]
-    if state is None or state["type"] in FINAL_STATES:
-        return f"flow run {flow_run_id} is silent and already {state['type'] if state else 'without a state'}"
-    window = timedelta(seconds=window_seconds)
-    api.call(
-        "POST",
-        f"/flow_runs/{flow_run_id}/set_state",
-        {"state": {"type": "CRASHED", "message": crash_message(window)}, "force": False},
-    )
+    with api.session() as session:
+        while not _heard_since(api, session, flow_run_id, asked - window_seconds):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        else:
+            return f"flow run {flow_run_id} is alive: Prefect holds a heartbeat of it from the last {window}"
+        state = api.call(session, "GET", f"/flow_runs/{flow_run_id}")["state"]
+        if state is None or state["type"] in FINAL_STATES:
+            return f"flow run {flow_run_id} is silent and already {state['type'] if state else 'without a state'}"
+        api.call(
+            session,
+            "POST",
+            f"/flow_runs/{flow_run_id}/set_state",
+            {"state": {"type": "CRASHED", "message": crash_message(window)}, "force": False},
+        )
     return f"flow run {flow_run_id} is silent for {window}: marked CRASHED"
 
 
