@@ -273,6 +273,25 @@ class Team:
 
         return wait_until(reached, what, timeout, logs)
 
+    def checkpointed_run(self, name: str):
+        """The RUNNING MLflow run of model `name` once a complete checkpoint of it is in the store
+        (it is training, and a retry could resume from it); waits up to 10 minutes."""
+        client = self.mlflow("reader-b")
+
+        def checkpointed():
+            experiment = client.get_experiment_by_name(name)
+            runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
+            for run in runs:
+                for checkpoint in client.list_artifacts(run.info.run_id, "attempt/train/checkpoints"):
+                    if any(
+                        x.path.endswith("skillops-complete.json")
+                        for x in client.list_artifacts(run.info.run_id, checkpoint.path)
+                    ):
+                        return run
+            return None
+
+        return wait_until(checkpointed, f"a checkpoint of {name}'s run in the store", 600)
+
     def promoted_model(self, name: str) -> str:
         """A model of its own whose first retrain (from B, by a maintainer's deployment run) was
         judged by the authority and promoted; returns the flow run id."""

@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from helpers import BIN, parent_pid, wait_until
+from helpers import BIN, parent_pid
 
 pytestmark = pytest.mark.faults  # a worker and its training are killed
 
@@ -27,20 +27,7 @@ def test_a_dead_machines_run_is_crashed_by_its_silence_and_resumes_on_another(te
     maintainer = team.accounts["maintainer-b"]
     client = team.mlflow("reader-b")
     long_run = team.b.deployment_run(maintainer, recipe, LONG)
-
-    def checkpoint_in_store():
-        experiment = client.get_experiment_by_name(name)
-        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
-        for run in runs:
-            for checkpoint in client.list_artifacts(run.info.run_id, "attempt/train/checkpoints"):
-                if any(
-                    x.path.endswith("skillops-complete.json")
-                    for x in client.list_artifacts(run.info.run_id, checkpoint.path)
-                ):
-                    return run
-        return None
-
-    killed = wait_until(checkpoint_in_store, "a checkpoint of the long run in the store", 600)
+    killed = team.checkpointed_run(name)
     flow_pid = int(killed.data.tags["skillops.pid"])
     machines = {
         "a": (team.servers, team.stack),

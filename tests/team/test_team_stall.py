@@ -66,17 +66,9 @@ def _states(team, flow_run_id: str) -> list[str]:
 
 def _training(team, name: str, max_steps: int) -> str:
     """A deployment run of its own model, once it is training; returns the flow run's id."""
-    client = team.mlflow("reader-b")
-    flow_run_id = team.b.deployment_run(
-        team.accounts["maintainer-b"], team.recipe(name), {**LONG, "training.max_steps": max_steps}
-    )
-
-    def training():
-        experiment = client.get_experiment_by_name(name)
-        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
-        return any(client.list_artifacts(run.info.run_id, "attempt/train/checkpoints") for run in runs)
-
-    wait_until(training, f"{name} to be training", 600)
+    overrides = {**LONG, "training.max_steps": max_steps}
+    flow_run_id = team.b.deployment_run(team.accounts["maintainer-b"], team.recipe(name), overrides)
+    team.checkpointed_run(name)
     return flow_run_id
 
 
