@@ -1,5 +1,5 @@
 """What keeping the checkpoints in the run's artifact store costs the training: the same training
-with and without the mirror (`skillops.checkpoints.Mirror`) uploading each finished checkpoint to
+with and without the mirror (`skillops.training.checkpoints.Mirror`) uploading each finished checkpoint to
 a real `mlflow server` on this machine, printed as a ratio, with each upload's seconds and size.
 
     .venv/bin/python bench/checkpoint_upload.py [recipe] [--every N] [--steps N]
@@ -47,9 +47,11 @@ def _server(folder: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main(recipe_name: str, every: int, steps: int) -> dict:
-    from skillops import checkpoints, preparation, tracking
     from skillops.config import load_recipe
-    from skillops.training import TrainingSpec, train_model
+    from skillops.inputs import preparation
+    from skillops.tracking import runs
+    from skillops.training import checkpoints
+    from skillops.training.trainer import TrainingSpec, train_model
 
     recipe = load_recipe(recipe_name)
     with tempfile.TemporaryDirectory(prefix="bench-checkpoints-") as tmp:
@@ -63,7 +65,7 @@ def main(recipe_name: str, every: int, steps: int) -> dict:
             for arm in ("local only", "mirrored"):
                 attempt = tmp / arm.replace(" ", "-")
                 spec = TrainingSpec.for_recipe(recipe, paths.train, attempt / "train", config, label=arm)
-                run_id = tracking.start_run(recipe.name, f"bench {arm}", {})
+                run_id = runs.start_run(recipe.name, f"bench {arm}", {})
                 started = time.perf_counter()
                 if arm == "mirrored":
                     with checkpoints.Mirror(run_id, attempt) as mirror:

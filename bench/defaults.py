@@ -10,7 +10,7 @@ golden precision@10), with card 000's short list beside it:
 - `no-duplicates b32`: sentence-transformers' NO_DUPLICATES batches of 32;
 - `no-duplicates bN`: the same at the taxonomy-aware batches' mean size N (they cannot be filled);
 - `taxonomy-aware b32`: skillops' batches that keep every anchor's known positives apart;
-- each again `+ hard negatives`: one negative per row mined by `skillops.preparation` from the
+- each again `+ hard negatives`: one negative per row mined by `skillops.inputs.preparation` from the
   whole vocabulary with the base model (never one of the occupation's skills; the nearest ten
   skipped as likely unlinked positives, the next 50 shared out among the occupation's rows).
 
@@ -68,8 +68,8 @@ def step_timer():
 
 def prepare(recipe, tmp: Path) -> dict:
     """The task's training table without and with mined negatives, written once for all arms."""
-    from skillops import preparation
     from skillops.config import MiningConfig
+    from skillops.inputs import preparation
 
     task = preparation.build_task(recipe)
     plain = preparation.write_task(task, tmp / "plain", {})
@@ -90,7 +90,7 @@ def mean_batch(train_path: Path, recipe) -> int:
     """Rows per batch the taxonomy-aware sampler averages over an epoch at the recipe's batch size."""
     from datasets import Dataset
 
-    from skillops.training import plan_steps
+    from skillops.training.trainer import plan_steps
 
     dataset = Dataset.from_parquet(str(train_path))
     config = recipe.training.model_copy(update={"taxonomy_aware_batches": True, "processes": 1})
@@ -106,11 +106,11 @@ def arm_config(recipe, aware: bool, batch_size: int, seed: int, max_steps: int):
 def run_arm(recipe, paths, config, output: Path, label: str) -> dict:
     from datasets import Dataset
 
-    from skillops.batches import false_negative_shares
-    from skillops.evaluation import score_sets
-    from skillops.modeling import load_model
-    from skillops.preparation import golden_part
-    from skillops.training import TrainingSpec, plan_steps, train_model
+    from skillops.inputs.preparation import golden_part
+    from skillops.judging.evaluation import score_sets
+    from skillops.training.batches import false_negative_shares
+    from skillops.training.modeling import load_model
+    from skillops.training.trainer import TrainingSpec, plan_steps, train_model
 
     dataset = Dataset.from_parquet(str(paths.train))
     plan = plan_steps(dataset, config, recipe.loss)
@@ -149,7 +149,7 @@ def calibrate(recipe, prepared: dict, arms: list[tuple], budget: float, tmp: Pat
     would not tell."""
     from datasets import Dataset
 
-    from skillops.training import TrainingSpec, plan_steps, train_model
+    from skillops.training.trainer import TrainingSpec, plan_steps, train_model
 
     steps = {}
     for name, aware, mined, batch_size in arms:

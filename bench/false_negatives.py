@@ -31,12 +31,12 @@ DEFAULT = ["esco-occupation-skills", "job-skills", "course-skill-retrieval"]
 def bench_recipe(name: str, seeds: list[int], epochs: float, tmp: Path) -> list[dict]:
     from datasets import Dataset
 
-    from skillops import preparation
-    from skillops.batches import false_negative_shares
     from skillops.config import load_recipe
-    from skillops.evaluation import evaluate
-    from skillops.modeling import load_model
-    from skillops.training import TrainingSpec, train_model
+    from skillops.inputs import preparation
+    from skillops.judging.evaluation import evaluate
+    from skillops.training.batches import false_negative_shares
+    from skillops.training.modeling import load_model
+    from skillops.training.trainer import TrainingSpec, train_model
 
     recipe = load_recipe(name)
     task = preparation.build_task(recipe)

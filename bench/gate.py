@@ -26,11 +26,13 @@ DEFAULT = ["esco-occupation-skills", "course-skill-retrieval", "resume-job-simil
 
 
 def bench_recipe(name: str, tmp: Path) -> dict:
-    from skillops import preparation, registry, score_cache, tracking
     from skillops.config import load_recipe
-    from skillops.evaluation import score_queries
-    from skillops.modeling import load_model
-    from skillops.promotion import decide
+    from skillops.inputs import preparation
+    from skillops.judging import score_cache
+    from skillops.judging.evaluation import score_queries
+    from skillops.judging.promotion import decide
+    from skillops.tracking import registry, runs
+    from skillops.training.modeling import load_model
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns/mlflow.db"
     recipe = load_recipe(name)
@@ -43,9 +45,9 @@ def bench_recipe(name: str, tmp: Path) -> dict:
 
     base = load_model(recipe.base_model, recipe.training.max_seq_length)
     base.save(str(tmp / "base"))
-    run_id = tracking.start_run(recipe.name, "bench", {})
+    run_id = runs.start_run(recipe.name, "bench", {})
     version = registry.register(tmp / "base", run_id, recipe.registered_model_name, {})
-    tracking.end_run(run_id)
+    runs.end_run(run_id)
 
     started = time.perf_counter()
     champion, source = score_cache.version_scores(recipe.registered_model_name, version, snapshot, ["test"], score)

@@ -3,8 +3,8 @@
     python bench/gpu.py                       # on a GPU machine (see docs/gpu-check.md)
     python bench/gpu.py --device cpu --tiny   # the same parts on CPU with tiny models (the fast tier)
 
-Runs skillops' trainer (`skillops.training.train_model`: its taxonomy-aware batches, losses and
-precision), scorer (`skillops.evaluation`) and exporter (`skillops.serving`) with MLflow, Prefect
+Runs skillops' trainer (`skillops.training.trainer.train_model`: its taxonomy-aware batches, losses and
+precision), scorer (`skillops.judging.evaluation`) and exporter (`skillops.serving.variants`) with MLflow, Prefect
 and Optuna made unimportable, on data it brings: the bundled ESCO sample (its training table,
 its test set and golden set ranking the whole vocabulary) and that vocabulary grown to ESCO 1.2's
 13,939 skills (`bench/vocabulary.py`'s labels) for throughput. Parts, each written to
@@ -87,9 +87,9 @@ class Bench:
     def __init__(self, device: str, tiny: bool, work: Path, out: Path, minilm: str) -> None:
         import torch
 
-        from skillops import preparation
         from skillops.config import load_recipe
-        from skillops.modeling import mixed_precision, precision_name
+        from skillops.inputs import preparation
+        from skillops.training.modeling import mixed_precision, precision_name
 
         self.device, self.tiny, self.work, self.out = device, tiny, work, out
         self.cuda = device == "cuda"
@@ -139,7 +139,7 @@ class Bench:
         from transformers import TrainerCallback
 
         from skillops.config import LossConfig
-        from skillops.training import TrainingSpec, train_model
+        from skillops.training.trainer import TrainingSpec, train_model
 
         bench = self
         marks: list[tuple[float, float]] = []  # (step began, step ended)
@@ -184,8 +184,8 @@ class Bench:
         """Per-query whole-vocabulary MAP and each query's top-1 document."""
         from sentence_transformers.util import cos_sim
 
-        from skillops.evaluation import Encoder, score_encoded
-        from skillops.preparation import read_eval_set
+        from skillops.inputs.preparation import read_eval_set
+        from skillops.judging.evaluation import Encoder, score_encoded
 
         data = read_eval_set(self.eval_set(name))
         encode = Encoder(model, self.recipe.prompts, self.recipe.evaluation.batch_size)
@@ -200,7 +200,7 @@ class Bench:
     def part_minilm(self) -> None:
         import numpy as np
 
-        from skillops.modeling import load_model
+        from skillops.training.modeling import load_model
 
         arms = {}
         for precision in self.precisions:
@@ -260,7 +260,7 @@ class Bench:
     def part_sampler(self) -> None:
         from datasets import Dataset
 
-        from skillops.batches import taxonomy_aware_batches
+        from skillops.training.batches import taxonomy_aware_batches
 
         precision = self.precisions[0]
         row = {"batch_size": self.training.batch_size}
@@ -279,7 +279,7 @@ class Bench:
         import torch
         from vocabulary import vocabulary
 
-        from skillops.modeling import load_model
+        from skillops.training.modeling import load_model
 
         skills = pd.read_csv(self.recipe.data.location / "skills_en.csv", dtype=str, keep_default_na=False)
         texts = vocabulary(skills.preferredLabel.str.strip().tolist(), 2000 if self.tiny else 13939)
@@ -306,15 +306,15 @@ class Bench:
     def part_export(self) -> None:
         import numpy as np
 
-        from skillops import serving
-        from skillops.modeling import load_model
+        from skillops.serving import variants
+        from skillops.training.modeling import load_model
 
         model_dir = Path(self.trained)
-        serving.export(load_model(str(model_dir)), model_dir, ["onnx", "int8"])
-        _, reference = self.top1_and_scores(serving.load(model_dir, "fp32"), "test")
+        variants.export(load_model(str(model_dir)), model_dir, ["onnx", "int8"])
+        _, reference = self.top1_and_scores(variants.load(model_dir, "fp32"), "test")
         row = {"queries": len(reference)}
         for variant in ("onnx", "int8"):
-            _, top1 = self.top1_and_scores(serving.load(model_dir, variant), "test")
+            _, top1 = self.top1_and_scores(variants.load(model_dir, variant), "test")
             row[f"{variant}_same_top1_share"] = float(np.mean(top1 == reference))
         self.write("export", row)
 
@@ -333,7 +333,7 @@ def _tokens_per_sample(tokenizer, train_path: Path, max_length: int) -> float:
 
 
 def _installed_minilm() -> str:
-    from skillops.modeling import resolve_model
+    from skillops.training.modeling import resolve_model
 
     return resolve_model("sentence-transformers/all-MiniLM-L6-v2")
 

@@ -19,7 +19,7 @@ rm -rf .whl && mkdir -p .whl
   "$(pin datasets)" "$(pin dill)" "$(pin multiprocess)"
 HF_HUB_OFFLINE=1 .venv/bin/python - <<'PY'
 import torch
-from skillops.modeling import load_model, resolve_model
+from skillops.training.modeling import load_model, resolve_model
 model = load_model(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
 model.to(torch.float16).save(".whl/all-MiniLM-L6-v2")
 PY

@@ -48,12 +48,12 @@ def main() -> None:
     from sentence_transformers.base.sampler import DefaultBatchSampler
     from torch.utils.data import RandomSampler
 
-    from skillops import preparation
-    from skillops.batches import length_grouped_batches
     from skillops.config import load_recipe
-    from skillops.evaluation import evaluate
-    from skillops.modeling import load_model
-    from skillops.training import TrainingSpec, train_model
+    from skillops.inputs import preparation
+    from skillops.judging.evaluation import evaluate
+    from skillops.training.batches import length_grouped_batches
+    from skillops.training.modeling import load_model
+    from skillops.training.trainer import TrainingSpec, train_model
 
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("recipe", nargs="?", default="resume-job-similarity")

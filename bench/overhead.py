@@ -38,7 +38,7 @@ sys.path.insert(0, sys.argv[1])
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from train_esco import train_esco
-from skillops import tracking
+from skillops.tracking import runs
 
 state = train_esco(sys.argv[2], overrides=json.loads(sys.argv[3]), force=True, return_state=True)
 result = state.result()
@@ -50,7 +50,7 @@ seconds = {}
 for task_run in task_runs:
     stage = task_run.name.split()[0]
     seconds[stage] = seconds.get(stage, 0.0) + task_run.total_run_time.total_seconds()
-metrics = tracking.client().get_run(result["run_id"]).data.metrics
+metrics = runs.client().get_run(result["run_id"]).data.metrics
 golden = sys.argv[4]
 print(json.dumps({"run_id": result["run_id"], "seconds": seconds, "base_map": metrics["base_cosine_map"],
                   "test_map": metrics["test_cosine_map"], "base_golden_map": metrics[f"base_golden_{golden}_cosine_map"],
@@ -84,8 +84,8 @@ def _timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> tup
 
 
 def plain_settings(recipe, data: Path) -> dict:
-    from skillops.modeling import resolve_model
-    from skillops.preparation import golden_part
+    from skillops.inputs.preparation import golden_part
+    from skillops.training.modeling import resolve_model
 
     if (
         recipe.loss.name != "mnrl"

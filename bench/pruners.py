@@ -31,12 +31,14 @@ def record_curves(recipe) -> tuple[list[dict], float]:
     """Every trial of one search without pruning: its parameters, score and stderr per point, final score."""
     import optuna
 
-    from skillops import preparation, tracking, tuning
+    from skillops.inputs import preparation
+    from skillops.tracking import runs
+    from skillops.training import tuning
 
     with tempfile.TemporaryDirectory(prefix="bench-pruners-") as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns/mlflow.db"
         paths = preparation.write_task(preparation.build_task(recipe), Path(tmp) / "data", {})
-        run_id = tracking.start_run(recipe.name, "bench pruners", {})
+        run_id = runs.start_run(recipe.name, "bench pruners", {})
         started = time.perf_counter()
         tuning.tune(
             tuning.TrialWorker(
@@ -69,7 +71,7 @@ def replay(trials: list[dict], search) -> dict:
     """The recorded trials, in order, through the pruner `search.pruner` names."""
     import optuna
 
-    from skillops.tuning import make_pruner
+    from skillops.training.tuning import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Named: Hyperband puts a trial in a bracket by a hash of the study's name and the trial's number.

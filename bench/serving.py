@@ -41,10 +41,11 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
     import pandas as pd
     import torch
 
-    from skillops import preparation, serving
     from skillops.config import load_recipe
-    from skillops.evaluation import score_queries
-    from skillops.modeling import load_model, resolve_model
+    from skillops.inputs import preparation
+    from skillops.judging.evaluation import score_queries
+    from skillops.serving import variants
+    from skillops.training.modeling import load_model, resolve_model
 
     recipe = load_recipe(recipe_name)
     metric = recipe.evaluation.primary_metric
@@ -54,7 +55,7 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
         base = load_model(resolve_model(recipe.base_model), recipe.training.max_seq_length)
         base.save(str(model_dir))
         started = time.perf_counter()
-        serving.export(base, model_dir, ["onnx", "int8"])
+        variants.export(base, model_dir, ["onnx", "int8"])
         exported = time.perf_counter() - started
         texts = pd.read_parquet(paths.documents)["text"].tolist()[:count]
         gate_sets = ["test", *(preparation.golden_part(g.name) for g in recipe.evaluation.golden)]
@@ -62,7 +63,7 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
         for threads in (1, os.cpu_count() or 1):
             torch.set_num_threads(threads)
             for variant in VARIANTS:
-                model = serving.load(model_dir, variant, threads=threads)
+                model = variants.load(model_dir, variant, threads=threads)
                 if variant not in quality:
                     quality[variant] = {
                         s: score_queries(model, paths.eval_set(s), recipe.evaluation, recipe.prompts).metric(metric)
@@ -72,7 +73,7 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
                     rate = throughput(model, texts, batch_size, repeats)
                     rows.append({"variant": variant, "threads": threads, "batch": batch_size, "texts_per_s": rate})
                     print(f"{variant:5} threads {threads} batch {batch_size:>2}: {rate:8.1f} texts/s", flush=True)
-        sizes = {v: (model_dir / serving.FILES[v]).stat().st_size for v in serving.FILES}
+        sizes = {v: (model_dir / variants.FILES[v]).stat().st_size for v in variants.FILES}
         sizes["fp32"] = (model_dir / "model.safetensors").stat().st_size
     baseline = {(r["threads"], r["batch"]): r["texts_per_s"] for r in rows if r["variant"] == "fp32"}
     for row in rows:

@@ -30,9 +30,9 @@ RESULTS = REPO / "bench" / "results" / "training_processes.json"
 def samples_per_second(recipe_name: str, steps: int, processes: int) -> dict:
     import torch
 
-    from skillops import preparation
     from skillops.config import load_recipe
-    from skillops.training import TrainingSpec, train_model
+    from skillops.inputs import preparation
+    from skillops.training.trainer import TrainingSpec, train_model
 
     torch.set_num_threads(1)
     recipe = load_recipe(recipe_name)

@@ -29,8 +29,10 @@ def trials_per_hour(recipe_name: str, trials: int, parallel: int) -> dict:
     import optuna
     import torch
 
-    from skillops import preparation, tracking, tuning, tuning_workers
     from skillops.config import load_recipe
+    from skillops.inputs import preparation
+    from skillops.tracking import runs
+    from skillops.training import tuning, tuning_workers
 
     torch.set_num_threads(1)
     recipe = load_recipe(recipe_name).with_overrides(
@@ -40,7 +42,7 @@ def trials_per_hour(recipe_name: str, trials: int, parallel: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-tuning-{parallel}-") as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns/mlflow.db"
         paths = preparation.write_task(preparation.build_task(recipe), Path(tmp) / "data", {})
-        run_id = tracking.start_run(recipe.name, f"bench {parallel} worker(s)", {})
+        run_id = runs.start_run(recipe.name, f"bench {parallel} worker(s)", {})
         started = time.perf_counter()
         tuning.tune(
             tuning.TrialWorker(

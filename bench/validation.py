@@ -73,10 +73,10 @@ def main() -> None:
     parser.add_argument("--relations", type=int, default=130000)
     args = parser.parse_args()
 
-    from skillops import preparation
     from skillops.config import Recipe
-    from skillops.esco import load_esco
-    from skillops.validation import validate_prepared, validate_recipe_data
+    from skillops.inputs import preparation
+    from skillops.inputs.esco import load_esco
+    from skillops.inputs.validation import validate_prepared, validate_recipe_data
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "esco"

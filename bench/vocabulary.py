@@ -57,10 +57,11 @@ def _timed(work):
 def main(size: int) -> dict:
     import pandas as pd
 
-    from skillops import preparation, serving
     from skillops.config import load_recipe
-    from skillops.evaluation import Encoder, score_sets
-    from skillops.modeling import load_model, resolve_model
+    from skillops.inputs import preparation
+    from skillops.judging.evaluation import Encoder, score_sets
+    from skillops.serving import variants
+    from skillops.training.modeling import load_model, resolve_model
 
     recipe = load_recipe("esco-occupation-skills")
     with tempfile.TemporaryDirectory(prefix="bench-vocabulary-") as tmp:
@@ -90,10 +91,10 @@ def main(size: int) -> dict:
         documents = json.loads(sets["whole"]["test"].read_text())["corpus"]
         model_dir = tmp / "model"
         load_model(resolve_model(recipe.base_model), recipe.training.max_seq_length).save(str(model_dir))
-        serving.export(load_model(str(model_dir)), model_dir, ["onnx", "int8"])
+        variants.export(load_model(str(model_dir)), model_dir, ["onnx", "int8"])
         rows = []
         for variant in ("fp32", "onnx", "int8"):
-            model = serving.load(model_dir, variant)
+            model = variants.load(model_dir, variant)
             model.encode(list(documents.values())[:64])  # warm
             encode = Encoder(model, recipe.prompts, recipe.evaluation.batch_size)
             _, vocabulary_pass = _timed(lambda e=encode: e(list(documents.values()), as_query=False))

@@ -35,9 +35,9 @@ def curve(start_model: str, start_score: float, train: Path, recipe, test_set: P
     gate judges)."""
     from transformers import TrainerCallback
 
-    from skillops.evaluation import score_queries, scorer
-    from skillops.modeling import load_model
-    from skillops.training import TrainingSpec, train_model
+    from skillops.judging.evaluation import score_queries, scorer
+    from skillops.training.modeling import load_model
+    from skillops.training.trainer import TrainingSpec, train_model
 
     metric = recipe.evaluation.primary_metric
     scoring = {"seconds": 0.0}
@@ -92,12 +92,12 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from skillops import preparation
     from skillops.config import load_recipe
-    from skillops.evaluation import evaluate, score_queries
-    from skillops.modeling import load_model
-    from skillops.promotion import decide
-    from skillops.training import TrainingSpec, train_model
+    from skillops.inputs import preparation
+    from skillops.judging.evaluation import evaluate, score_queries
+    from skillops.judging.promotion import decide
+    from skillops.training.modeling import load_model
+    from skillops.training.trainer import TrainingSpec, train_model
 
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("recipe", nargs="?", default="esco-occupation-skills")

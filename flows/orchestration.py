@@ -33,7 +33,7 @@ from skillops.context import FlowRun
 from skillops.errors import RecipeError
 from skillops.settings import settings
 from skillops.stack import silence
-from skillops.tuning_workers import StudyTicket
+from skillops.training.tuning_workers import StudyTicket
 from skillops.uris import safe_uri
 
 # The deployment (in prefect.yaml and prefect.team.yaml) whose runs are trial workers of the pool.

@@ -30,7 +30,7 @@ if _INSTALLED is None or Path(_INSTALLED.origin).resolve().parents[1] != _SRC:
     sys.path.insert(0, str(_SRC))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SRC), os.environ.get("PYTHONPATH")]))
 
-from skillops import servers  # light: what the clients below read when they are imported
+from skillops.stack import servers  # light: what the clients below read when they are imported
 
 # Prefect reads its settings when it is imported: skillops' defaults for them (logging, the
 # temporary server's wait, heartbeats, no analytics) and the clients' retries, where not set.
@@ -56,13 +56,13 @@ from skillops import stages
 from skillops.config import Recipe, TunedParams, load_recipe, parse_overrides
 from skillops.context import Fingerprints, RunContext
 from skillops.errors import SkillopsError
-from skillops.evaluation import Scores
-from skillops.index_churn import Churn
-from skillops.preparation import PreparedData
-from skillops.promotion import Decision
-from skillops.reports import score_rows
-from skillops.tuning_workers import StudyTicket
-from skillops.validation import ValidationReport, require
+from skillops.inputs.preparation import PreparedData
+from skillops.inputs.validation import ValidationReport, require
+from skillops.judging.evaluation import Scores
+from skillops.judging.index_churn import Churn
+from skillops.judging.promotion import Decision
+from skillops.tracking.reports import score_rows
+from skillops.training.tuning_workers import StudyTicket
 
 # At INFO: the stage progress lines (training at a quarter, half, ...) are what a log reader wants.
 logging.getLogger("skillops").setLevel(logging.INFO)

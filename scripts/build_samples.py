@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from skillops.tables import write_table
+from skillops.inputs.tables import write_table
 
 SEED = 42
 MAX_ALT_LABELS_PER_SKILL = 2  # keeps term-retrieval near 1,000 rows: a CPU run in minutes

@@ -347,7 +347,7 @@ upgrade() {
   migrate mlflow-accounts "$VENV/bin/python" -m mlflow.server.auth db upgrade --url "$(db_url postgresql mlflow_auth)"
   migrate prefect env PREFECT_SERVER_DATABASE_CONNECTION_URL="$(db_url postgresql+asyncpg prefect)" PREFECT_HOME="$STATE/prefect-server" \
     "$VENV/bin/prefect" --no-prompt server database upgrade --yes
-  migrate optuna "$VENV/bin/python" -c 'import sys; from skillops.tuning import upgrade_storage; print(upgrade_storage(sys.argv[1]))' \
+  migrate optuna "$VENV/bin/python" -c 'import sys; from skillops.training.tuning import upgrade_storage; print(upgrade_storage(sys.argv[1]))' \
     "$(db_url postgresql+psycopg optuna)"
   up
 }

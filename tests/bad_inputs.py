@@ -55,7 +55,7 @@ def _golden(tmp: Path, esco: Path, frame: pd.DataFrame) -> dict:
 
 def _training_anchors(esco: Path) -> pd.DataFrame:
     """Golden rows whose queries are the fixture's own occupation anchors, as training writes them."""
-    from skillops.esco import occupation_anchor
+    from skillops.inputs.esco import occupation_anchor
 
     occupations = pd.read_csv(esco / "occupations_en.csv", dtype=str, keep_default_na=False)
     anchors = [occupation_anchor(row.preferredLabel, row.altLabels, None) for row in occupations.itertuples()]

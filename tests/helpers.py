@@ -249,7 +249,7 @@ class Levels:
     def scores(level: float):
         import numpy as np
 
-        from skillops.evaluation import QueryScores
+        from skillops.judging.evaluation import QueryScores
 
         values = np.linspace(level - 0.1, level + 0.1, 12).tolist()
         per_query = {metric: values for metric in ("map", "mrr_at_100", "ndcg_at_100")}
@@ -287,12 +287,13 @@ def seed_champion(model_dir: Path, name: str) -> str:
     """The model a team had before skillops, registered as a candidate of `name` and made its
     champion by the local gate (written-down scores by which it beats the base model); returns its
     served version. Runs against the store MLFLOW_TRACKING_URI names."""
-    from skillops import gate, registry, tracking
-    from skillops.promotion import ModelPolicy
+    from skillops import gate
+    from skillops.judging.promotion import ModelPolicy
+    from skillops.tracking import registry, runs
 
-    run_id = tracking.start_run(name, "previous champion", {})
+    run_id = runs.start_run(name, "previous champion", {})
     candidate = registry.register(model_dir, run_id, name, {})
-    tracking.end_run(run_id)
+    runs.end_run(run_id)
     # Nothing else promotes while a test seeds its champion: that is the lock every machine holds.
     authority = gate.local(shared_lock="the test seeding the champion")
     authority.first_policy(name, ModelPolicy.model_validate(SEED_POLICY), "the model before skillops")

@@ -32,7 +32,7 @@ def cmd_recipes(args) -> int:
 def _data_recipe(path: Path, shape: str | None, columns: dict[str, str]):
     """A default recipe around a bare data file or folder, so `validate` takes data directly."""
     from skillops.config import parse_recipe
-    from skillops.tables import read_source
+    from skillops.inputs.tables import read_source
 
     if path.is_dir() and any(path.glob("occupations_*.csv")):
         language = sorted(path.glob("occupations_*.csv"))[0].stem.removeprefix("occupations_")
@@ -66,9 +66,9 @@ def _data_recipe(path: Path, shape: str | None, columns: dict[str, str]):
 
 
 def cmd_validate(args) -> int:
-    from skillops import preparation
     from skillops.config import RECIPE_SUFFIXES, load_recipe
-    from skillops.validation import validate_prepared, validate_recipe_data
+    from skillops.inputs import preparation
+    from skillops.inputs.validation import validate_prepared, validate_recipe_data
 
     target = Path(args.recipe)
     is_data = target.exists() and target.suffix not in RECIPE_SUFFIXES
@@ -91,9 +91,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from skillops import preparation, registry
-    from skillops.evaluation import evaluate
-    from skillops.modeling import load_model
+    from skillops.inputs import preparation
+    from skillops.judging.evaluation import evaluate
+    from skillops.tracking import registry
+    from skillops.training.modeling import load_model
 
     recipe = _recipe(args)
     task = preparation.build_task(recipe)  # the same split and frozen sets a pipeline run scores on
@@ -115,8 +116,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from skillops import registry
-    from skillops.tracking import client, tracking_uri
+    from skillops.tracking import registry
+    from skillops.tracking.runs import client, tracking_uri
     from skillops.uris import safe_uri
 
     recipe = _recipe(args)
@@ -226,7 +227,7 @@ def cmd_policy(args) -> int:
 
 
 def cmd_users(args) -> int:
-    from skillops import accounts
+    from skillops.stack import accounts
 
     stack_dir = Path(args.stack_dir).resolve()
     if args.action == "setup":
@@ -270,7 +271,7 @@ def cmd_users(args) -> int:
 
 
 def cmd_webhooks(args) -> int:
-    from skillops import webhooks
+    from skillops.tracking import webhooks
 
     secret_file = Path(args.secret_file)
     if args.action == "add":

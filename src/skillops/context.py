@@ -9,8 +9,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from skillops import paths, preparation, tracking
+from skillops import paths
 from skillops.config import Recipe
+from skillops.inputs import preparation
+from skillops.tracking import runs
 
 
 class Fingerprints(BaseModel):
@@ -41,7 +43,7 @@ def fingerprint(recipe: Recipe) -> Fingerprints:
         # The source files, the golden sets and every data setting: a change to any is new data.
         data=preparation.fingerprint_files(files + golden, extra=recipe.data.model_dump_json()) if files else None,
         recipe=hashlib.sha256(recipe.model_dump_json().encode()).hexdigest()[:16],
-        code=tracking.code_version(),
+        code=runs.code_version(),
     )
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from helpers import tiny_recipe_yaml
-from skillops import tracking
+from skillops.tracking import runs
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -24,7 +24,7 @@ def test_a_two_process_training_is_judged_like_any_other(small_esco, tiny_bert, 
     )
     result = train_esco(recipe=str(recipe))
     assert result["version"] == "1" and "the base model's" in result["reason"]
-    version = tracking.client().get_model_version("tiny-esco-candidates", "1")
+    version = runs.client().get_model_version("tiny-esco-candidates", "1")
     assert version.tags["skillops.decision"] == ("promoted" if result["promoted"] else "not promoted")
     assert json.loads(version.tags["skillops.decision_numbers"])["reference_name"] == "base model"
-    assert tracking.get_params(result["run_id"])["training.processes"] == "2"
+    assert runs.get_params(result["run_id"])["training.processes"] == "2"

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import set_cell, tiny_recipe_yaml
 from skillops.errors import DataValidationError
-from skillops.modeling import load_model
+from skillops.training.modeling import load_model
 from train_esco import train_esco
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def _versions(name):
     """The candidates' tags by version, and the served model's aliases."""
-    from skillops.tracking import client
+    from skillops.tracking.runs import client
 
     mlflow_client = client()
     versions = mlflow_client.search_model_versions(f"name = '{name}-candidates'")

@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from helpers import BUNDLED_ESCO, REPO
-from skillops import preparation, registry
 from skillops.config import BUILTIN_RECIPES_DIR, load_recipe
+from skillops.inputs import preparation
+from skillops.tracking import registry
 from train_esco import train_esco
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -59,9 +60,9 @@ def test_slices_travel_from_a_data_column_to_the_gate(tiny_bert, tmp_path):
     """`data.columns.slice` labels each query (here a made-up region per job description); the
     test set keeps the labels, training does not see them, and the gate compares slice by slice."""
     from skillops.config import parse_recipe
-    from skillops.evaluation import score_queries
-    from skillops.modeling import load_model
-    from skillops.promotion import decide
+    from skillops.judging.evaluation import score_queries
+    from skillops.judging.promotion import decide
+    from skillops.training.modeling import load_model
 
     frame = pd.read_csv(REPO / "src" / "skillops" / "data" / "samples" / "job-skills.csv")
     descriptions = sorted(frame.job_description.unique())

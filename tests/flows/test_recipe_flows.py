@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from skillops.config import builtin_recipes, load_recipe
-from skillops.tables import write_table
+from skillops.inputs.tables import write_table
 from train_esco import train_esco
 
 # recipe -> (architecture of its card's base model, rows of the bundled sample to keep)
@@ -81,7 +81,7 @@ def test_builtin_recipe_runs_end_to_end(recipe_name, tiny_models, small_esco, ml
         history = mlflow.MlflowClient().get_metric_history(result["run_id"], f"round_validation_{primary}")
         assert [m.step for m in history] == [1, 2]
     if recipe.prompts:
-        from skillops.registry import load
+        from skillops.tracking.registry import load
 
         served = load(f"models:/{recipe.registered_model_name}-candidates/1")
         assert served.prompts["query"] == recipe.prompts.query

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from helpers import BIN, REPO, tiny_recipe_yaml
-from skillops import tracking
+from skillops.tracking import runs
 
 pytestmark = pytest.mark.faults  # a process is SIGKILLed mid-run
 
@@ -81,7 +81,7 @@ def test_a_pipeline_killed_during_tuning_continues_its_study(small_esco, tiny_be
     assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
 
     # The attempt's folder (and its study) is gone with the success: the trials are in MLflow.
-    client = tracking.client()
+    client = runs.client()
     experiment = client.get_experiment_by_name("tiny-esco").experiment_id
     (rerun,) = client.search_runs([experiment], "tags.skillops.kind = 'pipeline' and attributes.status = 'FINISHED'")
     assert f"{len(kept)} of {N_TRIALS} trials were already finished" in rerun.data.tags["skillops.tuning"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import BIN, free_port, tiny_recipe_yaml, wait_until
-from skillops import registry, tracking
+from skillops.tracking import registry, runs
 from train_esco import train_esco
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -52,11 +52,11 @@ def test_the_int8_champion_is_judged_and_served_with_the_fp32_models_top_documen
         evaluation={"golden": [{"name": "descriptions", "path": "data/golden/esco-ict-descriptions.csv"}]},
     )
     result = train_esco(recipe=str(recipe))
-    version = tracking.client().get_model_version("served-candidates", result["version"])
+    version = runs.client().get_model_version("served-candidates", result["version"])
     assert version.tags["skillops.served_variant"] == "int8", version.tags["skillops.variant_checks"]
     checks = {c["variant"]: c for c in json.loads(version.tags["skillops.variant_checks"])}
     assert set(checks["int8"]["primary"]) == {"test", "golden-descriptions"}  # judged on both, as served
-    run = tracking.client().get_run(result["run_id"])
+    run = runs.client().get_run(result["run_id"])
     assert run.data.metrics["int8_map"] == pytest.approx(run.data.metrics["test_map"])  # the gate's candidate
     report = (tmp_path / "outputs" / result["run_id"] / "evaluation.md").read_text()
     assert "Served as: int8" in report

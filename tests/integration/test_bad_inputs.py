@@ -10,7 +10,7 @@ from bad_inputs import CASES, assert_refused, bad_recipe
 from skillops import stages
 from skillops.config import load_recipe
 from skillops.errors import DataError
-from skillops.validation import require
+from skillops.inputs.validation import require
 
 
 def test_the_corpus_is_large_enough():

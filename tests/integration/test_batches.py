@@ -12,9 +12,9 @@ import torch
 from datasets import Dataset
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
-from skillops import preparation
-from skillops.batches import false_negative_share, false_negative_shares, taxonomy_aware_batches
 from skillops.config import load_recipe
+from skillops.inputs import preparation
+from skillops.training.batches import false_negative_share, false_negative_shares, taxonomy_aware_batches
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_mined_esco_negatives_are_never_a_skill_of_the_occupation():
     """Mined from the whole vocabulary with the base model: no negative is any skill the ESCO
     relations link to the row's occupation (the miner excludes every row of an anchor, not only the
     row's own positive), and an occupation's rows share its candidates out instead of repeating one."""
-    from skillops import esco
     from skillops.config import MiningConfig
+    from skillops.inputs import esco
 
     recipe = load_recipe("esco-occupation-skills")
     mining = MiningConfig(num_negatives=2, range_min=0, range_max=30, relative_margin=None)
@@ -95,7 +95,7 @@ def test_the_planned_steps_are_the_steps_the_trainer_takes(tiny_bert, tmp_path, 
     an epoch is more batches than 24 rows / 8; the log and the eval points count what the trainer
     takes, a part of an epoch rounded up as the trainer rounds it."""
     from skillops.config import LossConfig, Prompts, TrainingConfig
-    from skillops.training import TrainingSpec, plan_steps, train_model
+    from skillops.training.trainer import TrainingSpec, plan_steps, train_model
 
     pairs = pd.DataFrame(
         {
@@ -107,7 +107,7 @@ def test_the_planned_steps_are_the_steps_the_trainer_takes(tiny_bert, tmp_path, 
     config = TrainingConfig(batch_size=8, epochs=epochs, max_seq_length=16)
     plan = plan_steps(Dataset.from_pandas(pairs), config, LossConfig(name="mnrl"))
     assert plan.sampler == "taxonomy-aware" and plan.steps_per_epoch >= 4 > -(-24 // 8)
-    with caplog.at_level(logging.INFO, logger="skillops.training"):
+    with caplog.at_level(logging.INFO, logger="skillops.training.trainer"):
         result = train_model(
             TrainingSpec(
                 base_model=str(tiny_bert),

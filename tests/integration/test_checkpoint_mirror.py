@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 
-from skillops import checkpoints, tracking
 from skillops.config import LossConfig, Prompts, TrainingConfig
-from skillops.training import TrainingSpec, train_model
+from skillops.tracking import runs
+from skillops.training import checkpoints
+from skillops.training.trainer import TrainingSpec, train_model
 
 
 def test_the_mirror_never_reads_a_checkpoint_the_trainer_rotates_away(
@@ -32,12 +33,15 @@ def test_the_mirror_never_reads_a_checkpoint_the_trainer_rotates_away(
         stage_checkpoints=True,
     )
     monkeypatch.setenv("SKILLOPS_CHECKPOINT_POLL_SECONDS", "0.05")
-    run_id = tracking.start_run("mirror", "mirror", {})
-    with caplog.at_level(logging.INFO, logger="skillops.checkpoints"), checkpoints.Mirror(run_id, attempt) as mirror:
+    run_id = runs.start_run("mirror", "mirror", {})
+    with (
+        caplog.at_level(logging.INFO, logger="skillops.training.checkpoints"),
+        checkpoints.Mirror(run_id, attempt) as mirror,
+    ):
         train_model(spec)
     assert mirror.seconds, "no checkpoint was kept in the store"
     assert not [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
-    (kept,) = [a.path for a in tracking.client().list_artifacts(run_id, "attempt/train/checkpoints")]
-    files = {a.path.rsplit("/", 1)[1] for a in tracking.client().list_artifacts(run_id, kept)}
+    (kept,) = [a.path for a in runs.client().list_artifacts(run_id, "attempt/train/checkpoints")]
+    files = {a.path.rsplit("/", 1)[1] for a in runs.client().list_artifacts(run_id, kept)}
     assert {"skillops-complete.json", "trainer_state.json", "model.safetensors"} <= files
     assert not list(attempt.glob("train/staged/*"))  # the mirror's copies are gone with it

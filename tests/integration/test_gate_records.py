@@ -10,11 +10,12 @@ import contextlib
 import sqlalchemy as sa
 
 from helpers import Levels
-from skillops import gate, registry, tracking
+from skillops import gate
 from skillops.config import PromotionPolicy
 from skillops.gate.authority import Authority
 from skillops.gate.record import POLICY_TAG, SqlRecord
-from skillops.promotion import ModelPolicy
+from skillops.judging.promotion import ModelPolicy
+from skillops.tracking import registry, runs
 
 POLICY = ModelPolicy(promotion=PromotionPolicy(), evaluator="reranking", primary_metric="map", at_k=100)
 
@@ -25,9 +26,9 @@ def _history(authority: Authority, name: str, tiny_bert) -> list:
     authority.first_policy(name, POLICY, "first policy")
     decisions = []
     for level in (0.5, 0.6, 0.55):
-        run_id = tracking.start_run("records", "candidate", {})
+        run_id = runs.start_run("records", "candidate", {})
         candidate = registry.register(tiny_bert, run_id, name, {})
-        tracking.end_run(run_id)
+        runs.end_run(run_id)
         decision = authority.judge(name, candidate, Levels(levels, level))
         if decision.promote:
             levels[decision.served_version] = level
@@ -44,6 +45,6 @@ def test_the_authority_decides_alike_on_either_record(tiny_bert, mlflow_store, t
     assert local == on_database
     assert [kind for kind, *_ in on_database[1]] == ["promotion", "promotion", "rollback"]
     # What other accounts can write in the registry is not the database's record.
-    tracking.client().set_registered_model_tag("on-database", POLICY_TAG, "garbage")
+    runs.client().set_registered_model_tag("on-database", POLICY_TAG, "garbage")
     assert remote.policy("on-database") == POLICY
     assert [change["by"] for change in remote.policy_changes("on-database")] == ["the-authority"]

@@ -7,8 +7,8 @@ import pytest
 from helpers import REPO
 from skillops.config import parse_recipe
 from skillops.errors import DataError
-from skillops.tables import read_table, write_table
-from skillops.validation import validate_recipe_data
+from skillops.inputs.tables import read_table, write_table
+from skillops.inputs.validation import validate_recipe_data
 
 
 def _table_recipe(path, shape="pairs", **data):

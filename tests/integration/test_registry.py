@@ -12,22 +12,24 @@ import numpy as np
 import pytest
 
 from helpers import Levels
-from skillops import gate, registry, score_cache, tracking
+from skillops import gate
 from skillops.cli import main as cli
 from skillops.config import PromotionPolicy, TunedParams
 from skillops.errors import PolicyError, RollbackError
 from skillops.gate.record import MOVE_TAG_PREFIX, POLICY_TAG
-from skillops.modeling import load_model
-from skillops.promotion import ModelPolicy
+from skillops.judging import score_cache
+from skillops.judging.promotion import ModelPolicy
+from skillops.tracking import registry, runs
+from skillops.training.modeling import load_model
 
 NAME = "tiny-registry"
 POLICY = ModelPolicy(promotion=PromotionPolicy(), evaluator="reranking", primary_metric="map", at_k=100)
 
 
 def _register(model_dir, run_name):
-    run_id = tracking.start_run("registry-test", run_name, {})
+    run_id = runs.start_run("registry-test", run_name, {})
     version = registry.register(model_dir, run_id, NAME, {"skillops.run_id": run_id})
-    tracking.end_run(run_id)
+    runs.end_run(run_id)
     return version
 
 
@@ -55,11 +57,11 @@ def test_promotions_rollback_round_trip_and_history(tiny_bert, mlflow_store, cap
     c3 = _register(tiny_bert, "third")
     refused = authority.judge(NAME, c3, Levels(levels, 0.55))
     assert not refused.promote and refused.served_version is None and registry.champion_version(NAME) == "2"
-    tags = tracking.client().get_model_version(registry.candidates(NAME), c3).tags
+    tags = runs.client().get_model_version(registry.candidates(NAME), c3).tags
     assert tags["skillops.decision"] == "not promoted" and json.loads(tags["skillops.decision_numbers"])[
         "reference"
     ] == pytest.approx(0.6)
-    served = tracking.client().search_model_versions(f"name = '{NAME}'")
+    served = runs.client().search_model_versions(f"name = '{NAME}'")
     assert sorted((str(v.version), v.tags[registry.CANDIDATE_TAG]) for v in served) == [("1", c1), ("2", c2)]
 
     # Rollback: v2 -> v1, recorded on both versions; the alias serves v1's weights again.
@@ -67,7 +69,7 @@ def test_promotions_rollback_round_trip_and_history(tiny_bert, mlflow_store, cap
     assert registry.champion_version(NAME) == "1"
     assert (
         "moved back from version 2: bad feedback"
-        in tracking.client().get_model_version(NAME, "1").tags["skillops.rollback"]
+        in runs.client().get_model_version(NAME, "1").tags["skillops.rollback"]
     )
     loaded = registry.load(f"models:/{NAME}@champion")
     expected = load_model(str(tiny_bert)).encode(["data analyst"])
@@ -97,17 +99,15 @@ def test_promotions_rollback_round_trip_and_history(tiny_bert, mlflow_store, cap
         ("rollback", "2", "1", None),
         ("promotion", "1", "3", c4),
     ]
-    assert {m["by"] for m in moves} == {tracking.account()}  # who moved it, every time
+    assert {m["by"] for m in moves} == {runs.account()}  # who moved it, every time
     assert moves[1]["numbers"]["candidate"] == pytest.approx(0.6) and moves[1]["numbers"]["p_value"] < 0.05
     assert moves[2]["why"] == "bad feedback from recruiters" and moves[2]["when"]
-    v2_moves = [k for k in tracking.client().get_model_version(NAME, "2").tags if k.startswith(MOVE_TAG_PREFIX)]
+    v2_moves = [k for k in runs.client().get_model_version(NAME, "2").tags if k.startswith(MOVE_TAG_PREFIX)]
     assert len(v2_moves) == 2  # became champion, then was rolled back
     capsys.readouterr()
     assert cli(["history", str(_recipe_file(mlflow_store))]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert (
-        len(printed) == 4 and f"rollback  v2 -> v1 by {tracking.account()}  bad feedback from recruiters" in printed[2]
-    )
+    assert len(printed) == 4 and f"rollback  v2 -> v1 by {runs.account()}  bad feedback from recruiters" in printed[2]
     assert cli(["models", str(_recipe_file(mlflow_store))]) == 0
     listed = capsys.readouterr().out
     assert f"{NAME}-candidates: every candidate" in listed and "NOT FROM THE GATE" not in listed
@@ -117,21 +117,21 @@ def test_registering_and_promoting_again_after_a_lost_answer_makes_no_second_ver
     """A retry of register (the answer lost after MLflow made the version) returns the same
     candidate; a retry of a promotion that copied the candidate but died before the alias moved
     reuses that copy."""
-    run_id = tracking.start_run("registry-test", "retried", {})
+    run_id = runs.start_run("registry-test", "retried", {})
     candidate = registry.register(tiny_bert, run_id, NAME, {"skillops.run_id": run_id})
     assert registry.register(tiny_bert, run_id, NAME, {"skillops.run_id": run_id}) == candidate
-    logged = tracking.client().search_logged_models(
-        experiment_ids=[tracking.experiment_id("registry-test")], filter_string=f"source_run_id = '{run_id}'"
+    logged = runs.client().search_logged_models(
+        experiment_ids=[runs.experiment_id("registry-test")], filter_string=f"source_run_id = '{run_id}'"
     )
     assert len(logged) == 1
     # The model was logged, but the version never made (the process died in between).
-    other = tracking.start_run("registry-test", "logged only", {})
+    other = runs.start_run("registry-test", "logged only", {})
     registry.log_model(tiny_bert, other, "fp32")
     second = registry.register(tiny_bert, other, NAME, {})
     assert (
         len(
-            tracking.client().search_logged_models(
-                experiment_ids=[tracking.experiment_id("registry-test")], filter_string=f"source_run_id = '{other}'"
+            runs.client().search_logged_models(
+                experiment_ids=[runs.experiment_id("registry-test")], filter_string=f"source_run_id = '{other}'"
             )
         )
         == 1
@@ -141,7 +141,7 @@ def test_registering_and_promoting_again_after_a_lost_answer_makes_no_second_ver
     copy = registry.served_copy(NAME, candidate)  # an attempt that died before moving the alias
     decision = _gate().judge(NAME, candidate, Levels({None: 0.4}, 0.5))
     assert decision.served_version == copy
-    assert len(tracking.client().search_model_versions(f"name = '{NAME}'")) == 1
+    assert len(runs.client().search_model_versions(f"name = '{NAME}'")) == 1
 
 
 def test_the_policy_belongs_to_the_served_model_and_every_change_is_recorded(mlflow_store, capsys):
@@ -154,7 +154,7 @@ def test_the_policy_belongs_to_the_served_model_and_every_change_is_recorded(mlf
     assert authority.policy(NAME).promotion.significance_level == 0.01
     changes = authority.policy_changes(NAME)
     assert [c["why"] for c in changes] == ["first policy", "stricter"]
-    assert changes[1]["from"]["promotion"]["significance_level"] == 0.05 and changes[1]["by"] == tracking.account()
+    assert changes[1]["from"]["promotion"]["significance_level"] == 0.05 and changes[1]["by"] == runs.account()
     capsys.readouterr()
     assert cli(["policy", str(_recipe_file(mlflow_store)), "--set", "significance_level=2"]) == 2
     assert "significance_level" in capsys.readouterr().err
@@ -174,7 +174,7 @@ def test_a_corrupted_or_deleted_policy_stops_promotion_with_one_line_that_names_
     authority = _gate()
     candidate = _register(tiny_bert, "first")
     assert authority.judge(NAME, candidate, Levels({None: 0.4}, 0.5)).promote
-    client = tracking.client()
+    client = runs.client()
     recipe = str(_recipe_file(mlflow_store))
     for garbage, field in (
         ("garbage", re.escape("(the whole policy)")),
@@ -220,7 +220,7 @@ def test_a_champion_that_moves_while_judging_is_judged_again(tiny_bert, mlflow_s
         def reference(self, champion):
             found = super().reference(champion)
             if len(seen) == 1:  # another machine's run moves the alias right after this read
-                tracking.client().set_registered_model_alias(NAME, registry.CHAMPION, v2)
+                runs.client().set_registered_model_alias(NAME, registry.CHAMPION, v2)
             return found
 
     decision = authority.judge(NAME, c3, AnotherRunPromotes(levels, 0.7, seen))
@@ -236,15 +236,15 @@ def test_runs_left_running_by_a_dead_process_are_marked_failed(mlflow_store):
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    crashed = tracking.start_run("stale-test", "crashed", {}, {"skillops.pid": str(dead.pid)})
-    alive = tracking.start_run("stale-test", "this process", {})  # pid of this live process
+    crashed = runs.start_run("stale-test", "crashed", {}, {"skillops.pid": str(dead.pid)})
+    alive = runs.start_run("stale-test", "this process", {})  # pid of this live process
 
-    assert tracking.fail_stale_runs("stale-test") == [crashed]
-    runs = {run_id: tracking.client().get_run(run_id) for run_id in (crashed, alive)}
-    assert runs[crashed].info.status == "FAILED"
-    assert f"process {dead.pid}" in runs[crashed].data.tags["skillops.failure"]
-    assert runs[alive].info.status == "RUNNING"
-    assert tracking.fail_stale_runs("no-such-experiment") == []
+    assert runs.fail_stale_runs("stale-test") == [crashed]
+    found = {run_id: runs.client().get_run(run_id) for run_id in (crashed, alive)}
+    assert found[crashed].info.status == "FAILED"
+    assert f"process {dead.pid}" in found[crashed].data.tags["skillops.failure"]
+    assert found[alive].info.status == "RUNNING"
+    assert runs.fail_stale_runs("no-such-experiment") == []
 
 
 def test_a_versions_scores_are_found_in_the_shared_store_from_another_folder(tiny_bert, mlflow_store):
@@ -255,7 +255,7 @@ def test_a_versions_scores_are_found_in_the_shared_store_from_another_folder(tin
 
     version = _register(tiny_bert, "scored")
     scored = {"test": Levels.scores(0.6), "golden-descriptions": Levels.scores(0.5)}
-    run_id = tracking.client().get_model_version(registry.candidates(NAME), version).run_id
+    run_id = runs.client().get_model_version(registry.candidates(NAME), version).run_id
     score_cache.save_scores(run_id, "snap1", scored)
     shutil.rmtree(mlflow_store / score_cache.SCORE_CACHE)
     calls = []
@@ -278,13 +278,13 @@ def test_a_versions_scores_are_found_in_the_shared_store_from_another_folder(tin
 
 def test_a_version_says_what_it_was_trained_with(tiny_bert, mlflow_store):
     """The search's result where it ran (best.*), else the recipe's training settings."""
-    run_id = tracking.start_run(
+    run_id = runs.start_run(
         "registry-test",
         "tuned",
         {"training.learning_rate": 5e-5, "training.batch_size": 32, "training.warmup_ratio": 0.0},
     )
-    tracking.log_params(run_id, {"best.learning_rate": 3e-5, "best.batch_size": 16})
+    runs.log_params(run_id, {"best.learning_rate": 3e-5, "best.batch_size": 16})
     candidate = registry.register(tiny_bert, run_id, NAME, {})
-    tracking.end_run(run_id)
+    runs.end_run(run_id)
     served = registry.served_copy(NAME, candidate)
     assert registry.trained_with(NAME, served) == TunedParams(learning_rate=3e-5, batch_size=16, warmup_ratio=0.0)

@@ -8,26 +8,28 @@ import shutil
 import numpy as np
 
 from helpers import tiny_recipe_yaml
-from skillops import serving, stages
+from skillops import stages
 from skillops.config import load_recipe
-from skillops.modeling import load_model
-from skillops.reports import served_lines
-from skillops.training import TrainingSpec, train_model
+from skillops.serving import variants
+from skillops.tracking import runs
+from skillops.tracking.reports import served_lines
+from skillops.training.modeling import load_model
+from skillops.training.trainer import TrainingSpec, train_model
 
 
 def test_every_variant_encodes_what_the_fp32_model_encodes(tiny_bert, tmp_path):
     folder = shutil.copytree(tiny_bert, tmp_path / "model")
     model = load_model(str(folder))
     model.prompts = {"query": "query: "}
-    built = serving.export(model, folder, ["onnx", "int8"])
+    built = variants.export(model, folder, ["onnx", "int8"])
     assert sorted(built) == ["int8", "onnx"] and all(path.is_file() for path in built.values())
     texts = ["data analyst", "manage ICT security systems and networks", "x"]
     fp32 = model.encode(texts, prompt="query: ")
-    onnx = serving.load(folder, "onnx").encode(texts, prompt="query: ")
-    int8 = serving.load(folder, "int8").encode(texts, prompt="query: ")
+    onnx = variants.load(folder, "onnx").encode(texts, prompt="query: ")
+    int8 = variants.load(folder, "int8").encode(texts, prompt="query: ")
     assert np.abs(onnx - fp32).max() < 1e-4  # the same network, run by onnxruntime
     assert 0 < np.abs(int8 - fp32).max() < 0.1  # int8 weights: near, not equal
-    assert (folder / serving.FILES["int8"]).stat().st_size < (folder / serving.FILES["onnx"]).stat().st_size
+    assert (folder / variants.FILES["int8"]).stat().st_size < (folder / variants.FILES["onnx"]).stat().st_size
 
 
 def test_a_variant_below_the_tolerance_is_not_served_and_the_report_says_why(
@@ -55,9 +57,9 @@ def test_a_variant_below_the_tolerance_is_not_served_and_the_report_says_why(
     trained = train_model(spec).model_dir
     # Its int8 file is that of the untrained base model: a quantisation gone wrong, far below fp32.
     broken = shutil.copytree(tiny_bert, tmp_path / "untrained")
-    serving.export(load_model(str(broken)), broken, ["int8"])
+    variants.export(load_model(str(broken)), broken, ["int8"])
     (trained / "onnx").mkdir()
-    shutil.copy(broken / serving.FILES["int8"], trained / serving.FILES["int8"])
+    shutil.copy(broken / variants.FILES["int8"], trained / variants.FILES["int8"])
 
     scores = stages.evaluate_models(run, data, trained)
 
@@ -68,6 +70,6 @@ def test_a_variant_below_the_tolerance_is_not_served_and_the_report_says_why(
     assert lines[0].startswith("Served as: fp32")
     assert "not served, more than the tolerance below fp32" in lines[1]
     version = stages.register(run, data, trained, scores)
-    tags = stages.tracking.client().get_model_version(f"{recipe.registered_model_name}-candidates", version).tags
+    tags = runs.client().get_model_version(f"{recipe.registered_model_name}-candidates", version).tags
     assert tags["skillops.served_variant"] == "fp32"
     assert json.loads(tags["skillops.variant_checks"])[0]["variant"] == "int8"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from skillops import tracking
+from skillops.tracking import runs
 from skillops.uris import safe_uri
 
 # A made-up secret, put into the URIs at run time so that no URI with a password is in the code.
@@ -30,9 +30,9 @@ def test_uris_without_a_password_are_shown_as_they_are(uri):
 def test_artifact_locations_follow_the_store(tmp_path, monkeypatch):
     monkeypatch.delenv("SKILLOPS_ARTIFACT_ROOT", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    assert tracking.artifact_location("esco") == (tmp_path / "mlruns" / "artifacts" / "esco").as_uri()
+    assert runs.artifact_location("esco") == (tmp_path / "mlruns" / "artifacts" / "esco").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.artifact_location("esco") is None  # the server's own default, readable everywhere
+    assert runs.artifact_location("esco") is None  # the server's own default, readable everywhere
     for root, expected in [
         ("mlflow-artifacts:/", "mlflow-artifacts:/esco"),
         ("s3://bucket/skillops/", "s3://bucket/skillops/esco"),
@@ -40,4 +40,4 @@ def test_artifact_locations_follow_the_store(tmp_path, monkeypatch):
         (str(tmp_path / "shared"), (tmp_path / "shared").as_uri() + "/esco"),
     ]:
         monkeypatch.setenv("SKILLOPS_ARTIFACT_ROOT", root)
-        assert tracking.artifact_location("esco") == expected
+        assert runs.artifact_location("esco") == expected

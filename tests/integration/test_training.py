@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from skillops.config import EvaluationConfig, LossConfig, Prompts, TrainingConfig
-from skillops.evaluation import evaluate
-from skillops.modeling import load_model
-from skillops.training import TrainingSpec, train_model
+from skillops.judging.evaluation import evaluate
+from skillops.training.modeling import load_model
+from skillops.training.trainer import TrainingSpec, train_model
 
 
 @pytest.mark.parametrize(
@@ -205,7 +205,7 @@ def test_length_grouped_batches_cover_every_pair_once_with_little_padding():
     epoch, a new order each epoch, and far less padding than batches drawn at random."""
     from datasets import Dataset
 
-    from skillops.batches import length_grouped_batches
+    from skillops.training.batches import length_grouped_batches
 
     generator = np.random.default_rng(0)
     first, second = generator.integers(1, 300, 1000), generator.integers(1, 300, 1000)

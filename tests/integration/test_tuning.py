@@ -11,16 +11,18 @@ import optuna
 import pytest
 
 from helpers import tiny_recipe_yaml
-from skillops import preparation, tracking, tuning
 from skillops.config import TunedParams, load_recipe
 from skillops.errors import RecipeError
+from skillops.inputs import preparation
+from skillops.tracking import runs
+from skillops.training import tuning
 
 
 def test_a_new_study_tries_the_champions_parameters_first(small_esco, tiny_bert, mlflow_store, tmp_path):
     recipe = load_recipe(str(tiny_recipe_yaml(tmp_path / "recipe.yaml", small_esco, tiny_bert, search={"n_trials": 1})))
     paths = preparation.write_task(preparation.build_task(recipe), tmp_path / "data", {})
     champion = TunedParams(learning_rate=3.3e-5, batch_size=8, warmup_ratio=0.05)
-    run_id = tracking.start_run(recipe.name, "search", {})
+    run_id = runs.start_run(recipe.name, "search", {})
     best = tuning.tune(
         tuning.TrialWorker(
             recipe=recipe,
@@ -34,7 +36,7 @@ def test_a_new_study_tries_the_champions_parameters_first(small_esco, tiny_bert,
         first_trial=champion,
     )
     assert best == champion
-    assert json.loads(tracking.client().get_run(run_id).data.tags["skillops.first_trial"]) == champion.model_dump()
+    assert json.loads(runs.client().get_run(run_id).data.tags["skillops.first_trial"]) == champion.model_dump()
     # Outside the search space (batch size 64 is not among its sizes), it is not tried.
     outside = champion.model_copy(update={"batch_size": 64})
     best = tuning.tune(
@@ -130,7 +132,7 @@ def test_the_noise_aware_pruner_stops_only_trials_behind_by_more_than_their_stan
 
 
 def test_the_standard_error_of_a_ranking_metric_is_that_of_its_mean_over_queries():
-    from skillops.evaluation import QueryScores
+    from skillops.judging.evaluation import QueryScores
 
     values = [0.2, 0.4, 0.9, 0.5]
     scores = QueryScores(evaluator="reranking", ids=list("abcd"), slices=[""] * 4, per_query={"map": values})
@@ -145,12 +147,12 @@ def test_a_validation_point_is_reported_to_optuna_once(mlflow_store, recwarn):
 
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
-    run_id = tracking.start_run("points", "trial", {})
+    run_id = runs.start_run("points", "trial", {})
     callback = tuning._pruning_callback(trial, evaluator=None, metric="map", run_id=run_id)
     args = SimpleNamespace(eval_steps=14)
     for step, score in ((14, 0.2), (28, 0.3), (42, 0.4), (56, 0.5), (59, 0.6)):
         callback.on_evaluate(args, SimpleNamespace(global_step=step), None, metrics={"eval_map": score})
     assert study.trials[0].intermediate_values == {1: 0.2, 2: 0.3, 3: 0.4, 4: 0.5}
     assert not [w for w in recwarn if "already reported" in str(w.message)]
-    logged = tracking.client().get_metric_history(run_id, "validation_map")
+    logged = runs.client().get_metric_history(run_id, "validation_map")
     assert [m.step for m in logged] == [14, 28, 42, 56, 59]

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from skillops import tracking
+from skillops.tracking import runs
 
 
 def test_a_run_whose_flow_run_crashed_is_marked_failed_from_another_machine(prefect_server, mlflow_store):
@@ -31,20 +31,20 @@ def test_a_run_whose_flow_run_crashed_is_marked_failed_from_another_machine(pref
             alive = client.create_flow_run(stand_in, state=Running())
 
         # Two pipeline runs started on "another machine": its pid means nothing here.
-        elsewhere = {"skillops.host": "gpu-worker-2", "skillops.pid": "4242", tracking.PREFECT_API_TAG: api}
-        dead_run = tracking.start_run("team", "dead", {}, {**elsewhere, tracking.FLOW_RUN_TAG: str(crashed.id)})
-        live_run = tracking.start_run("team", "live", {}, {**elsewhere, tracking.FLOW_RUN_TAG: str(alive.id)})
+        elsewhere = {"skillops.host": "gpu-worker-2", "skillops.pid": "4242", runs.PREFECT_API_TAG: api}
+        dead_run = runs.start_run("team", "dead", {}, {**elsewhere, runs.FLOW_RUN_TAG: str(crashed.id)})
+        live_run = runs.start_run("team", "live", {}, {**elsewhere, runs.FLOW_RUN_TAG: str(alive.id)})
 
-        assert tracking.fail_stale_runs("team", api, flow_run_states) == [dead_run]
+        assert runs.fail_stale_runs("team", api, flow_run_states) == [dead_run]
 
-    client = tracking.client()
+    client = runs.client()
     dead = client.get_run(dead_run)
     assert dead.info.status == "FAILED"
     assert f"its Prefect flow run {crashed.id} is CRASHED on {api}" in dead.data.tags["skillops.failure"]
     assert client.get_run(live_run).info.status == "RUNNING"
     # Without the server's word (another Prefect server, or none) a foreign run is left alone.
-    assert tracking.fail_stale_runs("team", "http://127.0.0.1:1/api", flow_run_states) == []
-    assert tracking.fail_stale_runs("team") == []
+    assert runs.fail_stale_runs("team", "http://127.0.0.1:1/api", flow_run_states) == []
+    assert runs.fail_stale_runs("team") == []
 
 
 def test_a_live_run_crashed_by_a_stall_is_never_trained_twice(prefect_server, mlflow_store, monkeypatch):
@@ -75,25 +75,25 @@ def test_a_live_run_crashed_by_a_stall_is_never_trained_twice(prefect_server, ml
                 client.set_flow_run_state(crashed.id, Crashed(message="no heartbeat for 0:02:00"), force=True)
                 ids.append(str(crashed.id))
         stalled_flow_run, dead_flow_run = ids
-        elsewhere = {"skillops.host": "gpu-worker-2", "skillops.pid": "4242", tracking.PREFECT_API_TAG: api}
-        stalled = tracking.start_run("team", "stalled", {}, {**elsewhere, tracking.FLOW_RUN_TAG: stalled_flow_run})
-        tracking.keep_alive(stalled)  # beats, as the live process on gpu-worker-2 does
-        dead = tracking.start_run("team", "dead", {}, {**elsewhere, tracking.FLOW_RUN_TAG: dead_flow_run})
-        tracking.set_tags(dead, {tracking.ALIVE_TAG: f"{time.time() - 600:.0f}"})  # its last word, 10 min ago
+        elsewhere = {"skillops.host": "gpu-worker-2", "skillops.pid": "4242", runs.PREFECT_API_TAG: api}
+        stalled = runs.start_run("team", "stalled", {}, {**elsewhere, runs.FLOW_RUN_TAG: stalled_flow_run})
+        runs.keep_alive(stalled)  # beats, as the live process on gpu-worker-2 does
+        dead = runs.start_run("team", "dead", {}, {**elsewhere, runs.FLOW_RUN_TAG: dead_flow_run})
+        runs.set_tags(dead, {runs.ALIVE_TAG: f"{time.time() - 600:.0f}"})  # its last word, 10 min ago
 
         # Another flow run starting: the live one is left alone, the silent one is failed.
-        assert tracking.fail_stale_runs("team", api, flow_run_states) == [dead]
+        assert runs.fail_stale_runs("team", api, flow_run_states) == [dead]
         with pytest.raises(StillRunningError, match=f"flow run {stalled_flow_run} was retried while its earlier"):
-            tracking.fail_stale_runs("team", api, flow_run_states, current_flow_run=stalled_flow_run)
-    client = tracking.client()
+            runs.fail_stale_runs("team", api, flow_run_states, current_flow_run=stalled_flow_run)
+    client = runs.client()
     assert client.get_run(stalled).info.status == "RUNNING"
     assert client.get_run(dead).info.status == "FAILED"
 
     # A retry of a silent attempt waits a window for it to speak, then takes it for dead.
-    silent = tracking.start_run("team", "silent", {}, {**elsewhere, tracking.FLOW_RUN_TAG: dead_flow_run})
-    tracking.set_tags(silent, {tracking.ALIVE_TAG: f"{time.time() - 600:.0f}"})
+    silent = runs.start_run("team", "silent", {}, {**elsewhere, runs.FLOW_RUN_TAG: dead_flow_run})
+    runs.set_tags(silent, {runs.ALIVE_TAG: f"{time.time() - 600:.0f}"})
     began = time.monotonic()
-    assert tracking.fail_stale_runs("team", current_flow_run=dead_flow_run) == [silent]
+    assert runs.fail_stale_runs("team", current_flow_run=dead_flow_run) == [silent]
     assert time.monotonic() - began >= 6  # it waited for a beat that never came
     assert "an earlier attempt of Prefect flow run" in client.get_run(silent).data.tags["skillops.failure"]
-    tracking.end_run(stalled)
+    runs.end_run(stalled)

@@ -9,8 +9,8 @@ import urllib.request
 import numpy as np
 
 from helpers import BIN, free_port, seed_champion, wait_for_http
-from skillops import tracking
-from skillops.modeling import load_model
+from skillops.tracking import runs
+from skillops.training.modeling import load_model
 
 NAME = "tiny-serving"
 TEXTS = ["data analyst", "manage ICT security", "develop web applications in JavaScript"]
@@ -46,7 +46,7 @@ def test_mlflow_models_serve_answers_with_the_champions_embeddings(tiny_bert, ml
         # MLflow starts `uvicorn` by name: the environment's bin folder must be on PATH.
         env={
             **os.environ,
-            "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+            "MLFLOW_TRACKING_URI": runs.tracking_uri(),
             "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         },
         stdout=open(tmp_path / "serve.log", "w"),

@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from helpers import BIN, tiny_recipe_yaml
-from skillops import tracking
+from skillops.tracking import runs
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback
@@ -28,13 +28,15 @@ pytestmark = pytest.mark.faults
 SEARCH = """
 import sys
 from pathlib import Path
-from skillops import preparation, tracking, tuning, tuning_workers
+from skillops.inputs import preparation
+from skillops.tracking import runs
+from skillops.training import tuning, tuning_workers
 from skillops.config import load_recipe
 
 recipe = load_recipe(sys.argv[1])
 work = Path(sys.argv[2])
 paths = preparation.write_task(preparation.build_task(recipe), work / "data", {})
-run_id = tracking.start_run(recipe.name, "search", {})
+run_id = runs.start_run(recipe.name, "search", {})
 worker = tuning.TrialWorker(
     recipe=recipe,
     data_dir=paths.directory,
@@ -126,12 +128,12 @@ def test_two_workers_share_a_study_across_a_database_restart_and_a_killed_worker
     retried = [t for t in trials if RETRY.retried_trial_number(t) == killed.number]
     assert retried and retried[0].state in FINISHED and retried[0].params == killed.params
     # Each trial is an MLflow child run of the search's run, and two of them ran side by side.
-    client = tracking.client()  # this test's store (mlflow's global URI may be an earlier test's)
-    runs = client.search_runs(
+    client = runs.client()  # this test's store (mlflow's global URI may be an earlier test's)
+    trial_runs = client.search_runs(
         [client.get_experiment_by_name("tiny-esco").experiment_id], "tags.mlflow.parentRunId != ''"
     )
-    spans = [(r.info.start_time, r.info.end_time or float("inf")) for r in runs]
-    assert len(runs) >= 7 and any(a < d and c < b for i, (a, b) in enumerate(spans) for c, d in spans[i + 1 :])
+    spans = [(r.info.start_time, r.info.end_time or float("inf")) for r in trial_runs]
+    assert len(trial_runs) >= 7 and any(a < d and c < b for i, (a, b) in enumerate(spans) for c, d in spans[i + 1 :])
     assert "The Optuna database does not answer" in log.read_text()  # it was away, and waited for
 
 
@@ -141,7 +143,7 @@ def test_every_storage_call_a_trial_makes_waits_for_a_restarted_database(postgre
     """What `Study.optimize` calls before and around each trial, through Optuna's cache in front of
     the storage (private calls among them: the stale-trials check), waits for PostgreSQL started
     again rather than ending the worker."""
-    from skillops import tuning
+    from skillops.training import tuning
 
     monkeypatch.setenv("PGPASSFILE", str(postgres.pgpass))
     monkeypatch.setenv("SKILLOPS_SERVER_WAIT_SECONDS", str(WAIT_SECONDS))

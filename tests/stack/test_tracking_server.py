@@ -19,7 +19,7 @@ import mlflow
 import pytest
 
 from helpers import BIN, REPO, SEED_CHAMPION, free_port, start_mlflow_server, tiny_recipe_yaml, wait_until
-from skillops import tracking
+from skillops.tracking import runs
 
 OUTAGE_SECONDS = 5  # a restart of the server that runs ride out (they wait up to SKILLOPS_SERVER_WAIT_SECONDS)
 
@@ -35,20 +35,20 @@ def test_with_a_tracking_server_artifacts_go_where_the_server_says(tmp_path, mon
         monkeypatch.delenv("SKILLOPS_ARTIFACT_ROOT", raising=False)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
         monkeypatch.chdir(tmp_path)
-        client = tracking.client()
+        client = runs.client()
 
-        experiment = client.get_experiment(tracking.experiment_id("shared"))
+        experiment = client.get_experiment(runs.experiment_id("shared"))
         assert experiment.artifact_location.startswith("mlflow-artifacts:/")
-        run_id = tracking.start_run("shared", "r", {})
+        run_id = runs.start_run("shared", "r", {})
         (tmp_path / "report.md").write_text("scores")
-        tracking.log_artifact(run_id, tmp_path / "report.md", "report")
+        runs.log_artifact(run_id, tmp_path / "report.md", "report")
         assert [p.name for p in served.rglob("report.md")] == ["report.md"]
         assert not (tmp_path / "mlruns").exists()
-        assert tracking.ui_command("shared").startswith(f"open http://127.0.0.1:{port}/#/experiments/")
+        assert runs.ui_command("shared").startswith(f"open http://127.0.0.1:{port}/#/experiments/")
 
         client.create_experiment("pinned", artifact_location=(tmp_path / "local").as_uri())
-        with caplog.at_level(logging.WARNING, logger="skillops.tracking"):
-            tracking.experiment_id("pinned")
+        with caplog.at_level(logging.WARNING, logger="skillops.tracking.runs"):
+            runs.experiment_id("pinned")
         (warning,) = [r.getMessage() for r in caplog.records if "pinned" in r.getMessage()]
         assert "other machines cannot read" in warning and "Fix: rename that experiment" in warning
     finally:
@@ -102,10 +102,10 @@ def test_a_run_rides_out_a_restart_of_the_tracking_server_and_names_a_longer_out
 
         def in_training(name):
             (experiment,) = [e for e in client.search_experiments() if e.name == name]
-            runs = client.search_runs(
+            found = client.search_runs(
                 [experiment.experiment_id], "tags.skillops.kind = 'pipeline'", order_by=["attributes.start_time DESC"]
             )
-            return runs and client.list_artifacts(runs[0].info.run_id, "attempt/train/checkpoints") and runs[0]
+            return found and client.list_artifacts(found[0].info.run_id, "attempt/train/checkpoints") and found[0]
 
         # 1. Killed mid-training and started again seconds later: ridden out.
         disturbed = _train(env, recipes["restart"], tmp_path / "restart.log")
@@ -148,7 +148,7 @@ def test_a_run_rides_out_a_restart_of_the_tracking_server_and_names_a_longer_out
         # The outage stops the run during training (it resumes from its checkpoint) or after it
         # (the finished model is kept): never a training from step 0 again.
         again_log = (tmp_path / "again.log").read_text()
-        assert "Resuming training from step" in again_log or "skillops.training - Training " not in again_log, (
+        assert "Resuming training from step" in again_log or "skillops.training.trainer - Training " not in again_log, (
             again_log[-3000:]
         )
     finally:
@@ -223,11 +223,11 @@ def test_a_registration_whose_answer_is_lost_makes_one_version(faulty_proxy, tin
     """MLflow's client re-sends a POST whose answer did not come: the server made the version the
     first time, and a re-sent create would make a second one. skillops sends the create once and
     looks the run's candidate up instead: one version, the one the server made."""
-    from skillops import registry
+    from skillops.tracking import registry
 
     handler, direct_url = faulty_proxy
     handler.faulty, handler.how = "/model-versions/create", "lost"
-    run_id = tracking.start_run("lost-answer", "register", {})
+    run_id = runs.start_run("lost-answer", "register", {})
     version = registry.register(tiny_bert, run_id, "lost-answer", {"skillops.run_id": run_id})
     assert handler.faults == ["/api/2.0/mlflow/model-versions/create"]  # the fault happened
     versions = mlflow.MlflowClient(direct_url).search_model_versions("name = 'lost-answer-candidates'")
@@ -240,8 +240,8 @@ def test_metrics_whose_answer_breaks_off_are_sent_again_and_kept_once(faulty_pro
     skillops sends the batch again; the server keeps each metric once."""
     handler, direct_url = faulty_proxy
     handler.faulty, handler.how = "/runs/log-batch", "broken"
-    run_id = tracking.start_run("broken-answer", "evaluate", {})
-    tracking.log_metrics(run_id, {"map@10": 0.5, "ndcg@10": 0.25}, prefix="test_")
+    run_id = runs.start_run("broken-answer", "evaluate", {})
+    runs.log_metrics(run_id, {"map@10": 0.5, "ndcg@10": 0.25}, prefix="test_")
     assert handler.faults == ["/api/2.0/mlflow/runs/log-batch"]  # the fault happened
     direct = mlflow.MlflowClient(direct_url)
     assert direct.get_run(run_id).data.metrics == {"test_map_at_10": 0.5, "test_ndcg_at_10": 0.25}

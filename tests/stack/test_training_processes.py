@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from helpers import BIN
-from skillops.modeling import load_model
+from skillops.training.modeling import load_model
 
 pytestmark = pytest.mark.faults  # a process is SIGKILLed mid-run
 
@@ -22,7 +22,7 @@ TRAIN = """
 import sys
 from pathlib import Path
 from skillops.config import LossConfig, Prompts, TrainingConfig
-from skillops.training import TrainingSpec, train_model
+from skillops.training.trainer import TrainingSpec, train_model
 
 # Many steps after the first checkpoint: the kill lands mid-training, not after its end.
 config = TrainingConfig(batch_size=4, max_steps=400, checkpoint_every_steps=10, learning_rate=1e-3, processes=2)
@@ -40,7 +40,7 @@ print(train_model(spec).model_dump_json())
 
 def _processes(job) -> dict[int, str]:
     """pid -> command line of the processes of this multi-process training: torchrun's agent
-    (`torch.distributed.run ...`) and its workers (`-m skillops.distributed ...`)."""
+    (`torch.distributed.run ...`) and its workers (`-m skillops.training.distributed ...`)."""
     found = {}
     for pid in subprocess.run(["pgrep", "-f", str(job)], capture_output=True, text=True).stdout.split():
         try:

@@ -28,7 +28,7 @@ print(json.dumps([list(map(float, row)) for row in model.predict({TEXTS!r})]))
 """
 STUDY = """
 import json, os, optuna
-from skillops import tuning
+from skillops.training import tuning
 storage = tuning.open_storage(os.environ["SKILLOPS_OPTUNA_STORAGE"])
 if os.environ.get("MAKE_STUDY"):
     study = optuna.create_study(study_name="kept-by-the-backup", storage=storage)

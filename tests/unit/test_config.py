@@ -97,7 +97,7 @@ def test_set_overrides_from_a_shell_keep_their_types():
 def test_a_precision_this_machine_lacks_is_refused_before_training():
     """No GPU here: auto trains in fp32; bf16 or fp16 asked for is a clear error naming the setting."""
     from skillops.errors import RecipeError
-    from skillops.modeling import mixed_precision
+    from skillops.training.modeling import mixed_precision
 
     assert mixed_precision("auto") == mixed_precision("fp32") == {"bf16": False, "fp16": False}
     for wanted in ("bf16", "fp16"):

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skillops import index_churn, webhooks
+from skillops.judging import index_churn
+from skillops.tracking import webhooks
 
 
 def _embeddings(vectors, version="1") -> pd.DataFrame:

@@ -7,9 +7,9 @@ import pytest
 from helpers import BUNDLED_ESCO
 from skillops.config import Recipe
 from skillops.errors import DataError
-from skillops.esco import load_esco, occupation_anchor
-from skillops.preparation import build_task, split_groups
-from skillops.tables import read_csv
+from skillops.inputs.esco import load_esco, occupation_anchor
+from skillops.inputs.preparation import build_task, split_groups
+from skillops.inputs.tables import read_csv
 
 
 def test_bundled_sample_loads_in_official_layout():

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from skillops import tuning_workers
 from skillops.config import SearchConfig, TrainingConfig
 from skillops.errors import RecipeError
-from skillops.training import check_processes
+from skillops.training import tuning_workers
+from skillops.training.trainer import check_processes
 
 
 def test_settings_this_machine_cannot_run_are_refused(monkeypatch):
@@ -36,8 +36,9 @@ def test_every_environment_setting_is_read_in_one_place_and_a_bad_value_names_it
     """The timings a run waits on are settings (tests shorten them, production keeps its
     minutes): the grace of a trial's heartbeat follows the server wait and the heartbeat, and a
     value that is no number is refused naming the variable."""
-    from skillops import cli, tuning
+    from skillops import cli
     from skillops.settings import Settings, settings
+    from skillops.training import tuning
 
     for name in Settings.model_fields:
         monkeypatch.delenv(f"SKILLOPS_{name.upper()}", raising=False)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from skillops.config import PromotionPolicy
-from skillops.evaluation import QueryScores
-from skillops.promotion import ModelPolicy, choose_variant, decide, weaker_than
+from skillops.judging.evaluation import QueryScores
+from skillops.judging.promotion import ModelPolicy, choose_variant, decide, weaker_than
 
 N = 24
 REFERENCE = np.linspace(0.3, 0.7, N)  # mean 0.5

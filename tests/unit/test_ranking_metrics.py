@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from workrb.metrics import ranking as workrb  # a dev dependency: WorkRB's metric code, offline
 
-from skillops.evaluation import ranking_metrics
+from skillops.judging.evaluation import ranking_metrics
 
 
 def _theirs(row: np.ndarray, positives: list[int], grades: list[float] | None, metrics: list[str]) -> dict:

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import BUNDLED_ESCO, edit_csv, set_cell
 from skillops.errors import DataValidationError
-from skillops.validation import require, validate_esco
+from skillops.inputs.validation import require, validate_esco
 
 
 def test_bundled_sample_passes_every_suite():
@@ -59,9 +59,9 @@ def test_near_duplicates_across_the_split_of_the_bundled_sample(tmp_path):
     """Two ESCO occupations that share an alternative label ("DLT specialist") land on two sides of
     the split: no exact check sees it, the base model's embeddings do. A warning by default, an
     error when the recipe says so."""
-    from skillops import preparation
     from skillops.config import load_recipe
-    from skillops.validation import validate_prepared
+    from skillops.inputs import preparation
+    from skillops.inputs.validation import validate_prepared
 
     # As `skillops validate` checks it: the split and the frozen sets, mining left to the pipeline.
     recipe = load_recipe("esco-occupation-skills").with_overrides({"data.mine_negatives": None})

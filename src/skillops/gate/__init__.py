@@ -22,8 +22,8 @@ def local(shared_lock: str | None = None) -> Authority:
     that promoters on every machine take (a Prefect global concurrency limit); without it, a file
     lock on this machine is taken, which only a store on this machine may rely on (a promotion
     checks that first: `registry.require_shared_lock`)."""
-    from skillops import registry
-    from skillops.tracking import account, client
+    from skillops.tracking import registry
+    from skillops.tracking.runs import account, client
 
     lock = (lambda name: contextlib.nullcontext()) if shared_lock else registry.file_lock
     return Authority(TagRecord(client()), account(), lock)
@@ -31,7 +31,7 @@ def local(shared_lock: str | None = None) -> Authority:
 
 def remote_url() -> str | None:
     """The promotion authority this process must ask, when it works with a team's stack."""
-    from skillops.tracking import tracking_uri
+    from skillops.tracking.runs import tracking_uri
     from skillops.uris import safe_uri
 
     url = settings().gate_url

@@ -27,14 +27,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from skillops import registry
 from skillops.config import EvaluationConfig, Recipe
 from skillops.errors import PolicyError, PromotionError, RollbackError
-from skillops.evaluation import QueryScores
 from skillops.gate.record import Record, now, repair_command
-from skillops.promotion import Decision, ModelPolicy, decide, refuse_unjudgeable, weaker_than
-from skillops.registry import CHAMPION, SERVED_TAG, candidates
-from skillops.tracking import client
+from skillops.judging.evaluation import QueryScores
+from skillops.judging.promotion import Decision, ModelPolicy, decide, refuse_unjudgeable, weaker_than
+from skillops.tracking import registry
+from skillops.tracking.registry import CHAMPION, SERVED_TAG, candidates
+from skillops.tracking.runs import client
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from skillops import errors
-from skillops.promotion import Decision, ModelPolicy
+from skillops.judging.promotion import Decision, ModelPolicy
 
 
 class RemoteGate:
@@ -106,7 +106,7 @@ class RemoteGate:
         from pathlib import Path
 
         from skillops.settings import settings
-        from skillops.tracking import code_version
+        from skillops.tracking.runs import code_version
 
         source = None
         if recipe is not None:

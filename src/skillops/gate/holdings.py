@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from skillops.config import Recipe
-from skillops.evaluation import QueryScores
+from skillops.judging.evaluation import QueryScores
 
 
 class Holdings:

@@ -4,7 +4,7 @@ and the served version logged from files it checked.
 
 Nothing here takes a score, a set or a file from the worker that asks: a candidate is the version
 of `<name>-candidates` the worker registered, downloaded from the registry and refused if its
-folder holds anything but weights, configs and ONNX graphs (`serving.check_model_files`); its
+folder holds anything but weights, configs and ONNX graphs (`variants.check_model_files`); its
 scores are computed here, on the sets held here (`holdings`).
 """
 
@@ -19,15 +19,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from skillops import preparation, registry, serving, tracking
 from skillops.config import Recipe, load_recipe, resolve_path
 from skillops.errors import RecipeError
-from skillops.evaluation import QueryScores, VariantCheck, score_sets
 from skillops.gate.authority import GOLDEN
 from skillops.gate.holdings import Holdings
-from skillops.mlflow_model import model_folder
-from skillops.modeling import load_model, resolve_model
-from skillops.promotion import ModelPolicy, choose_variant
+from skillops.inputs import preparation
+from skillops.judging.evaluation import QueryScores, VariantCheck, score_sets
+from skillops.judging.promotion import ModelPolicy, choose_variant
+from skillops.serving import variants
+from skillops.serving.mlflow_model import model_folder
+from skillops.tracking import registry, runs
+from skillops.training.modeling import load_model, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -143,15 +145,15 @@ class FrozenEvidence:
         return kept
 
     def candidate(self) -> dict[str, QueryScores]:
-        version = tracking.client().get_model_version(registry.candidates(self.name), self.version)
+        version = runs.client().get_model_version(registry.candidates(self.name), self.version)
         weights = f"{version.run_id}/{version.source}"
         self.model_dir = download(registry.model_uri(registry.candidates(self.name), self.version), self.workdir)
         fp32 = self._score(weights, "fp32", lambda: load_model(str(self.model_dir)))
         metric = self.policy.primary_metric
         built = {
-            variant: self._score(weights, variant, lambda v=variant: serving.load(self.model_dir, v))
-            for variant in serving.FILES
-            if (self.model_dir / serving.FILES[variant]).is_file()
+            variant: self._score(weights, variant, lambda v=variant: variants.load(self.model_dir, v))
+            for variant in variants.FILES
+            if (self.model_dir / variants.FILES[variant]).is_file()
         }
         self.served_variant, self.checks = choose_variant(
             {part: scores.metric(metric) for part, scores in fp32.items()},
@@ -171,7 +173,7 @@ class FrozenEvidence:
             )
             scores = self._score(f"base:{files}", "fp32", lambda: load_model(base, self.recipe.training.max_seq_length))
             return scores, f"the base model {base}, scored by the promotion authority"
-        served = tracking.client().get_model_version(self.name, champion)
+        served = runs.client().get_model_version(self.name, champion)
         candidate = served.tags.get(registry.CANDIDATE_TAG)
         if candidate is None:
             raise RecipeError(
@@ -179,7 +181,7 @@ class FrozenEvidence:
                 "(it names no candidate): an admin registered it by hand. Roll back to a version the authority "
                 "registered, or ask the admin."
             )
-        source = tracking.client().get_model_version(registry.candidates(self.name), candidate)
+        source = runs.client().get_model_version(registry.candidates(self.name), candidate)
         variant = served.tags.get("skillops.served_variant", "fp32")
         uri = registry.model_uri(self.name, champion)
         scores = self._score(f"{source.run_id}/{source.source}", variant, lambda: registry.load(uri, as_served=True))
@@ -191,7 +193,7 @@ class FrozenEvidence:
 
 def download(uri: str, workdir: Path) -> Path:
     """The model folder of a registered version, downloaded once and checked: weights, configs and
-    ONNX graphs only (`serving.check_model_files`)."""
+    ONNX graphs only (`variants.check_model_files`)."""
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
     target = workdir / "models" / key
     if not (target / "model").is_dir():
@@ -200,7 +202,7 @@ def download(uri: str, workdir: Path) -> Path:
         partial = Path(tempfile.mkdtemp(dir=workdir, prefix=".model-"))
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial / "download")))
         folder = model_folder(local)
-        serving.check_model_files(folder)
+        variants.check_model_files(folder)
         folder.rename(partial / "model")
         shutil.rmtree(partial / "download")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +218,7 @@ def serve(name: str, candidate: str, evidence: FrozenEvidence) -> str:
     pickled serving code included) never reaches the served model. Made once per candidate."""
     from mlflow.exceptions import MlflowException
 
-    client = tracking.client()
+    client = runs.client()
     try:
         for version in client.search_model_versions(f"name = '{name}'"):
             if version.tags.get(registry.CANDIDATE_TAG) == candidate:
@@ -225,9 +227,9 @@ def serve(name: str, candidate: str, evidence: FrozenEvidence) -> str:
         pass  # no served model yet
     if evidence.model_dir is None:
         evidence.candidate()
-    run_id = tracking.start_run(EXPERIMENT, f"serve {name} candidate {candidate}", {}, {"skillops.kind": "served copy"})
+    run_id = runs.start_run(EXPERIMENT, f"serve {name} candidate {candidate}", {}, {"skillops.kind": "served copy"})
     uri = registry.log_model(evidence.model_dir, run_id, evidence.served_variant)
-    tracking.end_run(run_id)
+    runs.end_run(run_id)
     import mlflow
 
     tags = {registry.CANDIDATE_TAG: candidate, "skillops.served_variant": evidence.served_variant}

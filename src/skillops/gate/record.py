@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from skillops.errors import PolicyError
-from skillops.promotion import ModelPolicy
+from skillops.judging.promotion import ModelPolicy
 
 POLICY_TAG = "skillops.policy"  # on the served model (TagRecord): the policy its candidates are judged by
 POLICY_CHANGE_PREFIX = "skillops.policy_change."  # one tag per change of it

@@ -121,7 +121,7 @@ class Gate:
     # --- what it does ----------------------------------------------------------------------------
 
     def describe(self, name: str) -> dict[str, Any]:
-        from skillops import registry
+        from skillops.tracking import registry
 
         try:
             policy = self.record.policy(name)
@@ -139,15 +139,16 @@ class Gate:
     def open_experiment(self, caller: Caller, name: str) -> dict[str, Any]:
         """A recipe's experiment, where the pipeline's role may then create runs (EDIT on it
         alone): every run opens its experiment first. Made here unless it exists."""
-        from skillops import accounts, tracking
         from skillops.gate.judging import EXPERIMENT
+        from skillops.stack import accounts
+        from skillops.tracking import runs
 
         caller.require(PIPELINE, "create runs")
         if name == EXPERIMENT:
             raise AccessError(
                 f"The experiment {EXPERIMENT!r} is the promotion authority's own; name the recipe otherwise."
             )
-        experiment_id = tracking.experiment_id(name)
+        experiment_id = runs.experiment_id(name)
         accounts.grant_experiment(_admin_client(), experiment_id)
         return {"experiment_id": experiment_id}
 
@@ -156,9 +157,9 @@ class Gate:
         sets built and frozen here, the served model and its candidates model made by this
         service (the pipeline's role may then register candidates, nothing more). A model that
         has a policy keeps it."""
-        from skillops import registry
         from skillops.gate.judging import frozen_sets
-        from skillops.promotion import ModelPolicy
+        from skillops.judging.promotion import ModelPolicy
+        from skillops.tracking import registry
 
         caller.require(PIPELINE, "register candidates")
         with self.lock(name):
@@ -184,9 +185,9 @@ class Gate:
     def judge(self, caller: Caller, name: str, candidate: str, run_policy: dict | None) -> dict[str, Any]:
         import json
 
-        from skillops import registry, tracking
         from skillops.gate import judging
-        from skillops.promotion import ModelPolicy
+        from skillops.judging.promotion import ModelPolicy
+        from skillops.tracking import registry, runs
 
         caller.require(PIPELINE, "ask for a candidate to be judged")
         policy = self.record.policy(name)
@@ -197,7 +198,7 @@ class Gate:
         decision = authority.judge(
             name, candidate, evidence, None if run_policy is None else ModelPolicy.model_validate(run_policy)
         )
-        client = tracking.client()
+        client = runs.client()
         checks = json.dumps([check.model_dump() for check in evidence.checks])
         for key, value in {
             "skillops.served_variant": evidence.served_variant,
@@ -245,7 +246,7 @@ class _Refused(Exception):
 def _exists(model: str) -> bool:
     from mlflow.exceptions import MlflowException
 
-    from skillops.tracking import client
+    from skillops.tracking.runs import client
 
     try:
         client().get_registered_model(model)
@@ -258,7 +259,7 @@ def _admin_client():
     """The tracking server's account API, as the service's account (a workspace admin)."""
     import warnings
 
-    from skillops.tracking import tracking_uri
+    from skillops.tracking.runs import tracking_uri
 
     with warnings.catch_warnings():  # the server's own modules warn about their imports; not ours
         warnings.simplefilter("ignore")
@@ -274,8 +275,9 @@ def _ensure_candidates_model(name: str) -> None:
 
     from mlflow.exceptions import MlflowException
 
-    from skillops import accounts, registry
-    from skillops.tracking import client
+    from skillops.stack import accounts
+    from skillops.tracking import registry
+    from skillops.tracking.runs import client
 
     with contextlib.suppress(MlflowException):
         client().create_registered_model(registry.candidates(name), description=f"Candidates of {name}")
@@ -432,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from skillops.settings import settings
-    from skillops.tracking import tracking_uri
+    from skillops.tracking.runs import tracking_uri
 
     parser = argparse.ArgumentParser(description="The promotion authority's service (scripts/stack.sh starts it).")
     parser.add_argument("--host", default="127.0.0.1")
@@ -450,10 +452,10 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(arguments.workdir)
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     gate = Gate(current.gate_database, workdir, current.git_url, tracking_uri())
-    from skillops import tracking
     from skillops.gate.judging import EXPERIMENT
+    from skillops.tracking import runs
 
-    tracking.experiment_id(EXPERIMENT)  # its own, made before any other account could take the name
+    runs.experiment_id(EXPERIMENT)  # its own, made before any other account could take the name
     silence = None
     if arguments.prefect_api and arguments.secrets:
         secrets = Path(arguments.secrets)

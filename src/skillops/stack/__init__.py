@@ -1,2 +1,4 @@
-"""What runs on the team stack's server machine besides MLflow, Prefect and PostgreSQL: the
-promotion authority's service, the accounts and roles, the limit on password guesses."""
+"""The shared servers and who may use them: the tracking server's accounts and roles
+(`accounts`), how long a client waits for a server and what it says when one is away
+(`servers`), the limit on password guesses (`throttle`), and the judge of flow runs gone silent
+(`silence`). The promotion authority's service is `skillops.gate.service`."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from skillops.config import DataConfig
-from skillops.tables import read_csv
+from skillops.inputs.tables import read_csv
 
 OCCUPATIONS = "occupations"
 SKILLS = "skills"

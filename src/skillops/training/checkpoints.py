@@ -21,10 +21,10 @@ import threading
 import time
 from pathlib import Path
 
-from skillops import tracking
 from skillops.settings import settings
-from skillops.training import CHECKPOINT_COMPLETE as COMPLETE
-from skillops.training import STAGED, staged_folders
+from skillops.tracking import runs
+from skillops.training.trainer import CHECKPOINT_COMPLETE as COMPLETE
+from skillops.training.trainer import STAGED, staged_folders
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +60,15 @@ class Mirror:
         relative = path.relative_to(self.attempt_dir)
         where = f"{ARTIFACT_PATH}/{relative.parent}".rstrip("/.")
         if not path.is_dir():
-            tracking.log_artifact(self.run_id, path, where)
+            runs.log_artifact(self.run_id, path, where)
             return
         for item in path.iterdir():
             if item.name == STAGED:
                 continue
             if item.is_dir():
-                tracking.log_artifacts(self.run_id, item, f"{where}/{path.name}/{item.name}")
+                runs.log_artifacts(self.run_id, item, f"{where}/{path.name}/{item.name}")
             else:
-                tracking.log_artifact(self.run_id, item, f"{where}/{path.name}")
+                runs.log_artifact(self.run_id, item, f"{where}/{path.name}")
 
     def _watch(self) -> None:
         while not self._stop.wait(settings().checkpoint_poll_seconds):
@@ -104,8 +104,8 @@ class Mirror:
             marker = self.attempt_dir / ".upload" / COMPLETE
             marker.parent.mkdir(exist_ok=True)
             (staged / COMPLETE).replace(marker)
-            tracking.log_artifacts(self.run_id, staged, target)
-            tracking.log_artifact(self.run_id, marker, target)  # last: readers trust only complete uploads
+            runs.log_artifacts(self.run_id, staged, target)
+            runs.log_artifact(self.run_id, marker, target)  # last: readers trust only complete uploads
             shutil.rmtree(staged, ignore_errors=True)
             self.seconds.append(time.monotonic() - started)
             logger.info("Checkpoint %s kept in the run's artifact store (%.1f s)", relative, self.seconds[-1])
@@ -121,7 +121,7 @@ def _delete(run_id: str, path: str) -> None:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     try:
-        get_artifact_repository(tracking.client().get_run(run_id).info.artifact_uri).delete_artifacts(path)
+        get_artifact_repository(runs.client().get_run(run_id).info.artifact_uri).delete_artifacts(path)
     except Exception as error:  # S3 without delete rights, an old server: the store keeps both
         logger.info("Older checkpoint %s stays in the store (%s)", path, error)
 
@@ -132,7 +132,7 @@ def restore(run_id: str, experiment: str, attempt: str, attempt_dir: Path) -> st
     that run, or None. A finished attempt is over: a forced retrain of it starts afresh."""
     if attempt_dir.exists() and any(attempt_dir.iterdir()):
         return None  # this machine ran the attempt before: its own files are newer or the same
-    client = tracking.client()
+    client = runs.client()
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -145,7 +145,7 @@ def restore(run_id: str, experiment: str, attempt: str, attempt_dir: Path) -> st
         if run.info.run_id == run_id or not client.list_artifacts(run.info.run_id, ARTIFACT_PATH):
             continue
         attempt_dir.mkdir(parents=True, exist_ok=True)
-        downloaded = tracking.download_artifacts(run.info.run_id, ARTIFACT_PATH, attempt_dir.parent / ".restore")
+        downloaded = runs.download_artifacts(run.info.run_id, ARTIFACT_PATH, attempt_dir.parent / ".restore")
         for item in downloaded.iterdir():
             shutil.move(str(item), attempt_dir / item.name)
         shutil.rmtree(attempt_dir.parent / ".restore", ignore_errors=True)

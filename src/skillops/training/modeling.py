@@ -136,7 +136,7 @@ def load_tokenizer(name_or_path: str):
 def load_model(name_or_path: str, max_seq_length: int | None = None):
     from sentence_transformers import SentenceTransformer
 
-    from skillops.progress import quiet_bars
+    from skillops.training.progress import quiet_bars
 
     quiet_bars()
     model = SentenceTransformer(resolve_model(name_or_path), device=device())

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from skillops.config import IR_CUTOFFS, SHORT_LIST, EvaluationConfig, Prompts
-from skillops.preparation import read_eval_set
+from skillops.inputs.preparation import read_eval_set
 
 
 class QueryScores(BaseModel):

@@ -60,7 +60,7 @@ def what_to_reindex(payload: dict) -> str | None:
 
 def add(url: str, secret: str) -> str:
     """The webhook on this tracking server (its admin's account; idempotent by name)."""
-    from skillops.tracking import client
+    from skillops.tracking.runs import client
 
     mlflow_client = client()
     for webhook in mlflow_client.list_webhooks():

@@ -33,10 +33,10 @@ from mlflow.exceptions import MlflowException
 
 from skillops.config import TunedParams
 from skillops.errors import ModelNotFoundError, PromotionError
-from skillops.mlflow_model import model_folder, served_variant
-from skillops.servers import wait_seconds
-from skillops.serving import load as load_variant
-from skillops.tracking import (
+from skillops.serving.mlflow_model import model_folder, served_variant
+from skillops.serving.variants import load as load_variant
+from skillops.stack.servers import wait_seconds
+from skillops.tracking.runs import (
     account,
     answer_lost,
     client,
@@ -130,10 +130,10 @@ def _logged_model(run_id: str) -> str | None:
 
 
 def log_model(model_dir: Path, run_id: str, variant: str) -> str:
-    """The model folder logged to `run_id` under two flavors (`skillops.mlflow_model`):
+    """The model folder logged to `run_id` under two flavors (`skillops.serving.mlflow_model`):
     sentence-transformers' (fp32, for `mlflow.sentence_transformers.load_model`) and a pyfunc
     that `mlflow models serve` and `mlflow.pyfunc.load_model` encode with `variant`."""
-    from skillops import mlflow_model
+    from skillops.serving import mlflow_model
 
     with mlflow.start_run(run_id=run_id):
         info = mlflow.models.Model.log(

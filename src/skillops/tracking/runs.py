@@ -27,9 +27,9 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from skillops import servers
 from skillops.errors import StillRunningError
 from skillops.settings import settings
+from skillops.stack import servers
 from skillops.uris import safe_uri
 
 if TYPE_CHECKING:

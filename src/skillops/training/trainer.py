@@ -19,17 +19,17 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from skillops import progress
-from skillops.batches import length_grouped_batches, taxonomy_aware_batches
 from skillops.config import LossConfig, Prompts, Recipe, TrainingConfig
 from skillops.errors import TrainingError
-from skillops.modeling import device, load_model, mixed_precision, require_devices
+from skillops.training import progress
+from skillops.training.batches import length_grouped_batches, taxonomy_aware_batches
+from skillops.training.modeling import device, load_model, mixed_precision, require_devices
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_COMPLETE = "skillops-complete.json"  # in a checkpoint the trainer finished writing: {"step": N}
 # Beside checkpoints/: each complete checkpoint again, as hard links made the moment it is saved, for
-# the checkpoint mirror to upload (`skillops.checkpoints`). The trainer deletes its older
+# the checkpoint mirror to upload (`skillops.training.checkpoints`). The trainer deletes its older
 # checkpoints as it saves new ones; these copies are the mirror's to delete, so it never reads a
 # folder the trainer may remove.
 STAGED = "staged"
@@ -167,7 +167,7 @@ def train_model(spec: TrainingSpec, evaluator: Any = None, callbacks: list | Non
     """Train and save the model under `spec.output_dir/model`.
 
     For in-batch-negative losses the batches keep apart duplicate texts and, with
-    `training.taxonomy_aware_batches`, the known positives of every anchor (`skillops.batches`):
+    `training.taxonomy_aware_batches`, the known positives of every anchor (`skillops.training.batches`):
     either would count as a negative of the very query it belongs to. With an evaluator and
     `config.evals_during_training`, the validation set is scored that many times while training
     (for pruning and curves).
@@ -342,7 +342,7 @@ def _train_in_processes(spec: TrainingSpec) -> TrainingResult:
     threads = str(max(1, (os.cpu_count() or 1) // config.processes))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={config.processes}",
-        "-m", "skillops.distributed", str(spec_file), str(os.getpid()),
+        "-m", "skillops.training.distributed", str(spec_file), str(os.getpid()),
     ]  # fmt: skip
     logger.info("Training %s in %d processes (torchrun)", spec.base_model, config.processes)
     finished = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": threads})

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from skillops.config import PromotionPolicy, Recipe
 from skillops.errors import PolicyError
-from skillops.evaluation import QueryScores, VariantCheck
+from skillops.judging.evaluation import QueryScores, VariantCheck
 
 CONFIDENCE = 0.95  # of the bootstrap interval reported for the primary metric's difference
 
@@ -48,7 +48,7 @@ class ModelPolicy(BaseModel):
     @classmethod
     def of_recipe(cls, recipe: Recipe) -> ModelPolicy:
         """What a recipe would judge the model's candidates by, golden sets fingerprinted by content."""
-        from skillops.preparation import fingerprint_files
+        from skillops.inputs.preparation import fingerprint_files
 
         evaluation = recipe.evaluation
         return cls(

@@ -131,7 +131,7 @@ def check_model_files(model_dir: Path) -> None:
 def load(model_dir: str | Path, variant: str = "fp32", threads: int | None = None):
     """The SentenceTransformer at `model_dir`, encoding with `variant`'s ONNX file when it is not
     fp32 (its transformer's forward pass runs in onnxruntime; the rest is the library's own)."""
-    from skillops.modeling import load_model
+    from skillops.training.modeling import load_model
 
     model = load_model(str(model_dir))
     if variant == "fp32":
@@ -199,7 +199,7 @@ def encode_request(model, model_input: pd.DataFrame, params: dict[str, Any] | No
 
 
 class EmbeddingModel(PythonModel):
-    """The pyfunc of versions registered before `skillops.mlflow_model`'s layout (a pickle of this
+    """The pyfunc of versions registered before `skillops.serving.mlflow_model`'s layout (a pickle of this
     class under artifacts/model): kept so that they still serve."""
 
     def load_context(self, context) -> None:

@@ -20,11 +20,11 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from requests import HTTPError
 
-from skillops import registry
-from skillops.evaluation import QueryScores
-from skillops.modeling import resolve_model
-from skillops.preparation import fingerprint_files
-from skillops.tracking import client, store_dir
+from skillops.inputs.preparation import fingerprint_files
+from skillops.judging.evaluation import QueryScores
+from skillops.tracking import registry
+from skillops.tracking.runs import client, store_dir
+from skillops.training.modeling import resolve_model
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ heartbeats, so a trial whose process died is marked FAIL by the next process tha
 and run again (Optuna's `RetryHeartbeatStaleTrialCallback`).
 
 With `search.parallel` > 1 more workers join the same study; where they run (processes on this
-machine, or units of an orchestrator's pool) is `skillops.tuning_workers`' concern.
+machine, or units of an orchestrator's pool) is `skillops.training.tuning_workers`' concern.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from skillops import servers
 from skillops.config import Recipe, SearchConfig, TunedParams
 from skillops.errors import RecipeError, TrainingError
-from skillops.evaluation import scorer
-from skillops.preparation import PreparedPaths
-from skillops.reports import optuna_charts
+from skillops.inputs.preparation import PreparedPaths
+from skillops.judging.evaluation import scorer
 from skillops.settings import settings
-from skillops.tracking import (
+from skillops.stack import servers
+from skillops.tracking.reports import optuna_charts
+from skillops.tracking.runs import (
     end_run,
     log_artifact,
     log_loss_history,
@@ -208,7 +208,9 @@ def _patient_storage():
     }
     missing = _CALLED_BY_THE_CACHE - set(methods)
     if missing:  # a later Optuna renamed them: its cache would call them without waiting
-        raise RuntimeError(f"optuna's RDBStorage has no {sorted(missing)}: update skillops.tuning._CALLED_BY_THE_CACHE")
+        raise RuntimeError(
+            f"optuna's RDBStorage has no {sorted(missing)}: update skillops.training.tuning._CALLED_BY_THE_CACHE"
+        )
     return type("PatientRDBStorage", (RDBStorage,), {"__module__": __name__, **methods})
 
 
@@ -328,7 +330,7 @@ class TrialWorker(BaseModel):
     def objective(self):
         import optuna
 
-        from skillops.training import TrainingSpec, train_model
+        from skillops.training.trainer import TrainingSpec, train_model
 
         recipe, search, data = self.recipe, self.recipe.search, PreparedPaths(self.data_dir)
         metric = recipe.evaluation.primary_metric
@@ -423,7 +425,7 @@ def _finish_stale_trials(study, objective) -> None:
 
 
 class Workers(Protocol):
-    """The extra trial workers of one search, wherever they run (`skillops.tuning_workers`)."""
+    """The extra trial workers of one search, wherever they run (`skillops.training.tuning_workers`)."""
 
     def wait(self) -> None:
         """The pipeline's process is done with trials: let the workers end theirs."""
@@ -456,7 +458,7 @@ def tune(
         {
             "skillops.optuna_study": worker.study_name,
             "skillops.optuna_storage": safe_uri(storage_url(search, worker.attempt_dir)),
-            "skillops.tuning_workers": search.parallel,
+            "skillops.training.tuning_workers": search.parallel,
         },
     )
     if first_trial and not study.get_trials(deepcopy=False):

@@ -1,11 +1,11 @@
 """Where the trials of a search run besides the pipeline's own process (`search.parallel` > 1).
 
-`search.workers: local` starts processes on this machine (`python -m skillops.tuning_workers
+`search.workers: local` starts processes on this machine (`python -m skillops.training.tuning_workers
 <job.json>`), one GPU each or an equal share of the CPU cores. `search.workers: pool` asks the
 orchestrator to place units on its workers, on any machine: each gets a `StudyTicket`, which
 names nothing of this machine (the prepared data come from the pipeline's MLflow run) and carries
 no password, and joins the study through `join_study`. The study itself, its trials and its
-pruner are `skillops.tuning`'s.
+pruner are `skillops.training.tuning`'s.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pydantic import BaseModel
 
 from skillops.config import Recipe, SearchConfig
 from skillops.errors import RecipeError
-from skillops.modeling import require_devices
-from skillops.tracking import download_artifacts, log_artifacts
-from skillops.tuning import StartWorkers, TrialWorker, Workers, finished_trials, storage_url
+from skillops.tracking.runs import download_artifacts, log_artifacts
+from skillops.training.modeling import require_devices
+from skillops.training.tuning import StartWorkers, TrialWorker, Workers, finished_trials, storage_url
 from skillops.uris import safe_uri
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class LocalWorkers:
             env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
             if torch.cuda.is_available():
                 env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[number]
-            command = [sys.executable, "-m", "skillops.tuning_workers", str(job)]
+            command = [sys.executable, "-m", "skillops.training.tuning_workers", str(job)]
             self.processes.append(subprocess.Popen(command, env=env))
         torch.set_num_threads(max(1, torch.get_num_threads() // parallel))  # `tune` gives them back
 
@@ -131,7 +131,7 @@ def join_study(ticket: StudyTicket, workdir: Path, name: str) -> int:
     """Run trials of the ticket's study here, as a worker of the pool, until the study has
     n_trials finished; returns how many trials this worker finished. The prepared data are the
     pipeline's (from its MLflow run); the storage is the one this machine is configured with."""
-    from skillops import registry
+    from skillops.tracking import registry
 
     recipe = ticket.recipe
     url = storage_url(recipe.search, None)
@@ -163,7 +163,7 @@ def join_study(ticket: StudyTicket, workdir: Path, name: str) -> int:
     return len(mine)
 
 
-if __name__ == "__main__":  # a local helper worker: python -m skillops.tuning_workers <job.json>
+if __name__ == "__main__":  # a local helper worker: python -m skillops.training.tuning_workers <job.json>
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s [tuning worker] %(message)s")

@@ -20,14 +20,14 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel
 
-from skillops import checks
-from skillops.checks import MAX_EXAMPLES, Failure
 from skillops.config import Recipe, ValidationPolicy
 from skillops.errors import DataValidationError
-from skillops.esco import OCCUPATIONS, RELATIONS, SKILLS, esco_files, load_esco
-from skillops.modeling import load_model, load_tokenizer, prompt_warnings
-from skillops.preparation import golden_sources
-from skillops.tables import read_table, text_columns
+from skillops.inputs import checks
+from skillops.inputs.checks import MAX_EXAMPLES, Failure
+from skillops.inputs.esco import OCCUPATIONS, RELATIONS, SKILLS, esco_files, load_esco
+from skillops.inputs.preparation import golden_sources
+from skillops.inputs.tables import read_table, text_columns
+from skillops.training.modeling import load_model, load_tokenizer, prompt_warnings
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ import json
 import math
 from pathlib import Path
 
-from skillops import esco
 from skillops.config import SHORT_LIST
-from skillops.preparation import read_eval_set
-from skillops.promotion import Decision
+from skillops.inputs import esco
+from skillops.inputs.preparation import read_eval_set
+from skillops.judging.promotion import Decision
 
 
 def _pyplot():

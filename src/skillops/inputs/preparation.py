@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from skillops import esco
 from skillops.config import SLICE_COLUMN, DataConfig, GoldenSet, Recipe
 from skillops.errors import DataError
-from skillops.tables import read_table
+from skillops.inputs import esco
+from skillops.inputs.tables import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ def mine_negatives(train: pd.DataFrame, recipe: Recipe, corpus: list[str] | None
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
 
-    from skillops.modeling import load_model
+    from skillops.training.modeling import load_model
 
     mining = recipe.data.mine_negatives
     rows_per_anchor = int(train.groupby("anchor").size().max())

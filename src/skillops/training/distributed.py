@@ -1,6 +1,6 @@
 """One process of a multi-process training (`training.processes` > 1), as torchrun starts it:
 
-    python -m torch.distributed.run --standalone --nproc_per_node N -m skillops.distributed <spec.json> <pipeline pid>
+    python -m torch.distributed.run --standalone --nproc_per_node N -m skillops.training.distributed <spec.json> <pipeline pid>
 
 Each process trains on its share of every batch with the trainer's DDP (NCCL on GPUs, gloo on
 CPU); process 0 alone writes checkpoints (the trainer's rule) and the final model. Nothing here
@@ -28,7 +28,7 @@ def _exit_with(pid: int) -> None:
 
 
 if __name__ == "__main__":
-    from skillops.training import TrainingSpec, train_model
+    from skillops.training.trainer import TrainingSpec, train_model
 
     spec = TrainingSpec.model_validate_json(Path(sys.argv[1]).read_text("utf-8"))
     threading.Thread(target=_exit_with, args=(int(sys.argv[2]),), daemon=True).start()
