@@ -27,10 +27,11 @@ def _versions(name):
 def test_two_runs_register_two_versions_and_gate_the_champion(
     small_esco, tiny_bert, mlflow_store, tmp_path, monkeypatch
 ):
-    from skillops import stages
+    from skillops.stages import evaluation, shared, training
 
     loaded = []  # which model folders the stages load: the trained one once, for scoring and registering
-    monkeypatch.setattr(stages, "load_model", lambda path, *rest: loaded.append(path) or load_model(path, *rest))
+    for stage in (evaluation, shared, training):
+        monkeypatch.setattr(stage, "load_model", lambda path, *rest: loaded.append(path) or load_model(path, *rest))
     # A random tiny model trained with a high learning rate reliably beats its own untrained self.
     recipe = tiny_recipe_yaml(
         tmp_path / "recipe.yaml",

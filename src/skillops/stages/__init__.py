@@ -9,7 +9,7 @@ did to the run's MLflow run. What several stages share is in `shared`.
 
 from skillops.context import fingerprint
 from skillops.stages.churn import index_churn
-from skillops.stages.evaluate import evaluate_models
+from skillops.stages.evaluation import evaluate_models
 from skillops.stages.lifecycle import (
     explain,
     fail,
@@ -20,14 +20,14 @@ from skillops.stages.lifecycle import (
     start,
     unchanged_since,
 )
-from skillops.stages.prepare import prepare_data
-from skillops.stages.promote import promote
-from skillops.stages.register import register
-from skillops.stages.report import report
+from skillops.stages.preparation import prepare_data
+from skillops.stages.promotion import promote
+from skillops.stages.registration import register
+from skillops.stages.reporting import report
 from skillops.stages.shared import run_link
-from skillops.stages.train import train
-from skillops.stages.tune import join_study, tune
-from skillops.stages.validate import data_docs_link, validate_data
+from skillops.stages.training import train
+from skillops.stages.tuning import join_study, tune
+from skillops.stages.validation import data_docs_link, validate_data
 
 __all__ = [
     "data_docs_link",
