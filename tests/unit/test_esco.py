@@ -39,6 +39,25 @@ def test_split_is_seeded_disjoint_and_complete():
     assert split != split_groups(uris, 0.15, 0.15, seed=8)
 
 
+def test_near_duplicates_land_together_and_nothing_else_moves():
+    uris = [f"occ{i:02d}" for i in range(40)]
+    plain = split_groups(uris, 0.15, 0.15, seed=7)
+    part_of = {uri: part for part, keys in plain.items() for uri in keys}
+    held_out, trained = plain["test"][0], plain["train"][0]
+    grouped = split_groups(uris, 0.15, 0.15, seed=7, near=[(trained, held_out)])
+    moved = {uri for part, keys in grouped.items() for uri in keys if part_of[uri] != part}
+    assert moved == {trained} and trained in grouped["test"]
+
+
+def test_a_base_model_that_sees_everything_alike_leaves_the_split_as_it_was(caplog):
+    """A random or untrained base model joins every query to every other: grouping would put all
+    of them in one part, so the split stays as without grouping and says why."""
+    uris = [f"occ{i:02d}" for i in range(40)]
+    chain = list(zip(uris, uris[1:], strict=False))
+    assert split_groups(uris, 0.15, 0.15, seed=7, near=chain) == split_groups(uris, 0.15, 0.15, seed=7)
+    assert "Near duplicates not kept together" in caplog.text and "train 0 of a planned 28" in caplog.text
+
+
 def test_task_never_shows_a_held_out_occupation_to_training():
     recipe = Recipe(name="x", data={"path": str(BUNDLED_ESCO), "split": {"seed": 3}})
     task = build_task(recipe)

@@ -56,17 +56,27 @@ def test_duplicate_ids_and_duplicate_relations(esco_copy):
 
 
 def test_near_duplicates_across_the_split_of_the_bundled_sample(tmp_path):
-    """Two ESCO occupations that share an alternative label ("DLT specialist") land on two sides of
-    the split: no exact check sees it, the base model's embeddings do. A warning by default, an
-    error when the recipe says so."""
+    """Two ESCO occupations that share an alternative label ("DLT specialist"): no exact check sees
+    it, the base model's embeddings do. The default split keeps them on one side; a split made
+    without the base model (the check off) parts them, and the check then warns by default and
+    fails when the recipe says so."""
     from skillops.config import load_recipe
     from skillops.inputs import preparation
+    from skillops.inputs.esco import load_esco
     from skillops.inputs.validation import validate_prepared
 
     # As `skillops validate` checks it: the split and the frozen sets, mining left to the pipeline.
     recipe = load_recipe("esco-occupation-skills").with_overrides({"data.mine_negatives": None})
-    task = preparation.build_task(recipe)
-    paths = preparation.write_task(task, tmp_path, {})
+    grouped = preparation.build_task(recipe)
+    part_of = {uri: part for part, uris in grouped.split.items() for uri in uris}
+    occupations = load_esco(recipe.data.location)["occupations"]
+    blockchain = occupations[occupations.preferredLabel.str.startswith("blockchain")].conceptUri
+    assert len(blockchain) == 2 and len({part_of[uri] for uri in blockchain}) == 1
+    report = validate_prepared(grouped, recipe, preparation.write_task(grouped, tmp_path / "grouped", {}))
+    assert report.success and not [w for w in report.warnings if "near duplicate" in w], report.warnings
+
+    task = preparation.build_task(recipe.with_overrides({"validation.near_duplicates": "off"}))
+    paths = preparation.write_task(task, tmp_path / "parted", {})
     report = validate_prepared(task, recipe, paths)
     assert report.success, report.markdown()
     (warning,) = [w for w in report.warnings if "near duplicate" in w]

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from skillops.config import SLICE_COLUMN, DataConfig, GoldenSet, Recipe
 from skillops.errors import DataError
-from skillops.inputs import esco
+from skillops.inputs import checks, esco
 from skillops.inputs.tables import read_table
 
 logger = logging.getLogger(__name__)
@@ -78,8 +78,12 @@ class Task:
         return {"train_rows": len(self.train), **{f"{part}_groups": len(keys) for part, keys in self.split.items()}}
 
 
-def split_groups(keys: list[str], validation: float, test: float, seed: int) -> dict[str, list[str]]:
-    """Seeded split of groups: each group (with all its rows) lands in exactly one part."""
+def split_groups(
+    keys: list[str], validation: float, test: float, seed: int, near: list[tuple[str, str]] = ()
+) -> dict[str, list[str]]:
+    """Seeded split of groups: each group (with all its rows) lands in exactly one part. Keys that
+    `near` joins (near duplicates, as the base model sees them) land together, in the part of
+    whichever of them the seeded order placed first; a key no pair names stays where it was."""
     order = sorted(set(keys))
     np.random.default_rng(seed).shuffle(order)
     n_validation = max(1, round(len(order) * validation))
@@ -89,11 +93,63 @@ def split_groups(keys: list[str], validation: float, test: float, seed: int) -> 
             f"Only {len(order)} distinct queries (occupations or anchors): too few to split into "
             "train, validation and test. Use more data."
         )
-    return {
-        "train": sorted(order[n_test + n_validation :]),
-        "validation": sorted(order[n_test : n_test + n_validation]),
-        "test": sorted(order[:n_test]),
-    }
+    planned = {"test": n_test, "validation": n_validation, "train": len(order) - n_test - n_validation}
+    position = {key: i for i, key in enumerate(order)}
+
+    def part_at(i: int) -> str:
+        return "test" if i < n_test else "validation" if i < n_test + n_validation else "train"
+
+    first = _first_of_each_group(order, near)
+    part_of = {key: part_at(position[first[key]]) for key in order}
+    sizes = {part: sum(1 for p in part_of.values() if p == part) for part in planned}
+    if any(sizes[part] < max(1, planned[part] // 2) for part in planned):
+        # An untrained or random base model sees most texts as alike: grouping would empty a part.
+        logger.warning(
+            "Near duplicates not kept together: the base model joins them into groups that would leave %s. "
+            "Split without grouping; raise validation.near_duplicate_threshold if the model is right.",
+            ", ".join(f"{part} {sizes[part]} of a planned {planned[part]}" for part in planned),
+        )
+        part_of = {key: part_at(position[key]) for key in order}
+    moved = sorted(key for key in order if part_of[key] != part_at(position[key]))
+    if moved:
+        logger.info("Kept near duplicates on one side of the split: %d moved to their neighbours' part", len(moved))
+    return {part: sorted(key for key in order if part_of[key] == part) for part in ("train", "validation", "test")}
+
+
+def _first_of_each_group(order: list[str], near: list[tuple[str, str]]) -> dict[str, str]:
+    """Each key's group (the keys `near` joins, directly or through others) named by its member
+    earliest in `order`."""
+    position = {key: i for i, key in enumerate(order)}
+    first = {key: key for key in order}
+
+    def root(key: str) -> str:
+        while first[key] != key:
+            first[key] = first[first[key]]
+            key = first[key]
+        return key
+
+    for a, b in near:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            keep, join = (ra, rb) if position[ra] < position[rb] else (rb, ra)
+            first[join] = keep
+    return {key: root(key) for key in order}
+
+
+def _near_duplicates(recipe: Recipe, keys: list[str], texts: list[str]) -> list[tuple[str, str]]:
+    """The pairs of keys whose texts the recipe's base model sees as near duplicates, at the
+    threshold the near-duplicate check uses; none when that check is off or the model is not here
+    (the check then says so)."""
+    if recipe.validation.near_duplicates == "off":
+        return []
+    from skillops.training.modeling import load_model
+
+    try:
+        model = load_model(recipe.base_model, recipe.training.max_seq_length)
+    except (OSError, ValueError):
+        return []
+    pairs = checks.near_duplicate_pairs(model, texts, recipe.validation.near_duplicate_threshold)
+    return [(keys[i], keys[j]) for i, j in pairs]
 
 
 def reranking_set(
@@ -213,7 +269,8 @@ def _esco_task(recipe: Recipe) -> Task:
     data = recipe.data
     tables = esco.load_esco(data.location, data.language)
     anchors, positives, skill_labels, grades = esco.occupation_skills(tables, data)
-    split = split_groups(list(anchors), data.split.validation, data.split.test, data.split.seed)
+    near = _near_duplicates(recipe, list(anchors), list(anchors.values()))
+    split = split_groups(list(anchors), data.split.validation, data.split.test, data.split.seed, near)
     train = pd.DataFrame(
         [{"anchor": anchors[uri], "positive": label} for uri in split["train"] for label in positives[uri]]
     ).drop_duplicates(ignore_index=True)
@@ -228,7 +285,9 @@ def _table_task(recipe: Recipe) -> Task:
     data = recipe.data
     frame = read_table(data).frame
     group = _query_column(recipe)
-    split = split_groups(frame[group].tolist(), data.split.validation, data.split.test, data.split.seed)
+    queries = sorted(set(frame[group]))
+    near = _near_duplicates(recipe, queries, queries)
+    split = split_groups(frame[group].tolist(), data.split.validation, data.split.test, data.split.seed, near)
     part_of = {key: part for part, keys in split.items() for key in keys}
     parts = {part: frame[frame[group].map(part_of) == part] for part in ("train", *EVAL_PARTS)}
     # Slice labels judge candidates, they do not train them. A query's slice is its first row's.
