@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 
 from helpers import tiny_recipe_yaml
 from skillops import stages
@@ -25,8 +26,12 @@ def test_every_variant_encodes_what_the_fp32_model_encodes(tiny_bert, tmp_path):
     assert sorted(built) == ["int8", "onnx"] and all(path.is_file() for path in built.values())
     texts = ["data analyst", "manage ICT security systems and networks", "x"]
     fp32 = model.encode(texts, prompt="query: ")
-    onnx = variants.load(folder, "onnx").encode(texts, prompt="query: ")
+    torch_threads = torch.get_num_threads()
+    onnx = variants.load(folder, "onnx", threads=3).encode(texts, prompt="query: ")  # a shard a text, side by side
     int8 = variants.load(folder, "int8").encode(texts, prompt="query: ")
+    assert torch.get_num_threads() == torch_threads  # an ONNX variant pools on one torch thread, then gives it back
+    unsharded = variants.load(folder, "onnx", threads=1).encode(texts, prompt="query: ")
+    assert np.abs(onnx - unsharded).max() < 1e-6
     assert np.abs(onnx - fp32).max() < 1e-4  # the same network, run by onnxruntime
     assert 0 < np.abs(int8 - fp32).max() < 0.1  # int8 weights: near, not equal
     assert (folder / variants.FILES["int8"]).stat().st_size < (folder / variants.FILES["onnx"]).stat().st_size

@@ -142,19 +142,19 @@ def load(model_dir: str | Path, variant: str = "fp32", threads: int | None = Non
 
         raise ModelNotFoundError(f"{path}: this model has no {variant} variant; serve fp32 ({VARIANT_SETTING}=fp32).")
     _run_in_onnxruntime(model[0], path, threads)
+    _pool_on_one_torch_thread(model)
     return model
 
 
-def session_options(threads: int | None = None):
-    """How a served variant's onnxruntime session uses the machine's cores: one pool of `threads`
-    (default: every core) for the graph's operators, run one after another, threads that sleep
-    when a run ends (between runs the tokenizer and the pooling need the same cores), and every
-    graph optimisation. bench/serving.py measures it: on 2 cores int8 still gains little from
-    the second thread at batch 32 (docs/serving.md)."""
+def session_options():
+    """How a served variant's onnxruntime session runs: one thread a run, its operators one after
+    another, every graph optimisation, no spinning (between runs the tokenizer and the pooling need
+    the cores). The cores are used by running shards of a batch side by side (`_run_in_onnxruntime`):
+    a text embedding's small matrices gave a second intra-op thread little to do (docs/serving.md)."""
     from onnxruntime import ExecutionMode, GraphOptimizationLevel, SessionOptions
 
     options = SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -164,20 +164,57 @@ def session_options(threads: int | None = None):
 
 
 def _run_in_onnxruntime(transformer, path: Path, threads: int | None) -> None:
+    """The transformer's forward pass becomes onnxruntime's: a batch is cut into one shard per core
+    (`threads`, default every core), and the shards run side by side in one session (its `run` is
+    safe from several threads and lets go of the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import torch
     from onnxruntime import InferenceSession
 
-    session = InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    session = InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     output = getattr(transformer, "module_output_name", "token_embeddings")
+    cores = threads or os.cpu_count() or 1
+    shards = ThreadPoolExecutor(cores, thread_name_prefix="onnx-shard") if cores > 1 else None
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run(None, feeds)[0]
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         feeds = {name: features[name].detach().cpu().numpy().astype(np.int64) for name in names}
-        features[output] = torch.from_numpy(session.run(None, feeds)[0])
+        rows = len(feeds[names[0]])
+        if shards is None or rows == 1:
+            embeddings = run(feeds)
+        else:
+            cuts = np.array_split(np.arange(rows), min(cores, rows))
+            parts = [{name: array[cut[0] : cut[-1] + 1] for name, array in feeds.items()} for cut in cuts]
+            embeddings = np.concatenate(list(shards.map(run, parts)))
+        features[output] = torch.from_numpy(embeddings)
         return features
 
     transformer.forward = types.MethodType(forward, transformer)
+
+
+def _pool_on_one_torch_thread(model) -> None:
+    """Around the graph, torch only pools and normalises small tensors; with its default of a
+    thread per core, its threads spin after each op and take the cores from the graph's shards
+    (int8 at batch 32 on 2 cores: 1,543 texts/s with torch's 2 threads, 2,115 with one; bench/serving.py).
+    So an ONNX variant's `encode` runs torch on one thread and gives the setting back after."""
+    import torch
+
+    encode = model.encode
+
+    def encode_with_one_torch_thread(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return encode(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    model.encode = encode_with_one_torch_thread
 
 
 def requested_variant(logged: str) -> str:
