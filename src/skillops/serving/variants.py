@@ -39,12 +39,27 @@ VARIANT_SETTING = "SKILLOPS_SERVING_VARIANT"  # at serve time: fp32 serves the P
 def export(model, model_dir: Path, variants: list[str]) -> dict[str, Path]:
     """Write the ONNX files of `variants` (onnx, int8) into the saved model's folder; returns
     variant -> file. `model` is the loaded SentenceTransformer saved at `model_dir`."""
-    import torch
     from onnxruntime import GraphOptimizationLevel, InferenceSession, SessionOptions
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    folder = model_dir / "onnx"
+    exported = export_graph(model, model_dir / "onnx")
+    built = {}
+    if "onnx" in variants:
+        options = SessionOptions()
+        options.graph_optimization_level = GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # portable across CPUs
+        options.optimized_model_filepath = str(model_dir / FILES["onnx"])
+        InferenceSession(str(exported), options, providers=["CPUExecutionProvider"])
+        built["onnx"] = model_dir / FILES["onnx"]
+    if "int8" in variants:
+        built["int8"] = quantize(exported, model_dir / FILES["int8"])
+    exported.unlink()
+    return built
+
+
+def export_graph(model, folder: Path) -> Path:
+    """The transformer of `model` as an ONNX graph (`folder/exported.onnx`), token ids in, token
+    embeddings out, batch and sequence dynamic; the variants are built from it."""
+    import torch
+
     folder.mkdir(parents=True, exist_ok=True)
     transformer = model[0].auto_model.to("cpu").eval()
     features = model[0].preprocess(["an occupation", "a skill of the occupation, longer"])
@@ -77,22 +92,23 @@ def export(model, model_dir: Path, variants: list[str]) -> dict[str, Path]:
             opset_version=17,
             dynamo=False,  # the TorchScript exporter: the dynamo one needs onnxscript, and loses dynamic axes here
         )
-    built = {}
-    if "onnx" in variants:
-        options = SessionOptions()
-        options.graph_optimization_level = GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # portable across CPUs
-        options.optimized_model_filepath = str(model_dir / FILES["onnx"])
-        InferenceSession(str(exported), options, providers=["CPUExecutionProvider"])
-        built["onnx"] = model_dir / FILES["onnx"]
-    if "int8" in variants:
-        prepared = folder / "prepared.onnx"
-        quant_pre_process(str(exported), str(prepared), skip_symbolic_shape=True)
-        # Weights int8 per output channel, activations quantised on the fly: no calibration data.
-        quantize_dynamic(str(prepared), str(model_dir / FILES["int8"]), weight_type=QuantType.QInt8, per_channel=True)
-        prepared.unlink()
-        built["int8"] = model_dir / FILES["int8"]
-    exported.unlink()
-    return built
+    return exported
+
+
+def quantize(exported: Path, target: Path, keep_fp32: list[str] = ()) -> Path:
+    """The int8 variant of an exported graph: weights int8 per output channel, activations
+    quantised on the fly (no calibration data); the MatMul nodes named in `keep_fp32` stay fp32
+    (bench/quantization.py weighs that trade)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = exported.with_name("prepared.onnx")
+    quant_pre_process(str(exported), str(prepared), skip_symbolic_shape=True)
+    quantize_dynamic(
+        str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=list(keep_fp32)
+    )
+    prepared.unlink()
+    return target
 
 
 # What a sentence-transformers model folder holds that loads as data: weights, configs, tokenizer
