@@ -101,10 +101,8 @@ def main(recipe_name: str, model_path: str | None) -> dict:
             load_model(resolve_model(recipe.base_model), recipe.training.max_seq_length).save(str(model_dir))
         fp32 = load_model(str(model_dir))
         texts = pd.read_parquet(paths.documents)["text"].tolist()
-        calibration = sorted(
-            set(pd.read_parquet(paths.train)[checks.query_column(pd.read_parquet(paths.train))]) | set(texts[::4]),
-            key=len,
-        )
+        train = pd.read_parquet(paths.train)
+        calibration = sorted(set(train[checks.query_column(train)]) | set(texts[::4]), key=len)
 
         def scores(model) -> dict[str, float]:
             return {

@@ -99,7 +99,7 @@ def split_groups(
     def part_at(i: int) -> str:
         return "test" if i < n_test else "validation" if i < n_test + n_validation else "train"
 
-    first = _first_of_each_group(order, near)
+    first = _first_of_each_group(position, near)
     part_of = {key: part_at(position[first[key]]) for key in order}
     sizes = {part: sum(1 for p in part_of.values() if p == part) for part in planned}
     if any(sizes[part] < max(1, planned[part] // 2) for part in planned):
@@ -110,17 +110,16 @@ def split_groups(
             ", ".join(f"{part} {sizes[part]} of a planned {planned[part]}" for part in planned),
         )
         part_of = {key: part_at(position[key]) for key in order}
-    moved = sorted(key for key in order if part_of[key] != part_at(position[key]))
+    moved = sum(1 for key in order if part_of[key] != part_at(position[key]))
     if moved:
-        logger.info("Kept near duplicates on one side of the split: %d moved to their neighbours' part", len(moved))
+        logger.info("Kept near duplicates on one side of the split: %d moved to their neighbours' part", moved)
     return {part: sorted(key for key in order if part_of[key] == part) for part in ("train", "validation", "test")}
 
 
-def _first_of_each_group(order: list[str], near: list[tuple[str, str]]) -> dict[str, str]:
+def _first_of_each_group(position: dict[str, int], near: list[tuple[str, str]]) -> dict[str, str]:
     """Each key's group (the keys `near` joins, directly or through others) named by its member
-    earliest in `order`."""
-    position = {key: i for i, key in enumerate(order)}
-    first = {key: key for key in order}
+    with the lowest `position` (its place in the split's seeded order)."""
+    first = {key: key for key in position}
 
     def root(key: str) -> str:
         while first[key] != key:
@@ -133,7 +132,7 @@ def _first_of_each_group(order: list[str], near: list[tuple[str, str]]) -> dict[
         if ra != rb:
             keep, join = (ra, rb) if position[ra] < position[rb] else (rb, ra)
             first[join] = keep
-    return {key: root(key) for key in order}
+    return {key: root(key) for key in position}
 
 
 def _near_duplicates(recipe: Recipe, keys: list[str], texts: list[str]) -> list[tuple[str, str]]:
