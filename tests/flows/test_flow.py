@@ -121,14 +121,16 @@ def test_two_runs_register_two_versions_and_gate_the_champion(
     assert tags["mlflow.source.git.commit"] == versions[1]["skillops.git_commit"]
 
     # Warm start: from the champion, one vanishing step keeps the champion's weights, so the
-    # candidate scores exactly as the champion does (not as the base model), and the gate keeps it.
+    # candidate scores as the champion does (not as the base model), and the gate keeps it. Not
+    # to the last digit: that step still nudges each weight by about 1e-9, enough to swap two
+    # near-tied skills in a ranking of a random tiny model (CI saw 1.1e-5 once, 2026-12-06).
     warm = {**weak, "training.init_from": "champion", "promotion.min_delta": 0.001}
     fourth = train_esco(recipe=str(recipe), overrides=warm)
     assert not fourth["promoted"] and fourth["version"] == "3"
     run = client.get_run(fourth["run_id"])
     assert run.data.tags["skillops.init_from"] == "champion version 1"
-    assert run.data.metrics["test_map"] == pytest.approx(run.data.metrics["champion_map"], abs=1e-6)
-    assert run.data.metrics["test_map"] != pytest.approx(run.data.metrics["base_map"], abs=1e-3)
+    assert run.data.metrics["test_map"] == pytest.approx(run.data.metrics["champion_map"], abs=1e-3)
+    assert abs(run.data.metrics["test_map"] - run.data.metrics["base_map"]) > 0.01
 
 
 def test_broken_data_stops_before_training_and_registers_nothing(esco_copy, tiny_bert, mlflow_store, tmp_path):
