@@ -1,6 +1,7 @@
 """What int8 costs a trained model, and what keeping some of it in fp32 buys back: dynamic int8
 as the pipeline builds it, with the FFN or attention-output MatMuls (or the last layer) left in
-fp32, and static int8 calibrated on the training queries and a quarter of the vocabulary. Each arm's
+fp32, int8_blocks (weights and activations quantised in blocks, a scale each) and static int8
+calibrated on the training queries and a quarter of the vocabulary. Each arm's
 primary metric on the recipe's test and golden sets against fp32 (as the gate judges a variant)
 and its texts/s at batch 32 on every core, against fp32 PyTorch in the same run.
 
@@ -143,6 +144,11 @@ def main(recipe_name: str, model_path: str | None) -> dict:
             "dynamic, last layer fp32",
             lambda target: variants.quantize(exported, target, [m for m in matmuls if f"layer.{last}/" in m]),
         )
+        for block in (128, 32):  # 128: the int8_blocks variant the pipeline builds
+            measure(
+                f"int8_blocks, blocks of {block}",
+                lambda target, block=block: variants.quantize_blocks(exported, target, block),
+            )
         for method in (CalibrationMethod.MinMax, CalibrationMethod.Percentile):
             measure(
                 f"static ({method.name} calibration)",

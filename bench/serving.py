@@ -1,6 +1,7 @@
 """Embeddings per second on CPU for the variants skillops serves: fp32 PyTorch (the baseline), ONNX
-(optimised graph) and int8 (dynamic quantisation), at batch 1 and 32, with one thread and all of
-them, in one run; each with its test-metric delta against fp32, printed as ratios.
+(optimised graph), int8 (dynamic quantisation) and int8_blocks (quantised in blocks), at batch 1
+and 32, with one thread and all of them, in one run; each with its test-metric delta against fp32,
+printed as ratios.
 
     .venv/bin/python bench/serving.py [recipe] [--texts N] [--repeats R]
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "serving.json"
-VARIANTS = ("fp32", "onnx", "int8")
+VARIANTS = ("fp32", "onnx", "int8", "int8_blocks")
 
 
 def throughput(model, texts: list[str], batch_size: int, repeats: int) -> float:
@@ -55,7 +56,7 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
         base = load_model(resolve_model(recipe.base_model), recipe.training.max_seq_length)
         base.save(str(model_dir))
         started = time.perf_counter()
-        variants.export(base, model_dir, ["onnx", "int8"])
+        variants.export(base, model_dir, list(VARIANTS[1:]))
         exported = time.perf_counter() - started
         texts = pd.read_parquet(paths.documents)["text"].tolist()[:count]
         gate_sets = ["test", *(preparation.golden_part(g.name) for g in recipe.evaluation.golden)]
@@ -72,7 +73,7 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
                 for batch_size in (1, 32):
                     rate = throughput(model, texts, batch_size, repeats)
                     rows.append({"variant": variant, "threads": threads, "batch": batch_size, "texts_per_s": rate})
-                    print(f"{variant:5} threads {threads} batch {batch_size:>2}: {rate:8.1f} texts/s", flush=True)
+                    print(f"{variant:11} threads {threads} batch {batch_size:>2}: {rate:8.1f} texts/s", flush=True)
         sizes = {v: (model_dir / variants.FILES[v]).stat().st_size for v in variants.FILES}
         sizes["fp32"] = (model_dir / "model.safetensors").stat().st_size
     baseline = {(r["threads"], r["batch"]): r["texts_per_s"] for r in rows if r["variant"] == "fp32"}
@@ -92,10 +93,10 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, {platform.processor() or 'cpu'}",
     }
     print()
-    print(f"{'variant':8} {'threads':>7} {'batch':>5} {'texts/s':>9} {'vs fp32':>8}")
+    print(f"{'variant':11} {'threads':>7} {'batch':>5} {'texts/s':>9} {'vs fp32':>8}")
     for row in rows:
         print(
-            f"{row['variant']:8} {row['threads']:>7} {row['batch']:>5} {row['texts_per_s']:>9.1f} {row['vs_fp32']:>7.2f}x"
+            f"{row['variant']:11} {row['threads']:>7} {row['batch']:>5} {row['texts_per_s']:>9.1f} {row['vs_fp32']:>7.2f}x"
         )
     for variant in VARIANTS:
         shown = ", ".join(f"{s} {quality[variant][s]:.4f} ({deltas[variant][s]:+.2%})" for s in quality[variant])

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     mlflow_ui: str | None = Field(
         None, description="The MLflow UI links in reports point here; unset: the tracking server, or make ui's address."
     )
-    serving_variant: Literal["fp32", "onnx", "int8"] | None = Field(
+    serving_variant: Literal["fp32", "onnx", "int8", "int8_blocks"] | None = Field(
         None,
         description="At serve time: serve this variant instead of the one the gate chose (fp32: the PyTorch weights).",
     )

@@ -56,6 +56,7 @@ def test_the_int8_champion_is_judged_and_served_with_the_fp32_models_top_documen
     assert version.tags["skillops.served_variant"] == "int8", version.tags["skillops.variant_checks"]
     checks = {c["variant"]: c for c in json.loads(version.tags["skillops.variant_checks"])}
     assert set(checks["int8"]["primary"]) == {"test", "golden-descriptions"}  # judged on both, as served
+    assert set(checks) == {"onnx", "int8", "int8_blocks"} and not checks["int8_blocks"]["served"]
     run = runs.client().get_run(result["run_id"])
     assert run.data.metrics["int8_map"] == pytest.approx(run.data.metrics["test_map"])  # the gate's candidate
     report = (tmp_path / "outputs" / result["run_id"] / "evaluation.md").read_text()

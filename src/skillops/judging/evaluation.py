@@ -71,7 +71,7 @@ class GoldenScores(BaseModel):
 
 
 class VariantCheck(BaseModel):
-    """One served variant (onnx, int8) of the candidate against its fp32 weights, on every gate set."""
+    """One served variant (onnx, int8, int8_blocks) of the candidate against its fp32 weights, on every gate set."""
 
     variant: str
     served: bool

@@ -407,7 +407,7 @@ def decide(
     )
 
 
-SERVING_ORDER = ("int8", "onnx")  # fastest first
+SERVING_ORDER = ("int8", "int8_blocks", "onnx")  # fastest first
 
 
 def choose_variant(

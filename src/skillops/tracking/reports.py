@@ -109,7 +109,12 @@ def _score_table(scores: dict[str, dict[str, float]]) -> list[str]:
 
 def served_lines(served: str, variants: list) -> list[str]:
     """How the candidate is served, and how each variant compared with its fp32 weights."""
-    kind = {"fp32": "the PyTorch weights", "onnx": "ONNX in onnxruntime", "int8": "ONNX with int8 weights"}
+    kind = {
+        "fp32": "the PyTorch weights",
+        "onnx": "ONNX in onnxruntime",
+        "int8": "ONNX with int8 weights",
+        "int8_blocks": "ONNX with int8 weights in blocks",
+    }
     lines = [f"Served as: {served} ({kind[served]}); SKILLOPS_SERVING_VARIANT=fp32 at serve time serves fp32 instead."]
     return lines + [f"- {check.detail}" + (" (served)" if check.served else "") for check in variants]
 
