@@ -126,8 +126,8 @@ def quantize_blocks(exported: Path, target: Path, block_size: int = 128) -> Path
     block with its own scale, and at run time each token's activations quantised per block too
     (onnxruntime's MatMulNBits, accuracy level 4: int8 arithmetic). `int8` gives a whole
     activation tensor one range, which the outliers of a fine-tuned model stretch: on the main
-    job's candidate it lost 2.17% of test MAP where this lost none, at 2.0x fp32 rather than 3.1x
-    (bench/quantization.py, 2026-12-06)."""
+    job's candidate it lost 2.17% of test MAP where this lost none, running at 0.64 of int8's
+    speed (bench/quantization.py, 2026-12-06; docs/serving.md)."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     # Importing the quantizer calls logging.basicConfig(level=INFO): every library's INFO lines
