@@ -24,7 +24,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "serving.json"
-VARIANTS = ("fp32", "onnx", "int8", "int8_blocks")
 
 
 def throughput(model, texts: list[str], batch_size: int, repeats: int) -> float:
@@ -48,6 +47,7 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
     from skillops.serving import variants
     from skillops.training.modeling import load_model, resolve_model
 
+    every_variant = ("fp32", *variants.FILES)  # as the pipeline builds them and the gate scores them
     recipe = load_recipe(recipe_name)
     metric = recipe.evaluation.primary_metric
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
@@ -56,14 +56,14 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
         base = load_model(resolve_model(recipe.base_model), recipe.training.max_seq_length)
         base.save(str(model_dir))
         started = time.perf_counter()
-        variants.export(base, model_dir, list(VARIANTS[1:]))
+        variants.export(base, model_dir, list(variants.FILES))
         exported = time.perf_counter() - started
         texts = pd.read_parquet(paths.documents)["text"].tolist()[:count]
         gate_sets = ["test", *(preparation.golden_part(g.name) for g in recipe.evaluation.golden)]
         rows, quality = [], {}
         for threads in (1, os.cpu_count() or 1):
             torch.set_num_threads(threads)
-            for variant in VARIANTS:
+            for variant in every_variant:
                 model = variants.load(model_dir, variant, threads=threads)
                 if variant not in quality:
                     quality[variant] = {
@@ -79,7 +79,9 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
     baseline = {(r["threads"], r["batch"]): r["texts_per_s"] for r in rows if r["variant"] == "fp32"}
     for row in rows:
         row["vs_fp32"] = row["texts_per_s"] / baseline[(row["threads"], row["batch"])]
-    deltas = {v: {s: (quality[v][s] - quality["fp32"][s]) / quality["fp32"][s] for s in quality[v]} for v in VARIANTS}
+    deltas = {
+        v: {s: (quality[v][s] - quality["fp32"][s]) / quality["fp32"][s] for s in quality[v]} for v in every_variant
+    }
     result = {
         "recipe": recipe_name,
         "model": recipe.base_model,
@@ -98,7 +100,7 @@ def main(recipe_name: str, count: int, repeats: int) -> dict:
         print(
             f"{row['variant']:11} {row['threads']:>7} {row['batch']:>5} {row['texts_per_s']:>9.1f} {row['vs_fp32']:>7.2f}x"
         )
-    for variant in VARIANTS:
+    for variant in every_variant:
         shown = ", ".join(f"{s} {quality[variant][s]:.4f} ({deltas[variant][s]:+.2%})" for s in quality[variant])
         print(f"{variant}: {metric} {shown}; file {sizes[variant] / 1e6:.1f} MB")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "vocabulary.json"
-VARIANTS = ("fp32", "onnx", "int8", "int8_blocks")  # as the pipeline builds and the gate scores them
 
 
 def vocabulary(labels: list[str], size: int, seed: int = 0) -> list[str]:
@@ -64,6 +63,7 @@ def main(size: int) -> dict:
     from skillops.serving import variants
     from skillops.training.modeling import load_model, resolve_model
 
+    every_variant = ("fp32", *variants.FILES)  # as the pipeline builds them and the gate scores them
     recipe = load_recipe("esco-occupation-skills")
     with tempfile.TemporaryDirectory(prefix="bench-vocabulary-") as tmp:
         tmp = Path(tmp)
@@ -92,9 +92,9 @@ def main(size: int) -> dict:
         documents = json.loads(sets["whole"]["test"].read_text())["corpus"]
         model_dir = tmp / "model"
         load_model(resolve_model(recipe.base_model), recipe.training.max_seq_length).save(str(model_dir))
-        variants.export(load_model(str(model_dir)), model_dir, list(VARIANTS[1:]))
+        variants.export(load_model(str(model_dir)), model_dir, list(variants.FILES))
         rows = []
-        for variant in VARIANTS:
+        for variant in every_variant:
             model = variants.load(model_dir, variant)
             model.encode(list(documents.values())[:64])  # warm
             encode = Encoder(model, recipe.prompts, recipe.evaluation.batch_size)

@@ -517,17 +517,23 @@ class PromotionPolicy(_Strict):
     seed: int = 0
 
 
+# The variants a candidate can be served as: fp32 (its PyTorch weights) or one of its ONNX files
+# (`skillops.serving.variants.FILES`); the settings' serve-time override takes the same names.
+OnnxVariant = Literal["onnx", "int8", "int8_blocks"]
+ServedVariant = Literal["fp32", "onnx", "int8", "int8_blocks"]
+
+
 class ServingConfig(_Strict):
     """What the champion is served as. Every candidate gets the listed ONNX variants, and the gate
     scores each on the test and golden sets like the fp32 model; the one served is judged."""
 
-    variants: list[Literal["onnx", "int8", "int8_blocks"]] = Field(
+    variants: list[OnnxVariant] = Field(
         ["onnx", "int8", "int8_blocks"],
         description="Built for every candidate: onnx (the transformer exported to ONNX, graph optimised), int8 "
         "(the same, weights and activations int8 for CPUs: the fastest), int8_blocks (int8 with a scale per block "
         "of 128 inputs: slower than int8, nearer fp32 on a fine-tuned model). [] builds none.",
     )
-    prefer: Literal["int8", "int8_blocks", "onnx", "fp32"] = Field(
+    prefer: ServedVariant = Field(
         "int8",
         description="The variant to serve when it is within max_relative_drop of fp32; else the next one that is "
         "(int8, int8_blocks, then onnx), else fp32. fp32 serves the PyTorch weights.",

@@ -11,11 +11,11 @@ seconds, through the same code. Bad values are refused with the variable's name 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from skillops.config import ServedVariant
 from skillops.errors import RecipeError
 
 PREFIX = "SKILLOPS_"
@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     mlflow_ui: str | None = Field(
         None, description="The MLflow UI links in reports point here; unset: the tracking server, or make ui's address."
     )
-    serving_variant: Literal["fp32", "onnx", "int8", "int8_blocks"] | None = Field(
+    serving_variant: ServedVariant | None = Field(
         None,
         description="At serve time: serve this variant instead of the one the gate chose (fp32: the PyTorch weights).",
     )

@@ -24,7 +24,7 @@ import os
 import types
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 
@@ -35,7 +35,6 @@ except ImportError:  # a GPU machine running bench/gpu.py: no MLflow there, and 
 
 logger = logging.getLogger(__name__)
 
-Variant = Literal["fp32", "onnx", "int8", "int8_blocks"]
 FILES: dict[str, str] = {
     "onnx": "onnx/model.onnx",
     "int8": "onnx/model_int8.onnx",
